@@ -1,0 +1,29 @@
+/* main.c: the hubfleet command line: dispatch to subcommands. */
+#include <stdio.h>
+#include <string.h>
+#include "hf_controller.h"
+
+struct subcmd { const char *name; int (*fn)(int, char **); const char *help; };
+
+static const struct subcmd subcmds[] = {
+  { "inventory", hf_cmd_inventory, "check an inventory and print its hosts and variables" },
+  { NULL, NULL, NULL },
+};
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: hubfleet COMMAND [OPTIONS]\n\ncommands:\n");
+  for (const struct subcmd *s = subcmds; s->name; s++)
+    fprintf(f, "  %-10s %s\n", s->name, s->help);
+  fprintf(f, "\nRun 'hubfleet COMMAND --help' for a command's options.\n");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) { usage(stderr); return HF_EXIT_USAGE; }
+  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
+  if (!strcmp(argv[1], "--version")) { printf("hubfleet %s\n", HF_VERSION); return 0; }
+  for (const struct subcmd *s = subcmds; s->name; s++)
+    if (!strcmp(argv[1], s->name)) return s->fn(argc - 1, argv + 1);
+  fprintf(stderr, "hubfleet: unknown command '%s'\n", argv[1]);
+  usage(stderr);
+  return HF_EXIT_USAGE;
+}

@@ -1,0 +1,2 @@
+/* inventory.c: placeholder until implemented. */
+#include "hf_inventory.h"

@@ -1,0 +1,2 @@
+/* errors.c: placeholder until implemented. */
+#include "hf_proto.h"

@@ -1,0 +1,2 @@
+/* frame.c: placeholder until implemented. */
+#include "hf_proto.h"

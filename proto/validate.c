@@ -1,0 +1,2 @@
+/* validate.c: placeholder until implemented. */
+#include "hf_proto.h"
