@@ -95,26 +95,38 @@ struct hf_frame_decoder {
   char    *buf;        /* payload so far (new, owned by the decoder) */
   size_t   have;
   size_t   max;        /* payload limit */
+  size_t   cap;        /* bytes allocated at buf: grows with what arrived,
+                          so a header alone cannot make us allocate 1 MiB */
   int      error;      /* sticky: once set, every feed returns it */
+  char     detail[160]; /* why error was set, for people (e.g. jansson's
+                           message with its position); "" when no error */
 };
 
-/* max = 0 means HF_PROTO_MAX_FRAME. */
+/* max = 0 means HF_PROTO_MAX_FRAME; larger values are clamped to it. */
 void hf_frame_decoder_init(struct hf_frame_decoder *d, size_t max);
 /* Frees the partial payload. Accepts a decoder that was only zeroed. */
 void hf_frame_decoder_free(struct hf_frame_decoder *d);
 /* True when the decoder is between frames (no partial header or payload):
- * an EOF now is clean, otherwise it is HF_ETRUNC. */
+ * an EOF now is clean, otherwise it is HF_ETRUNC. False once an error is set. */
 bool hf_frame_decoder_idle(const struct hf_frame_decoder *d);
 /* Feeds at most len bytes. Sets *consumed to the bytes used (all of them
  * unless a frame completed earlier in the chunk). When a frame completes,
  * *out receives its JSON object (new) and the call returns 0; otherwise *out
  * is NULL. Errors: HF_ETOOBIG (length over the limit, seen from the header,
- * before any payload is buffered), HF_EJSON (not one UTF-8 JSON object).
- * Errors are sticky. */
+ * before any payload is buffered), HF_EJSON (not one UTF-8 JSON object:
+ * invalid UTF-8, a NUL byte, duplicate keys, trailing bytes, a top level
+ * that is not an object, an empty payload), HF_ENOMEM; HF_EINVAL for NULL
+ * d/consumed/out (not sticky). On an error *consumed counts the bytes up to
+ * and including the frame (or header) found bad. Errors are sticky, and
+ * d->detail says why. The payload memory grows with the bytes received, so
+ * a bare header costs nothing. */
 int hf_frame_feed(struct hf_frame_decoder *d, const void *data, size_t len,
                   size_t *consumed, json_t **out);
 /* Encodes msg (borrowed) as one frame into *out (new, free()), *outlen bytes.
- * HF_ETOOBIG when the payload would pass HF_PROTO_MAX_FRAME. */
+ * HF_ETOOBIG when the payload would pass HF_PROTO_MAX_FRAME; HF_EINVAL when
+ * msg is not an object or jansson cannot serialize it. Compact JSON, keys in
+ * insertion order. Strings holding NUL (json_stringn) are not checked for:
+ * the decoder refuses them, so do not build messages with them. */
 int hf_frame_encode(const json_t *msg, char **out, size_t *outlen);
 
 /* ---- messages ---------------------------------------------------------- */
