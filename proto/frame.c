@@ -69,6 +69,7 @@ static int hf__reserve(struct hf_frame_decoder *d, size_t more) {
  * the reason in detail (detailsz bytes). */
 static int hf__parse(const char *buf, size_t n, json_t **out, char *detail, size_t detailsz) {
   const unsigned char *u = (const unsigned char *)buf;
+  char safe[104];
   json_error_t jerr;
   json_t *v;
   size_t i, len;
@@ -86,8 +87,9 @@ static int hf__parse(const char *buf, size_t n, json_t **out, char *detail, size
   }
   v = json_loadb(buf, n, JSON_REJECT_DUPLICATES, &jerr);
   if (v == NULL) {
-    snprintf(detail, detailsz, "payload is not JSON: %.100s at offset %d", jerr.text,
-             jerr.position);
+    /* jansson quotes the offending token, which came from the peer. */
+    snprintf(detail, detailsz, "payload is not JSON: %s at offset %d",
+             hf__sanitize(jerr.text, safe, sizeof safe), jerr.position);
     return HF_EJSON;
   }
   if (!json_is_object(v)) {

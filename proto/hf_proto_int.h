@@ -25,6 +25,10 @@ char *hf__fmt(char *buf, size_t n, const char *fmt, ...) __attribute__((format(p
  * Returns out (borrowed). So a value that came from a peer can never inject
  * terminal escapes or fake lines into a log. */
 const char *hf__quote(const char *s, char *out, size_t outlen);
+/* Copies s into out (outlen bytes, NUL-terminated, truncated) with every
+ * byte outside printable ASCII replaced by '?'. Returns out. */
+const char *hf__sanitize(const char *s, char *out, size_t outlen);
+
 /* Buffer size that always holds hf__quote's result. */
 #define HF__QUOTE_BUF (HF__ECHO_MAX * 4 + 8)
 

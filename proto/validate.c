@@ -61,6 +61,16 @@ const char *hf__quote(const char *s, char *out, size_t outlen) {
   return out;
 }
 
+const char *hf__sanitize(const char *s, char *out, size_t outlen) {
+  size_t i;
+  if (outlen == 0)
+    return out;
+  for (i = 0; s[i] != '\0' && i + 1 < outlen; i++)
+    out[i] = ((unsigned char)s[i] >= 0x20 && (unsigned char)s[i] <= 0x7e) ? s[i] : '?';
+  out[i] = '\0';
+  return out;
+}
+
 const char *hf__describe(const json_t *v, char *out, size_t outlen) {
   const char *t;
   switch (json_typeof(v)) {
@@ -561,15 +571,15 @@ static bool hf__any_string(const char *s) {
 }
 
 /* Checks an array whose every element passes a string validator. min is the
- * least number of elements allowed. */
+ * least number of elements allowed; what describes one element. */
 static int hf__check_str_array(const json_t *v, size_t min, bool (*ok)(const char *),
                                const char *what, const char *field, char *err, size_t errlen) {
   char got[HF__QUOTE_BUF], name[256];
   size_t i;
   int r;
   if (!json_is_array(v))
-    return hf__errf(HF_ETYPE, err, errlen, "%s: expected an array of %s, got %s", field, what,
-                    hf__describe(v, got, sizeof got));
+    return hf__errf(HF_ETYPE, err, errlen, "%s: expected an array, each element %s, got %s",
+                    field, what, hf__describe(v, got, sizeof got));
   if (json_array_size(v) < min)
     return hf__errf(HF_EBADARG, err, errlen, "%s: expected at least %zu element%s", field, min,
                     min == 1 ? "" : "s");
@@ -588,7 +598,7 @@ static int hf__check_str_array(const json_t *v, size_t min, bool (*ok)(const cha
 static int hf__check_argv(const json_t *v, const char *field, char *err, size_t errlen) {
   char name[256];
   int r;
-  if ((r = hf__check_str_array(v, 1, hf__plain_string, "strings without control characters",
+  if ((r = hf__check_str_array(v, 1, hf__plain_string, "a string without control characters",
                                field, err, errlen)) != 0)
     return r;
   hf__fmt(name, sizeof name, "%s[0]", field);
@@ -684,7 +694,7 @@ static int hf__check_hub_value(const struct hf__hubkey *k, const json_t *v, cons
   case HF__H_ABSPATH:
     return hf__check_str(v, hf_valid_abspath, hf__what_abspath, field, err, errlen);
   case HF__H_ABSPATHS:
-    return hf__check_str_array(v, 0, hf_valid_abspath, "absolute paths", field, err, errlen);
+    return hf__check_str_array(v, 0, hf_valid_abspath, hf__what_abspath, field, err, errlen);
   case HF__H_DB:
     return hf__check_str(v, hf__valid_db,
                          "sqlite:////ABSOLUTE/PATH or a mysql:// or postgresql:// URL", field, err,
@@ -700,9 +710,9 @@ static int hf__check_hub_value(const struct hf__hubkey *k, const json_t *v, cons
   case HF__H_INSTALLER:
     return hf__check_str(v, hf__valid_installer, "pip, conda or auto", field, err, errlen);
   case HF__H_PINS:
-    return hf__check_str_array(v, 0, hf_valid_pkgpin, "NAME==VERSION pins", field, err, errlen);
+    return hf__check_str_array(v, 0, hf_valid_pkgpin, "a NAME==VERSION pin", field, err, errlen);
   case HF__H_NAMES:
-    return hf__check_str_array(v, 0, hf_valid_pkgname, "package names", field, err, errlen);
+    return hf__check_str_array(v, 0, hf_valid_pkgname, "a package name", field, err, errlen);
   case HF__H_BOOL:
     if (!json_is_boolean(v))
       return hf__errf(HF_ETYPE, err, errlen, "%s: expected true or false, got %s", field,
@@ -797,9 +807,9 @@ static int hf__check_arg(const struct hf_arg_spec *a, const json_t *v, const cha
   case HF_ARG_HUB:
     return hf_proto_hub_validate(v, field, err, errlen);
   case HF_ARG_PKGPINS:
-    return hf__check_str_array(v, 0, hf_valid_pkgpin, "NAME==VERSION pins", field, err, errlen);
+    return hf__check_str_array(v, 0, hf_valid_pkgpin, "a NAME==VERSION pin", field, err, errlen);
   case HF_ARG_PKGNAMES:
-    return hf__check_str_array(v, 0, hf_valid_pkgname, "package names", field, err, errlen);
+    return hf__check_str_array(v, 0, hf_valid_pkgname, "a package name", field, err, errlen);
   case HF_ARG_OBJECT:
     if (!json_is_object(v))
       return hf__errf(HF_ETYPE, err, errlen, "%s: expected an object, got %s", field,
