@@ -469,7 +469,12 @@ int hf__host_resolve(struct hf__build *b, struct hf_host *h, const json_t *vars,
   if ((hub = json_object()) == NULL) return hf__inv_nomem(b);
   h->hub = hub;   /* freed with the host, also on error */
   if ((r = abspath_var(&c, hub, "hubfleet_hub_env", "hub_env", DEF_HUB_ENV)) != 0 ||
-XX, "config", DEF_CONFIG)) != 0 ||
+      (r = list_checked(&c, hub, "hubfleet_user_envs", "user_envs", hf_valid_abspath,
+                        "absolute paths without '.' or '..' parts")) != 0)
+    return r;
+  if (json_object_get(hub, "user_envs") == NULL && (r = set_hub(&c, hub, "user_envs", json_array())) != 0)
+    return r;
+  if ((r = abspath_var(&c, hub, "hubfleet_config", "config", DEF_CONFIG)) != 0 ||
       (r = db_var(&c, hub)) != 0 ||
       (r = argv_var(&c, hub, "hubfleet_db_dump", "db_dump")) != 0 ||
       (r = service_var(&c, hub)) != 0 ||
