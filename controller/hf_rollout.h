@@ -14,6 +14,7 @@ int hf_cmd_history(int argc, char **argv);
 int hf_cmd_upgrade(int argc, char **argv);
 int hf_cmd_resume(int argc, char **argv);
 int hf_cmd_rollback(int argc, char **argv);
+int hf_cmd_report(int argc, char **argv);
 
 enum hf_rollout_mode {
   HF_RM_UPGRADE,   /* a new rollout: every step on every selected host */
