@@ -1,4 +1,20 @@
-/* main.c: hubfleet-agent entry point. */
+/* main.c: hubfleet-agent entry point: --version, otherwise the protocol on stdin/stdout. */
+#include <stdio.h>
+#include <string.h>
 #include <unistd.h>
+
 #include "hf_agent.h"
-int main(void) { return hf_agent_run(STDIN_FILENO, STDOUT_FILENO); }
+#include "hf_proto.h"
+
+int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+    printf("hubfleet-agent %s (protocol %d)\n", HF_VERSION, HF_PROTO_VERSION);
+    return 0;
+  }
+  if (argc != 1) {
+    fprintf(stderr, "usage: hubfleet-agent [--version]\n"
+                    "Speaks the hubfleet protocol on stdin/stdout; started by hubfleet over SSH.\n");
+    return 2;
+  }
+  return hf_agent_run(STDIN_FILENO, STDOUT_FILENO);
+}

@@ -1,0 +1,25 @@
+/* hub.h: helpers of the agent's operations for acting on a hub (internal to agent/). */
+#ifndef HF_AGENT_HUB_H
+#define HF_AGENT_HUB_H
+
+#include "agent_int.h"
+
+/* Absolute path of prog in the fixed system directories (no $PATH from the
+ * session), into out; returns out, or NULL when absent. */
+const char *hf__which(const char *prog, char *out, size_t outlen);
+/* Starts an argv for r: "sudo -n --" first when the hub asks for become. */
+void hf__argv_start(struct hf_req *r, struct hf_argv *a);
+/* Runs a (borrowed), streaming its lines as events tagged tag (unless quiet).
+ * On failure r->msg says what ran and how it failed (with the output's tail).
+ * *out (new, may be NULL) gets the kept output when out is not NULL. */
+int hf__cmd(struct hf_req *r, struct hf_argv *a, const char *cwd, const char *path_prefix, int64_t timeout_ms,
+            const char *tag, bool quiet, char **out);
+const char *hf__svc_kind_name(enum hf_svc_kind k);
+/* Is the hub running, per its supervisor; state gets the supervisor's word. */
+int hf__svc_status(struct hf_req *r, bool *running, char *state, size_t statelen);
+/* Stops the hub and confirms it is gone (within r->timeout_ms). */
+int hf__svc_stop(struct hf_req *r, bool *was_running);
+/* Starts the hub and confirms its supervisor reports it up. */
+int hf__svc_start(struct hf_req *r, bool *was_running);
+
+#endif /* HF_AGENT_HUB_H */

@@ -1,0 +1,1128 @@
+/* ops.c: the agent's operations (facts, preflight, backup, stop, install, migrate, start, health,
+ * rollback, journal): each idempotent, each state-changing one journaled before and after. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "agent_int.h"
+#include "hub.h"
+
+/* ---- small helpers ------------------------------------------------------------------- */
+
+static int64_t cpu_us(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (int64_t)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec +
+         (int64_t)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec;
+}
+
+static int64_t file_size(const char *p) {
+  struct stat st;
+  return (p != NULL && stat(p, &st) == 0) ? (int64_t)st.st_size : -1;
+}
+
+/* Free bytes for an unprivileged writer at path or its nearest existing ancestor. */
+static int64_t free_bytes(const char *path) {
+  char p[PATH_MAX];
+  struct statvfs vs;
+  snprintf(p, sizeof p, "%s", path);
+  for (;;) {
+    char *slash;
+    if (statvfs(p, &vs) == 0) return (int64_t)vs.f_bavail * (int64_t)vs.f_frsize;
+    slash = strrchr(p, '/');
+    if (slash == NULL) return -1;
+    if (slash == p) { if (p[1] == '\0') return -1; p[1] = '\0'; }
+    else *slash = '\0';
+  }
+}
+
+/* Every environment: the hub's first, then each distinct user environment. */
+struct envset {
+  struct hf_env env[HF_MAX_ENVS + 1];
+  const char *role[HF_MAX_ENVS + 1];
+  int n;
+};
+
+static void envs_load(struct hf_req *r, struct envset *es) {
+  int i, j;
+  es->n = 0;
+  hf_env_inspect(r->hub.hub_env, r->hub.installer, &es->env[0]);
+  es->role[es->n++] = "hub";
+  for (i = 0; i < r->hub.n_user_envs; i++) {
+    bool dup = false;
+    for (j = 0; j < es->n; j++)
+      if (strcmp(es->env[j].prefix, r->hub.user_envs[i]) == 0) dup = true;
+    if (dup) continue;
+    hf_env_inspect(r->hub.user_envs[i], r->hub.installer, &es->env[es->n]);
+    es->role[es->n++] = "user";
+  }
+}
+
+/* The packages whose versions matter: jupyterhub, then the names of the
+ * extra pins, then report_packages. names[] borrowed/owned by buf. */
+struct pkglist {
+  const char *names[128];
+  char        buf[64][130];
+  int         n, n_change;  /* names[0..n_change) are the ones an upgrade changes */
+};
+
+static void pkgs_load(struct hf_req *r, struct pkglist *pl, bool with_report) {
+  size_t i;
+  int k;
+  pl->n = 0;
+  pl->names[pl->n++] = "jupyterhub";
+  for (i = 0; i < json_array_size(r->hub.extra_packages) && pl->n < 64; i++) {
+    const char *pin = json_string_value(json_array_get(r->hub.extra_packages, i));
+    const char *eq = pin ? strstr(pin, "==") : NULL;
+    if (eq == NULL || (size_t)(eq - pin) >= sizeof pl->buf[0]) continue;
+    memcpy(pl->buf[pl->n], pin, (size_t)(eq - pin));
+    pl->buf[pl->n][eq - pin] = '\0';
+    pl->names[pl->n] = pl->buf[pl->n];
+    pl->n++;
+  }
+  pl->n_change = pl->n;
+  for (i = 0; with_report && i < json_array_size(r->hub.report_packages) && pl->n < 128; i++) {
+    const char *nm = json_string_value(json_array_get(r->hub.report_packages, i));
+    bool dup = false;
+    for (k = 0; k < pl->n; k++) if (nm && strcmp(pl->names[k], nm) == 0) dup = true;
+    if (nm && !dup) pl->names[pl->n++] = nm;
+  }
+}
+
+/* {name: version-or-null} for one environment (new). */
+static json_t *env_pkg_obj(const struct hf_env *e, const struct pkglist *pl, int n) {
+  char vers[128][HF_VER_LEN];
+  json_t *o = json_object();
+  int i;
+  hf_env_versions(e, pl->names, n, vers);
+  for (i = 0; i < n; i++) json_object_set_new(o, pl->names[i], vers[i][0] ? json_string(vers[i]) : json_null());
+  return o;
+}
+
+/* ---- journal helpers ------------------------------------------------------------------- */
+
+/* Appends {step, state, time, detail(stolen)} to the rollout's journal. */
+static int jrec(struct hf_req *r, const char *step, const char *state, json_t *detail) {
+  char now[40];
+  json_t *rec = json_object();
+  int rc;
+  hf__utc_now(now, sizeof now);
+  json_object_set_new(rec, "step", json_string(step));
+  json_object_set_new(rec, "state", json_string(state));
+  json_object_set_new(rec, "time", json_string(now));
+  json_object_set_new(rec, "agent", json_string(HF_VERSION));
+  json_object_set_new(rec, "pid", json_integer(getpid()));
+  json_object_set_new(rec, "detail", detail ? detail : json_object());
+  rc = hf_journal_append(r->hub.state_dir, r->rollout, rec);
+  json_decref(rec);
+  if (rc != 0) {
+    snprintf(r->msg, sizeof r->msg, "journal %s/journal-%s cannot be written (%s %s): the step was stopped",
+             r->hub.state_dir, r->rollout, step, state);
+    return HF_EJOURNAL;
+  }
+  return 0;
+}
+
+static int jread(struct hf_req *r, json_t **recs) {
+  bool torn;
+  int rc = hf_journal_read(r->hub.state_dir, r->rollout, recs, &torn);
+  if (rc != 0) {
+    snprintf(r->msg, sizeof r->msg, "journal %s/journal-%s is damaged or unreadable", r->hub.state_dir, r->rollout);
+    return HF_EJOURNAL;
+  }
+  if (torn) hf__event(r, "warn", "journal: a torn last record (cut write) was ignored");
+  return 0;
+}
+
+/* The last record for step in state (borrowed from recs), or NULL. */
+static json_t *jlast(json_t *recs, const char *step, const char *state) {
+  size_t i = json_array_size(recs);
+  while (i-- > 0) {
+    json_t *rec = json_array_get(recs, i);
+    if (strcmp(json_string_value(json_object_get(rec, "step")) ?: "", step) == 0 &&
+        (state == NULL || strcmp(json_string_value(json_object_get(rec, "state")) ?: "", state) == 0))
+      return rec;
+  }
+  return NULL;
+}
+
+/* The state check before a step that changes the hub: a backup of this
+ * rollout must exist, since it is the only way back. */
+static int need_backup(struct hf_req *r, json_t **recs_out) {
+  json_t *recs = NULL;
+  int rc;
+  if ((rc = jread(r, &recs)) != 0) return rc;
+  if (jlast(recs, "backup", "done") == NULL) {
+    json_decref(recs);
+    snprintf(r->msg, sizeof r->msg, "%s refused: rollout %s has no completed backup on this host yet", r->op, r->rollout);
+    return HF_ESTATE;
+  }
+  if (recs_out) *recs_out = recs; else json_decref(recs);
+  return 0;
+}
+
+/* ---- installer ---------------------------------------------------------------------------- */
+
+/* Installs pins (borrowed strings "NAME==V") into e with its own installer. */
+static int env_install(struct hf_req *r, const struct hf_env *e, const char *const *pins, int n, int64_t timeout) {
+  struct hf_argv a;
+  char tool[PATH_MAX];
+  int i, rc;
+
+  hf__argv_start(r, &a);
+  if (strcmp(e->installer, "conda") == 0) {
+    char cbin[PATH_MAX];
+    if (!hf__which("conda", tool, sizeof tool)) {
+      /* An environment inside a conda installation: PREFIX/../../bin/conda. */
+      if (hf__pathf(cbin, sizeof cbin, "%s/../../bin/conda", e->prefix) != 0 || access(cbin, X_OK) != 0) {
+        hf_argv_free(&a);
+        snprintf(r->msg, sizeof r->msg, "%s: conda environment but no conda program found", e->prefix);
+        return HF_EUNSUPPORTED;
+      }
+      if (realpath(cbin, tool) == NULL) snprintf(tool, sizeof tool, "%s", cbin);
+    }
+    hf_argv_push(&a, tool);
+    hf_argv_push(&a, "install");
+    hf_argv_push(&a, "--yes");
+    hf_argv_push(&a, "--prefix");
+    hf_argv_push(&a, e->prefix);
+    hf_argv_push(&a, "--channel");
+    hf_argv_push(&a, "conda-forge");
+  } else {
+    hf_argv_pushf(&a, "%s/bin/python", e->prefix);
+    hf_argv_push(&a, "-m");
+    hf_argv_push(&a, "pip");
+    hf_argv_push(&a, "install");
+    hf_argv_push(&a, "--upgrade");
+    hf_argv_push(&a, "--no-input");
+    hf_argv_push(&a, "--disable-pip-version-check");
+    if (r->hub.find_links) {
+      hf_argv_push(&a, "--no-index");
+      hf_argv_push(&a, "--find-links");
+      hf_argv_push(&a, r->hub.find_links);
+    } else if (r->hub.index_url) {
+      hf_argv_push(&a, "--index-url");
+      hf_argv_push(&a, r->hub.index_url);
+    }
+  }
+  for (i = 0; i < n; i++) {
+    if (!hf_valid_pkgpin(pins[i])) {
+      hf_argv_free(&a);
+      snprintf(r->msg, sizeof r->msg, "refusing to install %.80s: not NAME==VERSION", pins[i]);
+      return HF_EBADARG;
+    }
+    hf_argv_push(&a, pins[i]);
+  }
+  rc = hf__cmd(r, &a, NULL, NULL, timeout, "install", false, NULL);
+  hf_argv_free(&a);
+  return rc;
+}
+
+/* ---- facts ------------------------------------------------------------------------------ */
+
+static json_t *envs_json(struct hf_req *r, struct envset *es, bool with_report) {
+  struct pkglist pl;
+  json_t *arr = json_array();
+  int i;
+  pkgs_load(r, &pl, with_report);
+  for (i = 0; i < es->n; i++) {
+    const struct hf_env *e = &es->env[i];
+    json_t *o = json_object(), *pk = env_pkg_obj(e, &pl, pl.n);
+    json_object_set_new(o, "prefix", json_string(e->prefix));
+    json_object_set_new(o, "role", json_string(es->role[i]));
+    json_object_set_new(o, "exists", json_boolean(e->exists));
+    json_object_set_new(o, "installer", json_string(e->installer));
+    json_object_set(o, "jupyterhub", json_object_get(pk, "jupyterhub"));
+    json_object_set_new(o, "python", e->python[0] ? json_string(e->python) : json_null());
+    json_object_set_new(o, "packages", pk);
+    json_array_append_new(arr, o);
+  }
+  return arr;
+}
+
+/* GET /hub/api: the version string (new) or NULL. */
+static json_t *api_version(const char *base, int64_t timeout_ms, int *status) {
+  struct hf_http_resp resp;
+  json_t *body, *v = NULL;
+  int rc = hf_http_get(base, "/hub/api", timeout_ms, &resp);
+  *status = rc == 0 ? resp.status : rc;
+  if (rc != 0) return NULL;
+  if (resp.status == 200) {
+    body = json_loadb(resp.body, resp.body_len, 0, NULL);
+    if (json_is_string(json_object_get(body, "version")) && hf_valid_version(json_string_value(json_object_get(body, "version"))))
+      v = json_string(json_string_value(json_object_get(body, "version")));
+    json_decref(body);
+  }
+  hf_http_resp_free(&resp);
+  return v;
+}
+
+static int op_facts(struct hf_req *r, json_t *data) {
+  int64_t c0 = cpu_us();
+  struct envset *es = malloc(sizeof *es);
+  json_t *db = json_object(), *svc = json_object(), *ver;
+  char tool[PATH_MAX];
+  int st;
+
+  if (es == NULL) return HF_ENOMEM;
+  envs_load(r, es);
+  json_object_set_new(data, "envs", envs_json(r, es, true));
+  free(es);
+  ver = api_version(r->hub.health_url, r->timeout_ms > 0 && r->timeout_ms < 2000 ? r->timeout_ms : 1000, &st);
+  json_object_set_new(data, "hub_running", json_boolean(st > 0));
+  json_object_set_new(data, "api_version", ver ? ver : json_null());
+  if (r->hub.sqlite) {
+    char alembic[128], err[512];
+    int64_t users;
+    json_object_set_new(db, "kind", json_string("sqlite"));
+    json_object_set_new(db, "path", json_string(r->hub.db_path));
+    if (hf_db_info(r->hub.db_path, alembic, sizeof alembic, &users, err, sizeof err) == 0) {
+      json_object_set_new(db, "alembic_revision", alembic[0] ? json_string(alembic) : json_null());
+      json_object_set_new(db, "users", users >= 0 ? json_integer(users) : json_null());
+    } else {
+      json_object_set_new(db, "alembic_revision", json_null());
+      json_object_set_new(db, "users", json_null());
+      json_object_set_new(db, "error", json_string(err));
+    }
+    json_object_set_new(db, "bytes", json_integer(file_size(r->hub.db_path)));
+  } else {
+    json_object_set_new(db, "kind", json_string(strncmp(r->hub.db_url, "mysql", 5) == 0 ? "mysql" : "postgresql"));
+    json_object_set_new(db, "path", json_null());
+    json_object_set_new(db, "alembic_revision", json_null());
+    json_object_set_new(db, "users", json_null());
+  }
+  json_object_set_new(data, "db", db);
+  json_object_set_new(data, "backup_free_bytes", json_integer(free_bytes(r->hub.backup_dir)));
+  json_object_set_new(svc, "kind", json_string(hf__svc_kind_name(r->hub.svc)));
+  json_object_set_new(svc, "name", json_string(r->hub.svc_name));
+  {
+    const char *t = r->hub.svc == HF_SVC_SUPERVISORD ? "supervisorctl" : r->hub.svc == HF_SVC_SYSTEMD ? "systemctl"
+                  : r->hub.svc == HF_SVC_DOCKER ? "docker" : NULL;
+    json_object_set_new(svc, "tool", t && hf__which(t, tool, sizeof tool) ? json_string(tool) : json_null());
+  }
+  json_object_set_new(data, "service_manager", svc);
+  json_object_set_new(data, "agent_cpu_us", json_integer(cpu_us() - c0));
+  json_object_set_new(data, "process_cpu_us", json_integer(cpu_us()));
+  return 0;
+}
+
+/* ---- preflight ----------------------------------------------------------------------------- */
+
+static void check(struct hf_req *r, json_t *checks, const char *name, const char *outcome, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void check(struct hf_req *r, json_t *checks, const char *name, const char *outcome, const char *fmt, ...) {
+  char detail[1024];
+  va_list ap;
+  json_t *c = json_object();
+  va_start(ap, fmt);
+  vsnprintf(detail, sizeof detail, fmt, ap);
+  va_end(ap);
+  json_object_set_new(c, "name", json_string(name));
+  json_object_set_new(c, "outcome", json_string(outcome));
+  json_object_set_new(c, "detail", json_string(detail));
+  json_array_append_new(checks, c);
+  hf__event(r, strcmp(outcome, "pass") == 0 ? "info" : "warn", "preflight %s: %s: %s", name, outcome, detail);
+}
+
+static int op_preflight(struct hf_req *r, json_t *data) {
+  struct envset *es = malloc(sizeof *es);
+  json_t *checks = json_array();
+  char refused[2048] = "", name[PATH_MAX + 16];
+  int64_t need = 1 << 20, fb;
+  int i, nref = 0;
+  size_t k;
+
+  if (es == NULL) { json_decref(checks); return HF_ENOMEM; }
+  envs_load(r, es);
+  for (i = 0; i < es->n; i++) {
+    const struct hf_env *e = &es->env[i];
+    char py[PATH_MAX + 16];
+    snprintf(name, sizeof name, "env:%s", e->prefix);
+    if (!e->exists) { check(r, checks, name, "refuse", "%s environment %s does not exist", es->role[i], e->prefix); continue; }
+    snprintf(py, sizeof py, "%s/bin/python", e->prefix);
+    if (strcmp(e->installer, "pip") == 0 && access(py, X_OK) != 0) {
+      check(r, checks, name, "refuse", "%s has no bin/python", e->prefix);
+      continue;
+    }
+    if (strcmp(e->installer, "pip") == 0 && (e->site[0] == '\0' || access(e->site, W_OK) != 0) && !r->hub.become) {
+      check(r, checks, name, "refuse", "%s is not writable by this user (set become for sudo)", e->site[0] ? e->site : e->prefix);
+      continue;
+    }
+    {
+      const char *nm = "jupyterhub";
+      char ver[1][HF_VER_LEN];
+      hf_env_versions(e, &nm, 1, ver);
+      if (ver[0][0] == '\0') check(r, checks, name, "warn", "no jupyterhub installed in %s (python %s)", e->prefix, e->python);
+      else if (hf_version_cmp(ver[0], r->target) > 0)
+        check(r, checks, name, "warn", "jupyterhub %s in %s is newer than the target %s (a downgrade)", ver[0], e->prefix, r->target);
+      else check(r, checks, name, "pass", "jupyterhub %s, python %s, installer %s", ver[0], e->python, e->installer);
+    }
+  }
+  if (access(r->hub.config, R_OK) != 0) check(r, checks, "config", "refuse", "%s: %s", r->hub.config, strerror(errno));
+  else { check(r, checks, "config", "pass", "%s readable", r->hub.config); need += file_size(r->hub.config); }
+  if (r->hub.sqlite) {
+    char alembic[128], err[512];
+    int64_t users;
+    if (hf_db_info(r->hub.db_path, alembic, sizeof alembic, &users, err, sizeof err) != 0)
+      check(r, checks, "database", "refuse", "%s", err);
+    else {
+      check(r, checks, "database", "pass", "sqlite %s, alembic revision %s, %lld users", r->hub.db_path,
+            alembic[0] ? alembic : "(none)", (long long)users);
+      need += file_size(r->hub.db_path);
+    }
+  } else if (json_array_size(r->hub.db_dump) > 0) {
+    check(r, checks, "database", "pass", "non-SQLite database: backed up with the configured db_dump command");
+  } else {
+    check(r, checks, "database", "refuse", "non-SQLite database and no db_dump command: it cannot be backed up");
+  }
+  fb = free_bytes(r->hub.backup_dir);
+  if (fb < 2 * need) check(r, checks, "disk", "refuse", "%lld bytes free at %s, need %lld", (long long)fb, r->hub.backup_dir, (long long)(2 * need));
+  else check(r, checks, "disk", "pass", "%lld bytes free at %s", (long long)fb, r->hub.backup_dir);
+  {
+    bool running;
+    char state[64];
+    int rc = hf__svc_status(r, &running, state, sizeof state);
+    if (rc != 0) check(r, checks, "service", "refuse", "%s", r->msg);
+    else check(r, checks, "service", "pass", "%s:%s is %s", hf__svc_kind_name(r->hub.svc), r->hub.svc_name, state);
+    r->msg[0] = '\0';
+  }
+  /* The target must be installable from the configured source, with this
+   * Python (Requires-Python is part of pip's answer): ask pip, change nothing. */
+  for (i = 0; i < es->n; i++) {
+    const struct hf_env *e = &es->env[i];
+    struct hf_argv a;
+    int rc;
+    if (!e->exists || strcmp(e->installer, "pip") != 0) continue;
+    snprintf(name, sizeof name, "installable:%s", e->prefix);
+    hf__argv_start(r, &a);
+    hf_argv_pushf(&a, "%s/bin/python", e->prefix);
+    hf_argv_push(&a, "-m");
+    hf_argv_push(&a, "pip");
+    hf_argv_push(&a, "install");
+    hf_argv_push(&a, "--dry-run");
+    hf_argv_push(&a, "--upgrade");
+    hf_argv_push(&a, "--no-input");
+    hf_argv_push(&a, "--disable-pip-version-check");
+    if (r->hub.find_links) { hf_argv_push(&a, "--no-index"); hf_argv_push(&a, "--find-links"); hf_argv_push(&a, r->hub.find_links); }
+    else if (r->hub.index_url) { hf_argv_push(&a, "--index-url"); hf_argv_push(&a, r->hub.index_url); }
+    hf_argv_pushf(&a, "jupyterhub==%s", r->target);
+    for (k = 0; k < json_array_size(r->hub.extra_packages); k++)
+      hf_argv_push(&a, json_string_value(json_array_get(r->hub.extra_packages, k)));
+    rc = hf__cmd(r, &a, NULL, NULL, r->timeout_ms, "preflight", true, NULL);
+    hf_argv_free(&a);
+    if (rc != 0) check(r, checks, name, "refuse", "jupyterhub==%s is not installable: %s", r->target, r->msg);
+    else check(r, checks, name, "pass", "pip can install jupyterhub==%s", r->target);
+    r->msg[0] = '\0';
+  }
+  for (k = 0; k < json_array_size(checks); k++) {
+    json_t *c = json_array_get(checks, k);
+    if (strcmp(json_string_value(json_object_get(c, "outcome")), "refuse") == 0) {
+      size_t l = strlen(refused);
+      snprintf(refused + l, sizeof refused - l, "%s%s: %s", nref++ ? "; " : "",
+               json_string_value(json_object_get(c, "name")), json_string_value(json_object_get(c, "detail")));
+    }
+  }
+  json_object_set_new(data, "checks", checks);
+  json_object_set_new(data, "envs", envs_json(r, es, true));
+  free(es);
+  if (nref > 0) {
+    snprintf(r->msg, sizeof r->msg, "preflight refused the host: %s", refused);
+    return HF_EPREFLIGHT;
+  }
+  return 0;
+}
+
+/* ---- backup ---------------------------------------------------------------------------------- */
+
+/* Bytes under path (files only), bounded in entries. */
+static int64_t tree_bytes(const char *path, int depth, int64_t *budget) {
+  struct stat st;
+  DIR *d;
+  struct dirent *de;
+  int64_t sum = 0;
+  if (--*budget < 0 || lstat(path, &st) != 0) return 0;
+  if (!S_ISDIR(st.st_mode)) return S_ISREG(st.st_mode) ? (int64_t)st.st_size : 0;
+  if (depth > 64 || (d = opendir(path)) == NULL) return 0;
+  while ((de = readdir(d)) != NULL) {
+    char sub[PATH_MAX];
+    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+    if (hf__pathf(sub, sizeof sub, "%s/%s", path, de->d_name) != 0) continue;
+    sum += tree_bytes(sub, depth + 1, budget);
+  }
+  closedir(d);
+  return sum;
+}
+
+static int op_backup(struct hf_req *r, json_t *data) {
+  struct envset *es = NULL;
+  struct pkglist pl;
+  json_t *recs = NULL, *done, *prev, *bk = NULL;
+  char dir[PATH_MAX], dbf[PATH_MAX], cff[PATH_MAX], dbsha[HF_SHA256_HEX] = "", cfsha[HF_SHA256_HEX];
+  int64_t need = 1 << 20, homes = 0, fb;
+  bool want_homes = json_is_true(json_object_get(r->args, "homes")) && json_array_size(r->hub.backup_homes) > 0;
+  bool running;
+  char state[64];
+  int rc, i;
+  size_t k;
+
+  if ((rc = jread(r, &recs)) != 0) return rc;
+  /* Idempotent, and never overwrite: a second backup after install would
+   * save the upgraded database as "the previous state". */
+  if ((done = jlast(recs, "backup", "done")) != NULL) {
+    json_t *d = json_object_get(done, "detail");
+    const char *f = json_string_value(json_object_get(json_object_get(d, "backup"), "db_file"));
+    const char *s = json_string_value(json_object_get(json_object_get(d, "backup"), "db_sha256"));
+    char now[HF_SHA256_HEX];
+    if (f && s && (hf_sha256_file(f, now) != 0 || strcmp(now, s) != 0)) {
+      json_decref(recs);
+      snprintf(r->msg, sizeof r->msg, "backup %s of rollout %s no longer matches its checksum", f, r->rollout);
+      return HF_EINTEGRITY;
+    }
+    json_object_set(data, "backup", json_object_get(d, "backup"));
+    json_object_set(data, "previous", json_object_get(d, "previous"));
+    json_object_set_new(data, "already", json_true());
+    json_decref(recs);
+    return 0;
+  }
+  json_decref(recs);
+
+  if (hf__pathf(dir, sizeof dir, "%s/%s", r->hub.backup_dir, r->rollout) != 0) return HF_EBADARG;
+  if (hf__mkdirs(dir, 0700) != 0) {
+    snprintf(r->msg, sizeof r->msg, "cannot create backup directory %s: %s", dir, strerror(errno));
+    return HF_EIO;
+  }
+  if (r->hub.sqlite) need += file_size(r->hub.db_path);
+  need += file_size(r->hub.config);
+  if (want_homes) {
+    int64_t budget = 2000000;
+    for (k = 0; k < json_array_size(r->hub.backup_homes); k++)
+      homes += tree_bytes(json_string_value(json_array_get(r->hub.backup_homes, k)), 0, &budget);
+    hf__event(r, "info", "backup: home directories hold %lld bytes", (long long)homes);
+    need += homes;
+  }
+  fb = free_bytes(dir);
+  if (fb >= 0 && fb < need) {
+    snprintf(r->msg, sizeof r->msg, "backup needs %lld bytes at %s, %lld free", (long long)need, dir, (long long)fb);
+    return HF_ENOSPC;
+  }
+
+  /* The versions an upgrade will change, per environment: what rollback reinstalls. */
+  if ((es = malloc(sizeof *es)) == NULL) return HF_ENOMEM;
+  envs_load(r, es);
+  pkgs_load(r, &pl, false);
+  prev = json_object();
+  for (i = 0; i < es->n; i++) json_object_set_new(prev, es->env[i].prefix, env_pkg_obj(&es->env[i], &pl, pl.n_change));
+  free(es);
+  if (hf__svc_status(r, &running, state, sizeof state) != 0) running = true;
+  r->msg[0] = '\0';
+  {
+    json_t *det = json_object();
+    json_object_set_new(det, "dir", json_string(dir));
+    json_object_set(det, "previous", prev);
+    if (r->target) json_object_set_new(det, "target", json_string(r->target));
+    if ((rc = jrec(r, "backup", "begin", det)) != 0) { json_decref(prev); return rc; }
+  }
+
+  bk = json_object();
+  json_object_set_new(bk, "dir", json_string(dir));
+  if (r->hub.sqlite) {
+    char alembic[128] = "", err[512] = "";
+    int64_t users;
+    hf_db_info(r->hub.db_path, alembic, sizeof alembic, &users, err, sizeof err);
+    if (hf__pathf(dbf, sizeof dbf, "%s/jupyterhub.sqlite", dir) != 0) { rc = HF_EBADARG; goto fail; }
+    if ((rc = hf_db_backup(r->hub.db_path, dbf, dbsha, r->msg, sizeof r->msg)) != 0) goto fail;
+    json_object_set_new(bk, "db_kind", json_string("sqlite"));
+    json_object_set_new(bk, "db_file", json_string(dbf));
+    json_object_set_new(bk, "db_sha256", json_string(dbsha));
+    json_object_set_new(bk, "alembic_revision", alembic[0] ? json_string(alembic) : json_null());
+    hf__event(r, "info", "backup: %s -> %s sha256 %s (integrity ok)", r->hub.db_path, dbf, dbsha);
+  } else if (json_array_size(r->hub.db_dump) > 0) {
+    struct hf_argv a;
+    struct hf_run run;
+    int fd;
+    if (hf__pathf(dbf, sizeof dbf, "%s/db.dump", dir) != 0) { rc = HF_EBADARG; goto fail; }
+    fd = open(dbf, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) { snprintf(r->msg, sizeof r->msg, "create %s: %s", dbf, strerror(errno)); rc = HF_EIO; goto fail; }
+    hf_argv_init(&a);
+    for (k = 0; k < json_array_size(r->hub.db_dump); k++) hf_argv_push(&a, json_string_value(json_array_get(r->hub.db_dump, k)));
+    memset(&run, 0, sizeof run);
+    run.argv = a.v; run.stdout_fd = fd; run.timeout_ms = r->timeout_ms;
+    rc = hf_argv_error(&a) ? hf_argv_error(&a) : hf_run_exec(&run);
+    if (rc == 0 && fsync(fd) != 0) rc = HF_EIO;
+    close(fd);
+    if (rc != 0) snprintf(r->msg, sizeof r->msg, "db_dump %s failed (%s, status %d): %.1500s", a.v[0] ? a.v[0] : "",
+                          hf_err_code(rc), run.status, run.out ? run.out : "");
+    hf_run_free(&run);
+    hf_argv_free(&a);
+    if (rc != 0) goto fail;
+    hf_sha256_file(dbf, dbsha);
+    json_object_set_new(bk, "db_kind", json_string("dump"));
+    json_object_set_new(bk, "db_file", json_string(dbf));
+    json_object_set_new(bk, "db_sha256", json_string(dbsha));
+  } else {
+    snprintf(r->msg, sizeof r->msg, "database %s is not SQLite and no db_dump command is configured: refusing to "
+             "pretend it is backed up", r->hub.db_url);
+    rc = HF_EUNSUPPORTED;
+    goto fail;
+  }
+  if (hf__pathf(cff, sizeof cff, "%s/jupyterhub_config.py", dir) != 0) { rc = HF_EBADARG; goto fail; }
+  if ((rc = hf_file_install(r->hub.config, cff, NULL, cfsha, r->msg, sizeof r->msg)) != 0) goto fail;
+  json_object_set_new(bk, "config_file", json_string(cff));
+  json_object_set_new(bk, "config_sha256", json_string(cfsha));
+  if (want_homes) {
+    struct hf_argv a;
+    char tar[PATH_MAX], tool[PATH_MAX];
+    if (!hf__which("tar", tool, sizeof tool)) { snprintf(r->msg, sizeof r->msg, "tar not found"); rc = HF_EUNSUPPORTED; goto fail; }
+    snprintf(tar, sizeof tar, "%s/homes.tar", dir);
+    hf__argv_start(r, &a);
+    hf_argv_push(&a, tool);
+    hf_argv_push(&a, "--create");
+    hf_argv_pushf(&a, "--file=%s", tar);
+    hf_argv_push(&a, "--directory=/");
+    hf_argv_push(&a, "--");
+    for (k = 0; k < json_array_size(r->hub.backup_homes); k++)
+      hf_argv_push(&a, json_string_value(json_array_get(r->hub.backup_homes, k)) + 1);
+    rc = hf__cmd(r, &a, NULL, NULL, r->timeout_ms, "backup", false, NULL);
+    hf_argv_free(&a);
+    if (rc != 0) goto fail;
+    json_object_set_new(bk, "homes_file", json_string(tar));
+    json_object_set_new(bk, "homes_bytes", json_integer(homes));
+  }
+  json_object_set_new(bk, "hub_running", json_boolean(running));
+  {
+    json_t *det = json_object();
+    json_object_set(det, "backup", bk);
+    json_object_set(det, "previous", prev);
+    if ((rc = jrec(r, "backup", "done", det)) != 0) goto out;
+  }
+  json_object_set(data, "backup", bk);
+  json_object_set(data, "previous", prev);
+  rc = 0;
+  goto out;
+fail:
+  {
+    json_t *det = json_object();
+    json_object_set_new(det, "error", json_string(r->msg));
+    json_object_set_new(det, "code", json_string(hf_err_code(rc)));
+    jrec(r, "backup", "failed", det);
+  }
+out:
+  json_decref(bk);
+  json_decref(prev);
+  return rc;
+}
+
+/* ---- stop / start ------------------------------------------------------------------------------ */
+
+static int fail_step(struct hf_req *r, const char *step, int rc) {
+  json_t *det = json_object();
+  char keep[sizeof r->msg];
+  snprintf(keep, sizeof keep, "%s", r->msg);
+  json_object_set_new(det, "error", json_string(r->msg));
+  json_object_set_new(det, "code", json_string(hf_err_code(rc)));
+  if (jrec(r, step, "failed", det) != 0) return HF_EJOURNAL;
+  snprintf(r->msg, sizeof r->msg, "%s", keep);
+  return rc;
+}
+
+static int op_stop(struct hf_req *r, json_t *data) {
+  bool was;
+  int rc;
+  if ((rc = need_backup(r, NULL)) != 0) return rc;
+  if ((rc = jrec(r, "stop", "begin", NULL)) != 0) return rc;
+  if ((rc = hf__svc_stop(r, &was)) != 0) return fail_step(r, "stop", rc);
+  {
+    json_t *det = json_object();
+    json_object_set_new(det, "was_running", json_boolean(was));
+    if ((rc = jrec(r, "stop", "done", det)) != 0) return rc;
+  }
+  json_object_set_new(data, "was_running", json_boolean(was));
+  json_object_set_new(data, "stopped", json_true());
+  return 0;
+}
+
+static int op_start(struct hf_req *r, json_t *data) {
+  bool was;
+  int64_t off = file_size(r->hub.hub_log);
+  json_t *det = json_object();
+  int rc;
+  /* Health scans the log from here: what this start wrote. */
+  json_object_set_new(det, "log_offset", json_integer(off < 0 ? 0 : off));
+  if ((rc = jrec(r, "start", "begin", det)) != 0) return rc;
+  if ((rc = hf__svc_start(r, &was)) != 0) return fail_step(r, "start", rc);
+  det = json_object();
+  json_object_set_new(det, "was_running", json_boolean(was));
+  if ((rc = jrec(r, "start", "done", det)) != 0) return rc;
+  json_object_set_new(data, "running", json_true());
+  json_object_set_new(data, "was_running", json_boolean(was));
+  return 0;
+}
+
+/* ---- install ------------------------------------------------------------------------------------ */
+
+/* Brings every environment to the pins: want[prefix] = {pkg: ver}. Envs
+ * already there are skipped, so a repeated install runs nothing. */
+static int install_envs(struct hf_req *r, const char *step, json_t *want, json_t *installed) {
+  struct envset *es = malloc(sizeof *es);
+  int i, rc = 0;
+  if (es == NULL) return HF_ENOMEM;
+  envs_load(r, es);
+  for (i = 0; i < es->n; i++) {
+    struct hf_env *e = &es->env[i];
+    json_t *pins = json_object_get(want, e->prefix), *v;
+    const char *pkg, *names[64], *pinv[64];
+    char pinbuf[64][200], vers[64][HF_VER_LEN];
+    int n = 0, k;
+    bool same = true;
+    hf__progress(r, step, i, es->n);
+    if (!e->exists) { snprintf(r->msg, sizeof r->msg, "environment %s does not exist", e->prefix); rc = HF_ENOTFOUND; break; }
+    json_object_foreach(pins, pkg, v) {
+      if (!json_is_string(v) || n >= 64) continue; /* null: was not installed; left alone */
+      names[n] = pkg;
+      snprintf(pinbuf[n], sizeof pinbuf[n], "%s==%s", pkg, json_string_value(v));
+      pinv[n] = pinbuf[n];
+      n++;
+    }
+    hf_env_versions(e, names, n, vers);
+    for (k = 0; k < n; k++)
+      if (strcmp(vers[k], json_string_value(json_object_get(pins, names[k]))) != 0) same = false;
+    if (!same) {
+      hf__event(r, "info", "%s: %s environment %s", step, es->role[i], e->prefix);
+      if ((rc = env_install(r, e, pinv, n, r->timeout_ms)) != 0) break;
+      /* Trust the files, not the installer's exit code. */
+      hf_env_inspect(e->prefix, r->hub.installer, e);
+      hf_env_versions(e, names, n, vers);
+      for (k = 0; k < n; k++)
+        if (strcmp(vers[k], json_string_value(json_object_get(pins, names[k]))) != 0) {
+          snprintf(r->msg, sizeof r->msg, "%s: %s is %s in %s after the install, expected %s", step, names[k],
+                   vers[k][0] ? vers[k] : "missing", e->prefix, json_string_value(json_object_get(pins, names[k])));
+          rc = HF_ECMD;
+        }
+      if (rc) break;
+    } else {
+      hf__event(r, "info", "%s: %s already at the wanted versions", step, e->prefix);
+    }
+    {
+      json_t *o = json_object();
+      for (k = 0; k < n; k++) json_object_set_new(o, names[k], json_string(vers[k]));
+      json_object_set_new(installed, e->prefix, o);
+    }
+  }
+  if (rc == 0) hf__progress(r, step, es->n, es->n);
+  free(es);
+  return rc;
+}
+
+static int op_install(struct hf_req *r, json_t *data) {
+  json_t *want = json_object(), *installed = json_object(), *det;
+  struct envset *es = malloc(sizeof *es);
+  int i, rc;
+  size_t k;
+
+  if (es == NULL) { json_decref(want); json_decref(installed); return HF_ENOMEM; }
+  if ((rc = need_backup(r, NULL)) != 0) goto out;
+  envs_load(r, es);
+  for (i = 0; i < es->n; i++) {
+    json_t *o = json_object();
+    json_object_set_new(o, "jupyterhub", json_string(r->target));
+    for (k = 0; k < json_array_size(r->hub.extra_packages); k++) {
+      const char *pin = json_string_value(json_array_get(r->hub.extra_packages, k));
+      const char *eq = strstr(pin, "==");
+      char nm[130];
+      if (eq == NULL || (size_t)(eq - pin) >= sizeof nm) continue;
+      memcpy(nm, pin, (size_t)(eq - pin));
+      nm[eq - pin] = '\0';
+      json_object_set_new(o, nm, json_string(eq + 2));
+    }
+    json_object_set_new(want, es->env[i].prefix, o);
+  }
+  det = json_object();
+  json_object_set_new(det, "target", json_string(r->target));
+  json_object_set(det, "want", want);
+  if ((rc = jrec(r, "install", "begin", det)) != 0) goto out;
+  if ((rc = install_envs(r, "install", want, installed)) != 0) { rc = fail_step(r, "install", rc); goto out; }
+  det = json_object();
+  json_object_set(det, "installed", installed);
+  if ((rc = jrec(r, "install", "done", det)) != 0) goto out;
+  json_object_set(data, "installed", installed);
+out:
+  free(es);
+  json_decref(want);
+  json_decref(installed);
+  return rc;
+}
+
+/* ---- migrate ------------------------------------------------------------------------------------ */
+
+static int op_migrate(struct hf_req *r, json_t *data) {
+  char before[128] = "", after[128] = "", err[512], bin[PATH_MAX];
+  struct hf_argv a;
+  int64_t users;
+  json_t *det;
+  int rc;
+
+  if ((rc = need_backup(r, NULL)) != 0) return rc;
+  if (r->hub.sqlite && hf_db_info(r->hub.db_path, before, sizeof before, &users, err, sizeof err) != 0) {
+    snprintf(r->msg, sizeof r->msg, "%s", err);
+    return HF_EDB;
+  }
+  det = json_object();
+  json_object_set_new(det, "alembic_before", before[0] ? json_string(before) : json_null());
+  if ((rc = jrec(r, "migrate", "begin", det)) != 0) return rc;
+  if (hf__pathf(bin, sizeof bin, "%s/bin", r->hub.hub_env) != 0) return fail_step(r, "migrate", HF_EBADARG);
+  hf__argv_start(r, &a);
+  hf_argv_pushf(&a, "%s/jupyterhub", bin);
+  hf_argv_push(&a, "upgrade-db");
+  hf_argv_pushf(&a, "--config=%s", r->hub.config);
+  /* In the config's directory: relative paths in the config resolve as the hub sees them. */
+  rc = hf__cmd(r, &a, r->hub.config_dir, bin, r->timeout_ms, "migrate", false, NULL);
+  hf_argv_free(&a);
+  if (rc != 0) return fail_step(r, "migrate", rc);
+  if (r->hub.sqlite && hf_db_info(r->hub.db_path, after, sizeof after, &users, err, sizeof err) != 0) {
+    snprintf(r->msg, sizeof r->msg, "%s", err);
+    return fail_step(r, "migrate", HF_EDB);
+  }
+  det = json_object();
+  json_object_set_new(det, "alembic_before", before[0] ? json_string(before) : json_null());
+  json_object_set_new(det, "alembic_after", after[0] ? json_string(after) : json_null());
+  if ((rc = jrec(r, "migrate", "done", det)) != 0) return rc;
+  json_object_set_new(data, "alembic_before", before[0] ? json_string(before) : json_null());
+  json_object_set_new(data, "alembic_after", after[0] ? json_string(after) : json_null());
+  return 0;
+}
+
+/* ---- health ------------------------------------------------------------------------------------- */
+
+#define HF_LOG_KEEP 50          /* lines of each kind reported */
+#define HF_LOG_MAX  (4 << 20)   /* bytes of log scanned */
+
+static bool has(const char *line, const char *needle) {
+  return strstr(line, needle) != NULL;
+}
+
+/* Scans the hub log from offset for errors and deprecations (bounded). */
+static void scan_log(const char *path, int64_t offset, json_t *errors, json_t *deprecations) {
+  int fd;
+  int64_t size = file_size(path);
+  char *buf, *p, *end;
+  ssize_t n;
+  bool in_tb = false;
+  if (path == NULL || size < 0) return;
+  if (offset > size) offset = 0; /* rotated or truncated: read what is there */
+  if (size - offset > HF_LOG_MAX) offset = size - HF_LOG_MAX;
+  if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) return;
+  buf = malloc((size_t)(size - offset) + 1);
+  if (buf == NULL) { close(fd); return; }
+  n = pread(fd, buf, (size_t)(size - offset), offset);
+  close(fd);
+  if (n < 0) n = 0;
+  buf[n] = '\0';
+  end = buf + n;
+  for (p = buf; p < end;) {
+    char *eol = memchr(p, '\n', (size_t)(end - p));
+    char line[400];
+    size_t l;
+    if (eol == NULL) eol = end;
+    l = (size_t)(eol - p);
+    if (l >= sizeof line) l = sizeof line - 1;
+    memcpy(line, p, l);
+    line[l] = '\0';
+    for (size_t i = 0; i < l; i++)
+      if ((unsigned char)line[i] < 0x20 && line[i] != '\t') line[i] = ' ';
+      else if ((unsigned char)line[i] > 0x7e) line[i] = '?';
+    /* JupyterHub's format: "[E 2026-11-25 16:00:00.000 JupyterHub app:123] ..."; also
+     * Python tracebacks and CRITICAL lines written by other handlers. */
+    if (strncmp(line, "[E ", 3) == 0 || strncmp(line, "[C ", 3) == 0 || has(line, " ERROR ") || has(line, "ERROR:") ||
+        has(line, "CRITICAL") || has(line, "Traceback (most recent call last)")) {
+      if (json_array_size(errors) < HF_LOG_KEEP) json_array_append_new(errors, json_string(line));
+      in_tb = has(line, "Traceback");
+    } else if (has(line, "DeprecationWarning") || has(line, "deprecated") || has(line, "Deprecated")) {
+      if (json_array_size(deprecations) < HF_LOG_KEEP) json_array_append_new(deprecations, json_string(line));
+    } else if (in_tb && line[0] != ' ' && line[0] != '\0') {
+      /* The exception line that ends a traceback says what failed. */
+      if (json_array_size(errors) < HF_LOG_KEEP) json_array_append_new(errors, json_string(line));
+      in_tb = false;
+    }
+    p = eol + 1;
+  }
+  free(buf);
+}
+
+/* Polls until the hub answers health 200 and /hub/api reports want, or the
+ * deadline. Fills data with what it saw; 0 when healthy. */
+static int wait_healthy(struct hf_req *r, const char *want, int64_t timeout_ms, int64_t log_offset, json_t *data) {
+  int64_t t0 = hf__now_ms(), deadline = t0 + timeout_ms;
+  json_t *errors = json_array(), *deps = json_array(), *ver = NULL;
+  int hstatus = 0, astatus = 0, polls = 0;
+  bool ok = false;
+
+  /* Bounded by the deadline; each probe by its own 1 s (or less) timeout. */
+  for (;;) {
+    struct hf_http_resp resp;
+    int64_t left = deadline - hf__now_ms();
+    int rc = hf_http_get(r->hub.health_url, "/hub/health", left < 1000 ? (left > 50 ? left : 50) : 1000, &resp);
+    polls++;
+    hstatus = rc == 0 ? resp.status : rc;
+    hf_http_resp_free(&resp);
+    if (rc == 0 && resp.status == 200) {
+      json_decref(ver);
+      ver = api_version(r->hub.health_url, 1000, &astatus);
+      if (ver != NULL && strcmp(json_string_value(ver), want) == 0) { ok = true; break; }
+    }
+    if (hf__now_ms() + 150 >= deadline) break;
+    usleep(150000);
+  }
+  scan_log(r->hub.hub_log, log_offset, errors, deps);
+  json_object_set_new(data, "status", json_string(ok && json_array_size(errors) == 0 ? "healthy" : "unhealthy"));
+  json_object_set_new(data, "api_version", ver ? ver : json_null());
+  json_object_set_new(data, "health_status", json_integer(hstatus));
+  json_object_set_new(data, "elapsed_ms", json_integer(hf__now_ms() - t0));
+  json_object_set_new(data, "polls", json_integer(polls));
+  json_object_set_new(data, "log_errors", errors);
+  json_object_set_new(data, "deprecations", deps);
+  if (!ok) {
+    snprintf(r->msg, sizeof r->msg, "hub not healthy within %lld ms: /hub/health %s %d, /hub/api version %s (want %s)%s%s",
+             (long long)timeout_ms, hstatus > 0 ? "status" : "error", hstatus,
+             json_string_value(json_object_get(data, "api_version")) ?: "none", want,
+             json_array_size(errors) ? "; log: " : "",
+             json_array_size(errors) ? json_string_value(json_array_get(errors, json_array_size(errors) - 1)) : "");
+    return HF_EHEALTH;
+  }
+  if (json_array_size(errors) > 0) {
+    snprintf(r->msg, sizeof r->msg, "hub answers as %s but its log since the start holds %zu error line(s), last: %s",
+             want, json_array_size(errors), json_string_value(json_array_get(errors, json_array_size(errors) - 1)));
+    return HF_EHEALTH;
+  }
+  return 0;
+}
+
+static int64_t start_log_offset(struct hf_req *r) {
+  json_t *recs = NULL, *st;
+  int64_t off;
+  bool torn;
+  if (r->rollout == NULL || hf_journal_read(r->hub.state_dir, r->rollout, &recs, &torn) != 0) goto tail;
+  st = jlast(recs, "start", "begin");
+  if (st == NULL) { json_decref(recs); goto tail; }
+  off = json_integer_value(json_object_get(json_object_get(st, "detail"), "log_offset"));
+  json_decref(recs);
+  return off;
+tail:
+  /* No start recorded: the recent part of the log. */
+  off = file_size(r->hub.hub_log);
+  return off > 65536 ? off - 65536 : 0;
+}
+
+static int op_health(struct hf_req *r, json_t *data) {
+  int rc = wait_healthy(r, r->target, r->timeout_ms, start_log_offset(r), data);
+  size_t k;
+  for (k = 0; k < json_array_size(json_object_get(data, "log_errors")); k++)
+    hf__event(r, "warn", "hub log: %s", json_string_value(json_array_get(json_object_get(data, "log_errors"), k)));
+  for (k = 0; k < json_array_size(json_object_get(data, "deprecations")); k++)
+    hf__event(r, "info", "hub log deprecation: %s", json_string_value(json_array_get(json_object_get(data, "deprecations"), k)));
+  if (r->rollout) {
+    json_t *det = json_deep_copy(data);
+    int jr = jrec(r, "health", rc == 0 ? "done" : "failed", det);
+    if (jr != 0 && rc == 0) rc = jr;
+  }
+  return rc;
+}
+
+/* ---- rollback ----------------------------------------------------------------------------------- */
+
+/* Removes SQLite side files of db: a stale -wal or hot -journal would be
+ * applied to the restored file and undo the restore. */
+static void drop_side_files(const char *db) {
+  static const char *const sfx[] = { "-wal", "-shm", "-journal", NULL };
+  char p[PATH_MAX];
+  int i;
+  for (i = 0; sfx[i]; i++)
+    if (hf__pathf(p, sizeof p, "%s%s", db, sfx[i]) == 0) unlink(p);
+}
+
+static int op_rollback(struct hf_req *r, json_t *data) {
+  json_t *recs = NULL, *bkrec, *bk, *prev, *det, *restored = json_object(), *hdata = NULL;
+  const char *dbf, *dbsha, *cff, *cfsha, *oldver = NULL;
+  char sha[HF_SHA256_HEX];
+  bool was, hub_was_running;
+  int rc;
+
+  if ((rc = jread(r, &recs)) != 0) { json_decref(restored); return rc; }
+  bkrec = jlast(recs, "backup", "done");
+  if (bkrec == NULL) {
+    /* Nothing was changed without a backup (stop/install/migrate refuse to
+     * run before one), so there is nothing to undo. */
+    json_decref(recs);
+    json_decref(restored);
+    json_object_set_new(data, "nothing_to_undo", json_true());
+    json_object_set_new(data, "restored_versions", json_object());
+    json_object_set_new(data, "db_sha256", json_null());
+    json_object_set_new(data, "api_version", json_null());
+    return 0;
+  }
+  bk = json_object_get(json_object_get(bkrec, "detail"), "backup");
+  prev = json_object_get(json_object_get(bkrec, "detail"), "previous");
+  if (json_is_object(json_object_get(r->args, "previous")) && !json_is_object(prev))
+    prev = json_object_get(r->args, "previous");
+  dbf = json_string_value(json_object_get(bk, "db_file"));
+  dbsha = json_string_value(json_object_get(bk, "db_sha256"));
+  cff = json_string_value(json_object_get(bk, "config_file"));
+  cfsha = json_string_value(json_object_get(bk, "config_sha256"));
+  hub_was_running = !json_is_false(json_object_get(bk, "hub_running"));
+  oldver = json_string_value(json_object_get(json_object_get(prev, r->hub.hub_env), "jupyterhub"));
+
+  det = json_object();
+  json_object_set_new(det, "from_step", json_deep_copy(json_array_get(recs, json_array_size(recs) - 1)));
+  if ((rc = jrec(r, "rollback", "begin", det)) != 0) goto out;
+
+  hf__event(r, "info", "rollback: stopping the hub");
+  if ((rc = hf__svc_stop(r, &was)) != 0) goto fail;
+  hf__event(r, "info", "rollback: reinstalling the previous versions");
+  if ((rc = install_envs(r, "rollback", prev, restored)) != 0) goto fail;
+  if (r->hub.sqlite && dbf && dbsha) {
+    if (hf_sha256_file(r->hub.db_path, sha) == 0 && strcmp(sha, dbsha) == 0) {
+      hf__event(r, "info", "rollback: database already equals the backup (%s)", sha);
+    } else {
+      drop_side_files(r->hub.db_path);
+      if ((rc = hf_file_install(dbf, r->hub.db_path, dbsha, sha, r->msg, sizeof r->msg)) != 0) goto fail;
+    }
+    if (hf_sha256_file(r->hub.db_path, sha) != 0 || strcmp(sha, dbsha) != 0) {
+      snprintf(r->msg, sizeof r->msg, "database %s does not match the backup after restore", r->hub.db_path);
+      rc = HF_EINTEGRITY;
+      goto fail;
+    }
+    hf__event(r, "info", "rollback: database restored, sha256 %s", sha);
+    json_object_set_new(data, "db_sha256", json_string(sha));
+  } else {
+    /* A dump is restored by the operator's own tools: say so. */
+    json_object_set_new(data, "db_sha256", json_null());
+    if (dbf) hf__event(r, "warn", "rollback: non-SQLite database: restore the dump %s with your database's tools", dbf);
+  }
+  if (cff && cfsha && (hf_sha256_file(r->hub.config, sha) != 0 || strcmp(sha, cfsha) != 0)) {
+    if ((rc = hf_file_install(cff, r->hub.config, cfsha, sha, r->msg, sizeof r->msg)) != 0) goto fail;
+    hf__event(r, "info", "rollback: %s restored", r->hub.config);
+  }
+  if (hub_was_running) {
+    int64_t off = file_size(r->hub.hub_log);
+    hf__event(r, "info", "rollback: starting the hub");
+    if ((rc = hf__svc_start(r, &was)) != 0) goto fail;
+    if (oldver != NULL) {
+      hdata = json_object();
+      if ((rc = wait_healthy(r, oldver, r->timeout_ms, off < 0 ? 0 : off, hdata)) != 0) goto fail;
+      json_object_set(data, "api_version", json_object_get(hdata, "api_version"));
+    }
+  }
+  if (json_object_get(data, "api_version") == NULL) json_object_set_new(data, "api_version", json_null());
+  json_object_set(data, "restored_versions", restored);
+  det = json_object();
+  json_object_set(det, "restored_versions", restored);
+  json_object_set(det, "db_sha256", json_object_get(data, "db_sha256"));
+  json_object_set(det, "api_version", json_object_get(data, "api_version"));
+  rc = jrec(r, "rollback", "done", det);
+  goto out;
+fail:
+  {
+    char keep[sizeof r->msg];
+    snprintf(keep, sizeof keep, "%s", r->msg);
+    fail_step(r, "rollback", rc);
+    snprintf(r->msg, sizeof r->msg, "rollback did not restore a healthy hub (%s): %s; backup in %s", hf_err_code(rc),
+             keep, json_string_value(json_object_get(bk, "dir")) ?: "?");
+    rc = HF_EROLLBACK;
+  }
+out:
+  json_decref(hdata);
+  json_decref(restored);
+  json_decref(recs);
+  return rc;
+}
+
+/* ---- journal ------------------------------------------------------------------------------------ */
+
+static int op_journal(struct hf_req *r, json_t *data) {
+  json_t *recs = NULL, *steps = json_array(), *bk;
+  bool torn = false;
+  size_t i;
+  int rc = hf_journal_read(r->hub.state_dir, r->rollout, &recs, &torn);
+  if (rc != 0) {
+    json_decref(steps);
+    snprintf(r->msg, sizeof r->msg, "journal %s/journal-%s is damaged or unreadable", r->hub.state_dir, r->rollout);
+    return HF_EJOURNAL;
+  }
+  for (i = 0; i < json_array_size(recs); i++) {
+    json_t *rec = json_array_get(recs, i), *s = json_object();
+    json_object_set(s, "step", json_object_get(rec, "step"));
+    json_object_set(s, "state", json_object_get(rec, "state"));
+    json_object_set(s, "time", json_object_get(rec, "time"));
+    json_object_set(s, "detail", json_object_get(rec, "detail"));
+    json_array_append_new(steps, s);
+  }
+  bk = jlast(recs, "backup", "done");
+  json_object_set_new(data, "rollout", json_string(r->rollout));
+  json_object_set_new(data, "steps", steps);
+  json_object_set(data, "previous", bk ? json_object_get(json_object_get(bk, "detail"), "previous") : json_null());
+  json_object_set(data, "backup", bk ? json_object_get(json_object_get(bk, "detail"), "backup") : json_null());
+  json_object_set_new(data, "torn_tail", json_boolean(torn));
+  json_decref(recs);
+  return 0;
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------------ */
+
+struct op_entry {
+  const char *name;
+  int (*fn)(struct hf_req *r, json_t *data);
+  int64_t default_timeout_ms;
+  bool needs_rollout;   /* journaled: refused without a rollout id */
+  bool needs_target;
+};
+
+static const struct op_entry ops[] = {
+  { "facts",     op_facts,     1000,   false, false },
+  { "preflight", op_preflight, 120000, false, true },
+  { "backup",    op_backup,    600000, true,  false },
+  { "stop",      op_stop,      60000,  true,  false },
+  { "install",   op_install,   900000, true,  true },
+  { "migrate",   op_migrate,   600000, true,  false },
+  { "start",     op_start,     60000,  true,  false },
+  { "health",    op_health,    60000,  false, true },
+  { "rollback",  op_rollback,  900000, true,  false },
+  { "journal",   op_journal,   5000,   true,  false },
+  { NULL, NULL, 0, false, false },
+};
+
+int hf__op_dispatch(struct hf_req *r, json_t **data) {
+  const struct op_entry *e;
+  const json_t *to;
+  int rc;
+
+  *data = NULL;
+  for (e = ops; e->name; e++)
+    if (strcmp(e->name, r->op) == 0) break;
+  if (e->name == NULL) {
+    snprintf(r->msg, sizeof r->msg, "operation %.64s is not implemented by this agent", r->op);
+    return HF_EUNKNOWNOP;
+  }
+  /* The state check before every handler: the arguments it relies on. */
+  if ((rc = hf_hub_parse(json_object_get(r->args, "hub"), &r->hub, r->msg, sizeof r->msg)) != 0) return rc;
+  r->rollout = json_string_value(json_object_get(r->args, "rollout"));
+  r->target = json_string_value(json_object_get(r->args, "target"));
+  if (e->needs_rollout && (r->rollout == NULL || !hf_valid_id(r->rollout))) {
+    snprintf(r->msg, sizeof r->msg, "args.rollout: %s needs a rollout id", e->name);
+    return HF_EBADARG;
+  }
+  if (e->needs_target && (r->target == NULL || !hf_valid_version(r->target))) {
+    snprintf(r->msg, sizeof r->msg, "args.target: %s needs a PEP 440 version", e->name);
+    return HF_EBADARG;
+  }
+  to = json_object_get(r->args, "timeout_ms");
+  r->timeout_ms = json_is_integer(to) && json_integer_value(to) > 0 ? json_integer_value(to) : e->default_timeout_ms;
+  if (r->timeout_ms > 24 * 3600 * 1000) r->timeout_ms = 24 * 3600 * 1000;
+  if ((*data = json_object()) == NULL) return HF_ENOMEM;
+  return e->fn(r, *data);
+}

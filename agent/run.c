@@ -1,0 +1,250 @@
+/* run.c: the agent's process runner: fork/execve of argv arrays (never a shell), output read
+ * through pipes with poll and streamed line by line, a deadline that kills the child's group. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agent_int.h"
+
+/* Grace between SIGTERM and SIGKILL when the deadline passes. */
+#define HF_RUN_KILL_GRACE_MS 3000
+
+/* One output stream of the child being read: its pipe and the partial line. */
+struct stream {
+  int    fd;
+  int    no;            /* 1 stdout, 2 stderr */
+  char   line[HF_RUN_MAX_LINE + 1];
+  size_t len;
+  bool   cut;           /* current line passed the cap: the rest is skipped */
+};
+
+struct runstate {
+  struct hf_run *r;
+  size_t lines;
+  char  *keep;          /* tail buffer, 2 * keep_max */
+  size_t keep_len, keep_max;
+};
+
+static void keep_bytes(struct runstate *s, const char *p, size_t n) {
+  /* Keep only the tail: when the buffer fills, drop its older half. */
+  if (n > s->keep_max) { p += n - s->keep_max; n = s->keep_max; }
+  if (s->keep_len + n > 2 * s->keep_max) {
+    size_t drop = s->keep_len + n - s->keep_max;
+    if (drop > s->keep_len) drop = s->keep_len;
+    memmove(s->keep, s->keep + drop, s->keep_len - drop);
+    s->keep_len -= drop;
+  }
+  memcpy(s->keep + s->keep_len, p, n);
+  s->keep_len += n;
+}
+
+static void line_done(struct runstate *s, struct stream *st) {
+  st->line[st->len] = '\0';
+  keep_bytes(s, st->line, st->len);
+  keep_bytes(s, "\n", 1);
+  if (s->r->on_line != NULL) {
+    if (s->lines < HF_RUN_MAX_LINES) s->r->on_line(s->r->ud, st->no, st->line);
+    else s->r->lines_dropped++;
+  }
+  s->lines++;
+  st->len = 0;
+  st->cut = false;
+}
+
+static void feed(struct runstate *s, struct stream *st, const char *p, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++) {
+    if (p[i] == '\n') { line_done(s, st); continue; }
+    if (st->len < HF_RUN_MAX_LINE) st->line[st->len++] = p[i];
+    else st->cut = true;
+  }
+}
+
+/* The child's whole environment: nothing inherited but HOME, so a stray
+ * PYTHONPATH, PIP_* or LD_* of the login session cannot change what runs. */
+static void build_env(const struct hf_run *r, char *envbuf[], size_t n, char path[], size_t pathlen,
+                      char home[], size_t homelen) {
+  const char *h = getenv("HOME");
+  size_t i = 0;
+  if (r->path_prefix != NULL)
+    snprintf(path, pathlen, "PATH=%s:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", r->path_prefix);
+  else
+    snprintf(path, pathlen, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+  envbuf[i++] = path;
+  if (h != NULL && h[0] == '/') {
+    snprintf(home, homelen, "HOME=%s", h);
+    envbuf[i++] = home;
+  }
+  envbuf[i++] = (char *)"LANG=C.UTF-8";
+  envbuf[i++] = (char *)"LC_ALL=C.UTF-8";
+  envbuf[i++] = (char *)"PIP_DISABLE_PIP_VERSION_CHECK=1";
+  envbuf[i++] = (char *)"PIP_NO_INPUT=1";
+  envbuf[i++] = (char *)"PIP_CONFIG_FILE=/dev/null"; /* no user or site pip config */
+  envbuf[i++] = (char *)"PYTHONNOUSERSITE=1";
+  envbuf[i++] = (char *)"PYTHONDONTWRITEBYTECODE=1";
+  envbuf[i] = NULL;
+  (void)n;
+}
+
+static void child(const struct hf_run *r, int out_w, int err_w, int exec_w, char *const envp[]) {
+  int devnull, e;
+  /* Own process group, so the deadline can kill pip's children too; and die
+   * with the agent, so a killed agent does not leave an installer running
+   * beside the rollback a new agent starts. */
+  setpgid(0, 0);
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  signal(SIGPIPE, SIG_DFL);
+  devnull = open("/dev/null", O_RDONLY);
+  if (devnull >= 0) { dup2(devnull, 0); close(devnull); }
+  dup2(r->stdout_fd >= 0 ? r->stdout_fd : out_w, 1);
+  dup2(err_w, 2);
+  if (r->cwd != NULL && chdir(r->cwd) != 0) goto fail;
+  execve(r->argv[0], r->argv, envp);
+fail:
+  e = errno;
+  (void)!write(exec_w, &e, sizeof e);
+  _exit(127);
+}
+
+int hf_run_exec(struct hf_run *r) {
+  int po[2] = {-1, -1}, pe[2] = {-1, -1}, px[2] = {-1, -1};
+  struct stream so, se;
+  struct runstate s;
+  char *envp[16], path[PATH_MAX + 128], home[PATH_MAX + 8];
+  pid_t pid;
+  int64_t deadline, killat = 0;
+  int rc = 0, wst = 0, exec_errno = 0, open_streams;
+  bool termed = false;
+
+  r->out = NULL; r->out_len = 0; r->status = -1; r->timed_out = false; r->lines_dropped = 0;
+  if (r->argv == NULL || r->argv[0] == NULL || r->argv[0][0] != '/') return HF_EINVAL;
+  memset(&s, 0, sizeof s);
+  s.r = r;
+  s.keep_max = r->keep_max ? r->keep_max : 16384;
+  if ((s.keep = malloc(2 * s.keep_max + 1)) == NULL) return HF_ENOMEM;
+  build_env(r, envp, 16, path, sizeof path, home, sizeof home);
+
+  if (pipe2(po, O_CLOEXEC) != 0 || pipe2(pe, O_CLOEXEC) != 0 || pipe2(px, O_CLOEXEC) != 0) {
+    rc = HF_EEXEC;
+    goto out;
+  }
+  pid = fork();
+  if (pid < 0) { rc = HF_EEXEC; goto out; }
+  if (pid == 0) child(r, po[1], pe[1], px[1], envp);
+  setpgid(pid, pid); /* also from the parent: no window where a kill misses the group */
+  close(po[1]); close(pe[1]); close(px[1]);
+  po[1] = pe[1] = px[1] = -1;
+
+  /* The exec pipe closes on a successful execve; 4 bytes mean it failed. */
+  {
+    ssize_t n;
+    do n = read(px[0], &exec_errno, sizeof exec_errno); while (n < 0 && errno == EINTR);
+    if (n != (ssize_t)sizeof exec_errno) exec_errno = 0;
+  }
+
+  memset(&so, 0, sizeof so); so.fd = po[0]; so.no = 1;
+  memset(&se, 0, sizeof se); se.fd = pe[0]; se.no = 2;
+  fcntl(so.fd, F_SETFL, O_NONBLOCK);
+  fcntl(se.fd, F_SETFL, O_NONBLOCK);
+  open_streams = 2;
+  deadline = r->timeout_ms > 0 ? hf__now_ms() + r->timeout_ms : 0;
+
+  /* Bounded: every pass either reads, or waits at most until the deadline /
+   * kill time; after SIGKILL the pipes close as soon as the group is gone. */
+  while (open_streams > 0) {
+    struct pollfd pfd[2];
+    struct stream *sv[2];
+    int np = 0, wait_ms = -1, i, pr;
+    int64_t now = hf__now_ms();
+    if (so.fd >= 0) { pfd[np].fd = so.fd; pfd[np].events = POLLIN; sv[np++] = &so; }
+    if (se.fd >= 0) { pfd[np].fd = se.fd; pfd[np].events = POLLIN; sv[np++] = &se; }
+    if (deadline > 0 && !termed) {
+      if (now >= deadline) {
+        r->timed_out = true;
+        termed = true;
+        kill(-pid, SIGTERM);
+        killat = now + HF_RUN_KILL_GRACE_MS;
+      } else {
+        wait_ms = (int)(deadline - now);
+      }
+    }
+    if (termed) {
+      now = hf__now_ms();
+      if (killat > 0 && now >= killat) {
+        kill(-pid, SIGKILL);
+        killat = 0;
+        /* A grandchild that escaped the group may still hold the pipes:
+         * stop reading them so the runner cannot hang. */
+        break;
+      }
+      wait_ms = killat > 0 ? (int)(killat - now) : 100;
+    }
+    pr = poll(pfd, (nfds_t)np, wait_ms);
+    if (pr < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    for (i = 0; i < np; i++) {
+      char buf[8192];
+      ssize_t n;
+      if (pfd[i].revents == 0) continue;
+      n = read(sv[i]->fd, buf, sizeof buf);
+      if (n > 0) { feed(&s, sv[i], buf, (size_t)n); continue; }
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+      if (sv[i]->len > 0) line_done(&s, sv[i]);
+      close(sv[i]->fd);
+      sv[i]->fd = -1;
+      open_streams--;
+    }
+  }
+  if (so.fd >= 0) { if (so.len) line_done(&s, &so); close(so.fd); so.fd = -1; }
+  if (se.fd >= 0) { if (se.len) line_done(&s, &se); close(se.fd); se.fd = -1; }
+  po[0] = pe[0] = -1;
+
+  /* Pipes closed: the child exited or closed them. Reap it, still bounded. */
+  for (;;) {
+    pid_t w = waitpid(pid, &wst, deadline > 0 && !termed ? WNOHANG : 0);
+    if (w == pid) break;
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) { wst = 0; break; }
+    /* Still running with its pipes closed: wait until the deadline. */
+    if (hf__now_ms() >= deadline) {
+      r->timed_out = true;
+      termed = true;
+      kill(-pid, SIGKILL);
+      continue;
+    }
+    usleep(20000);
+  }
+  if (WIFEXITED(wst)) r->status = WEXITSTATUS(wst);
+  else if (WIFSIGNALED(wst)) r->status = 128 + WTERMSIG(wst);
+  if (exec_errno != 0) { r->status = exec_errno; rc = HF_EEXEC; }
+  else if (r->timed_out) rc = HF_ETIMEDOUT;
+  else if (r->status != 0) rc = HF_ECMD;
+
+out:
+  if (po[0] >= 0) close(po[0]);
+  if (po[1] >= 0) close(po[1]);
+  if (pe[0] >= 0) close(pe[0]);
+  if (pe[1] >= 0) close(pe[1]);
+  if (px[0] >= 0) close(px[0]);
+  if (px[1] >= 0) close(px[1]);
+  s.keep[s.keep_len] = '\0';
+  r->out = s.keep;
+  r->out_len = s.keep_len;
+  return rc;
+}
+
+void hf_run_free(struct hf_run *r) {
+  if (r == NULL) return;
+  free(r->out);
+  r->out = NULL;
+  r->out_len = 0;
+}
