@@ -75,7 +75,8 @@ enum hf_err {
   HF__ELAST
 };
 
-/* Enum name, e.g. "HF_EPROTO"; "HF_UNKNOWN" for a value not in the table. Static. */
+/* Enum name, e.g. "HF_EPROTO"; "HF_UNKNOWN" for a value not in the table. Static.
+ * HF_OK is not in the table but has names: "HF_OK", "ok", "success". */
 const char *hf_err_name(int err);
 /* Stable wire code, e.g. "protocol"; "unknown" for a value not in the table. Static. */
 const char *hf_err_code(int err);
@@ -137,7 +138,18 @@ enum hf_msg_type { HF_MSG_HELLO, HF_MSG_REQUEST, HF_MSG_EVENT, HF_MSG_RESULT };
  * present with the right JSON type; for requests, the op is known and its
  * args pass hf_proto_args_validate(). On error, writes a message naming the
  * field (e.g. "request.args.target: expected a PEP 440 version, got \"x y\"")
- * to err (errlen bytes, always NUL-terminated) and returns the code. */
+ * to err (errlen bytes, always NUL-terminated) and returns the code.
+ * Codes: HF_EMISSING (a required field is absent), HF_ETYPE (wrong JSON
+ * type), HF_EUNKNOWNOP (request.op not in the op table), HF_EBADARG (an
+ * argument or hub value refused by its validator, or an unknown argument or
+ * hub key), HF_EPROTO (an envelope value out of range: request id <= 0,
+ * negative id, unknown level or message type, unknown envelope field, both
+ * text and progress, data with ok=false / error with ok=true). Unknown fields
+ * are refused, not ignored: a peer that sends them speaks another version.
+ * Values from the peer are echoed escaped (printable ASCII, \xNN) and cut at
+ * 60 bytes. hello.proto is only checked to be an integer >= 1; comparing it
+ * with HF_PROTO_VERSION (HF_EVERSION) is the caller's decision. type may be
+ * NULL. */
 int hf_msg_validate(const json_t *msg, enum hf_msg_type *type, char *err, size_t errlen);
 
 /* Builders; each returns a new object, or NULL only on out-of-memory. */
