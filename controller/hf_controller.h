@@ -12,4 +12,5 @@ enum hf_exit {
 };
 /* Each subcommand: argv[0] is the subcommand name. Returns an exit code. */
 int hf_cmd_inventory(int argc, char **argv);
+int hf_cmd_audit(int argc, char **argv);
 #endif

@@ -7,6 +7,7 @@ struct subcmd { const char *name; int (*fn)(int, char **); const char *help; };
 
 static const struct subcmd subcmds[] = {
   { "inventory", hf_cmd_inventory, "check an inventory and print its hosts and variables" },
+  { "audit",     hf_cmd_audit,     "versions of every host's hub and user environments, drift flagged" },
   { NULL, NULL, NULL },
 };
 

@@ -1,0 +1,297 @@
+/* cmd_audit.c: `hubfleet audit`: facts from every host in parallel, folded
+ * into a version table (or one JSON document). */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "hf_proto.h"
+#include "hf_inventory.h"
+#include "hf_controller.h"
+#include "hf_engine.h"
+#include "hf_audit.h"
+#include "hf_ctl_util.h"
+
+static const char usage_text[] =
+  "usage: hubfleet audit -i INVENTORY [OPTIONS]\n"
+  "\n"
+  "Asks every host's agent for its facts (deploying the agent when needed) and\n"
+  "prints the jupyterhub versions of hub and single-user environments, folded\n"
+  "by identical answers, with drift and hub/user major-version mismatch flagged.\n"
+  "\n"
+  "options:\n"
+  "  -i, --inventory FILE     Ansible inventory (INI or ansible-inventory JSON)\n"
+  "  -l, --limit PATTERN      only hosts matching PATTERN (host, group, glob, a:b, !x)\n"
+  "  -p, --parallel N         hosts in flight at once (default 50)\n"
+  "      --handshakes N       SSH handshakes in flight per endpoint (default 8)\n"
+  "      --max-handshakes N   SSH handshakes in flight overall (default 64)\n"
+  "      --retries N          retries of connections sshd drops in banner/key exchange (default 10)\n"
+  "  -t, --timeout SECONDS    deadline of each phase: connect, handshake, agent start, facts (default 15)\n"
+  "      --expect VERSION     exit 1 unless every environment of every host runs VERSION\n"
+  "      --json               one JSON document on stdout instead of the table\n"
+  "      --accept-new         trust and record unknown host keys (never changed ones)\n"
+  "      --known-hosts FILE   known_hosts for hosts without hubfleet_known_hosts\n"
+  "                           (default ~/.ssh/known_hosts)\n"
+  "      --agent PATH         hubfleet-agent to deploy (default: $HUBFLEET_AGENT, the build\n"
+  "                           tree's, or the installed one)\n"
+  "      --stats              print wall time, CPU, longest loop stall, retries to stderr\n"
+  "  -v, --verbose            log every session state change to stderr\n"
+  "  -h, --help               this text\n"
+  "\n"
+  "exit status:\n"
+  "  0   every host audited (and, with --expect, runs VERSION)\n"
+  "  1   some hosts failed or were unreachable, or differ from --expect\n"
+  "  2   bad arguments or bad inventory: nothing was done\n"
+  "  70  internal error (out of memory, event loop)\n";
+
+struct audit_run {
+  struct hf_inventory *inv;
+  const struct hf_host **hosts;
+  size_t nhosts;
+  json_t **records;      /* per host, new */
+  size_t done, failed;
+  int inflight;
+  uv_timer_t progress;
+  bool tty;
+  unsigned timeout_ms;
+};
+
+struct host_ctx { struct audit_run *run; size_t idx; };
+
+static void record_error(struct audit_run *r, size_t idx, int code, const char *msg) {
+  json_decref(r->records[idx]);
+  r->records[idx] = json_pack("{s:s, s:b, s:{s:s, s:s}}", "name", r->hosts[idx]->name, "ok", 0,
+                              "error", "code", hf_err_code(code), "message", msg ? msg : hf_strerror(code));
+  r->failed++;
+}
+
+static void on_closed(struct hf_session *s, void *ctx) {
+  struct host_ctx *hc = ctx;
+  hc->run->inflight--;
+  hc->run->done++;
+  free(hc);
+}
+
+static void on_facts(struct hf_session *s, int status, const json_t *data, const char *msg, void *ctx) {
+  struct host_ctx *hc = ctx;
+  struct audit_run *r = hc->run;
+  if (status == 0) {
+    json_decref(r->records[hc->idx]);
+    r->records[hc->idx] = json_pack("{s:s, s:b, s:o, s:s, s:b, s:i}", "name", r->hosts[hc->idx]->name,
+                                    "ok", 1, "facts", data ? json_deep_copy(data) : json_object(),
+                                    "agent", hf_session_agent_version(s),
+                                    "uploaded", hf_session_uploaded(s),
+                                    "retries", hf_session_retries(s));
+  } else if (status != HF_ECANCELED) {
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s: facts: %s", r->hosts[hc->idx]->name, msg ? msg : hf_strerror(status));
+    record_error(r, hc->idx, status, buf);
+  }
+  hf_session_close(s, on_closed, hc);
+}
+
+static void on_ready(struct hf_session *s, int status, void *ctx) {
+  struct host_ctx *hc = ctx;
+  struct audit_run *r = hc->run;
+  if (status == 0) {
+    const struct hf_host *h = r->hosts[hc->idx];
+    json_t *args = json_pack("{s:O}", "hub", h->hub ? h->hub : json_object());
+    int rc = hf_session_request(s, "facts", args, r->timeout_ms, NULL, on_facts, hc);
+    if (rc == 0) return;
+    record_error(r, hc->idx, rc, hf_strerror(rc));
+  } else if (status != HF_ECANCELED) {
+    record_error(r, hc->idx, status, hf_session_error(s));
+  }
+  hf_session_close(s, on_closed, hc);
+}
+
+static void on_progress(uv_timer_t *t) {
+  struct audit_run *r = t->data;
+  fprintf(stderr, "\r\033[Kaudit: %zu/%zu hosts done, %zu failed, %d in flight",
+          r->done, r->nhosts, r->failed, r->inflight);
+  fflush(stderr);
+}
+
+int hf_cmd_audit(int argc, char **argv) {
+  static const struct option longopts[] = {
+    { "inventory", required_argument, NULL, 'i' },
+    { "limit", required_argument, NULL, 'l' },
+    { "parallel", required_argument, NULL, 'p' },
+    { "handshakes", required_argument, NULL, 'H' },
+    { "max-handshakes", required_argument, NULL, 'M' },
+    { "retries", required_argument, NULL, 'R' },
+    { "timeout", required_argument, NULL, 't' },
+    { "expect", required_argument, NULL, 'e' },
+    { "json", no_argument, NULL, 'j' },
+    { "accept-new", no_argument, NULL, 'a' },
+    { "known-hosts", required_argument, NULL, 'k' },
+    { "agent", required_argument, NULL, 'A' },
+    { "stats", no_argument, NULL, 's' },
+    { "verbose", no_argument, NULL, 'v' },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+  };
+  const char *inv_path = NULL, *limit = NULL, *expect = NULL, *agent_opt = NULL;
+  struct hf_engine_opts eo = { .max_retries = -1 };
+  bool json_out = false, stats = false;
+  long v, timeout_s = 15;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "i:l:p:t:vh", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'i': inv_path = optarg; break;
+    case 'l': limit = optarg; break;
+    case 'p': if (hf_parse_uint(optarg, 1, 10000, &v)) goto bad; eo.parallel = (int)v; break;
+    case 'H': if (hf_parse_uint(optarg, 1, 1000, &v)) goto bad; eo.endpoint_handshakes = (int)v; break;
+    case 'M': if (hf_parse_uint(optarg, 1, 10000, &v)) goto bad; eo.max_handshakes = (int)v; break;
+    case 'R': if (hf_parse_uint(optarg, 0, 100, &v)) goto bad; eo.max_retries = (int)v; break;
+    case 't': if (hf_parse_uint(optarg, 1, 86400, &timeout_s)) goto bad; break;
+    case 'e':
+      if (!hf_valid_version(optarg)) {
+        fprintf(stderr, "hubfleet audit: --expect: '%s' is not a PEP 440 version\n", optarg);
+        return HF_EXIT_USAGE;
+      }
+      expect = optarg;
+      break;
+    case 'j': json_out = true; break;
+    case 'a': eo.accept_new = true; break;
+    case 'k': eo.known_hosts = optarg; break;
+    case 'A': agent_opt = optarg; break;
+    case 's': stats = true; break;
+    case 'v': eo.verbose = 1; break;
+    case 'h': fputs(usage_text, stdout); return HF_EXIT_OK;
+    default: fputs(usage_text, stderr); return HF_EXIT_USAGE;
+    bad:
+      fprintf(stderr, "hubfleet audit: --%s: bad value '%s'\n", c == 'p' ? "parallel" : c == 't' ? "timeout" :
+              c == 'H' ? "handshakes" : c == 'M' ? "max-handshakes" : "retries", optarg);
+      return HF_EXIT_USAGE;
+    }
+  }
+  if (!inv_path || optind < argc) {
+    fprintf(stderr, "hubfleet audit: %s\n", inv_path ? "unexpected argument" : "-i INVENTORY is required");
+    fputs(usage_text, stderr);
+    return HF_EXIT_USAGE;
+  }
+  eo.timeout_ms = (unsigned)timeout_s * 1000u;
+  eo.request_timeout_ms = eo.timeout_ms;
+
+  struct audit_run r = { 0 };
+  r.timeout_ms = eo.timeout_ms;
+  struct hf_inv_error ierr;
+  if (hf_inv_load(inv_path, &r.inv, &ierr) < 0) {
+    char buf[1400];
+    hf_inv_error_format(&ierr, buf, sizeof buf);
+    fprintf(stderr, "hubfleet audit: %s\n", buf);
+    return HF_EXIT_USAGE;
+  }
+  char agent_path[4096];
+  if (hf_engine_find_agent(agent_opt, agent_path, sizeof agent_path) < 0) {
+    fprintf(stderr, "hubfleet audit: cannot find hubfleet-agent; give --agent PATH or set HUBFLEET_AGENT\n");
+    hf_inv_free(r.inv);
+    return HF_EXIT_USAGE;
+  }
+  eo.agent_path = agent_path;
+  r.hosts = calloc(r.inv->nhosts ? r.inv->nhosts : 1, sizeof *r.hosts);
+  if (!r.hosts) { hf_inv_free(r.inv); return HF_EXIT_INTERNAL; }
+  for (size_t i = 0; i < r.inv->nhosts; i++)
+    if (!limit || hf_inv_match(&r.inv->hosts[i], limit)) r.hosts[r.nhosts++] = &r.inv->hosts[i];
+  if (r.nhosts == 0) {
+    fprintf(stderr, "hubfleet audit: no host matches%s%s\n", limit ? " --limit " : "", limit ? limit : "");
+    free(r.hosts);
+    hf_inv_free(r.inv);
+    return HF_EXIT_USAGE;
+  }
+  r.records = calloc(r.nhosts, sizeof *r.records);
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  struct hf_engine *e;
+  char err[512];
+  uint64_t t0 = uv_hrtime();
+  int rc = hf_engine_new(&loop, &eo, &e, err, sizeof err);
+  if (rc < 0) {
+    fprintf(stderr, "hubfleet audit: %s\n", err);
+    uv_loop_close(&loop);
+    free(r.records);
+    free(r.hosts);
+    hf_inv_free(r.inv);
+    return rc == HF_ENOMEM ? HF_EXIT_INTERNAL : HF_EXIT_USAGE;
+  }
+  int exit_code = HF_EXIT_OK;
+  for (size_t i = 0; i < r.nhosts; i++) {
+    struct host_ctx *hc = malloc(sizeof *hc);
+    struct hf_session *s;
+    if (!hc) { exit_code = HF_EXIT_INTERNAL; break; }
+    hc->run = &r;
+    hc->idx = i;
+    rc = hf_session_open(e, r.hosts[i], on_ready, NULL, hc, &s);
+    if (rc < 0) {
+      char buf[512];
+      snprintf(buf, sizeof buf, "%s: cannot open a session: %s", r.hosts[i]->name, hf_strerror(rc));
+      record_error(&r, i, rc, buf);
+      r.done++;
+      free(hc);
+      continue;
+    }
+    r.inflight++;
+  }
+  r.tty = isatty(2) && !eo.verbose;
+  if (r.tty) {
+    uv_timer_init(&loop, &r.progress);
+    r.progress.data = &r;
+    uv_timer_start(&r.progress, on_progress, 100, 200);
+    uv_unref((uv_handle_t *)&r.progress);
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uint64_t wall_ns = uv_hrtime() - t0;
+  if (r.tty) {
+    fprintf(stderr, "\r\033[K");
+    uv_close((uv_handle_t *)&r.progress, NULL);
+  }
+  struct hf_engine_stats st;
+  hf_engine_stats(e, &st);
+  hf_engine_free(e);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  if (uv_loop_close(&loop) != 0) fprintf(stderr, "hubfleet audit: internal: handles left open\n");
+
+  json_t *hosts = json_array();
+  for (size_t i = 0; i < r.nhosts; i++) {
+    if (!r.records[i]) record_error(&r, i, HF_ECANCELED, "not audited");
+    json_array_append_new(hosts, r.records[i]);
+  }
+  json_t *doc = hf_audit_fold(hosts, expect);
+  json_decref(hosts);
+  if (!doc) { exit_code = HF_EXIT_INTERNAL; goto out; }
+  if (stats) {
+    json_object_set_new(doc, "stats", json_pack("{s:f, s:I, s:f, s:f, s:I, s:I, s:I, s:I, s:I, s:i}",
+        "wall_s", (double)wall_ns / 1e9, "cpu_us", (json_int_t)st.cpu_us,
+        "cpu_ms_per_host", (double)st.cpu_us / 1000.0 / (double)r.nhosts,
+        "max_stall_ms", (double)st.max_stall_ns / 1e6, "retries", (json_int_t)st.retries,
+        "uploads", (json_int_t)st.uploads, "upload_bytes", (json_int_t)st.upload_bytes,
+        "reused", (json_int_t)st.reused, "maxrss_kb", (json_int_t)st.maxrss_kb,
+        "peak_handshakes", st.peak_handshakes));
+  }
+  if (json_out) {
+    json_dumpf(doc, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+    fputc('\n', stdout);
+  } else {
+    hf_audit_print(stdout, doc, 4);
+  }
+  if (stats)
+    fprintf(stderr, "stats: %zu hosts, wall %.2f s, cpu %.1f ms (%.3f ms/host), longest loop stall "
+            "%.1f ms, handshake retries %llu, uploads %llu (%llu bytes), agents reused %llu, "
+            "peak handshakes %d, max rss %.1f MB\n",
+            r.nhosts, (double)wall_ns / 1e9, (double)st.cpu_us / 1000.0,
+            (double)st.cpu_us / 1000.0 / (double)r.nhosts, (double)st.max_stall_ns / 1e6,
+            (unsigned long long)st.retries, (unsigned long long)st.uploads,
+            (unsigned long long)st.upload_bytes, (unsigned long long)st.reused,
+            st.peak_handshakes, (double)st.maxrss_kb / 1024.0);
+  if (exit_code == HF_EXIT_OK) exit_code = hf_audit_exit_code(doc);
+  json_decref(doc);
+out:
+  free(r.records);
+  free(r.hosts);
+  hf_inv_free(r.inv);
+  return exit_code;
+}

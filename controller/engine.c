@@ -1,0 +1,1275 @@
+/* engine.c: per-host state machines driving non-blocking libssh sessions on
+ * one libuv loop: connect with limits and retries, host key check, auth,
+ * agent deployment, hello, then framed requests. See hf_engine.h. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <libssh/libssh.h>
+
+#include "hf_proto.h"
+#include "hf_sha256.h"
+#include "hf_engine.h"
+#include "hf_ctl_util.h"
+
+#define READ_CHUNK   16384u
+#define UPLOAD_CHUNK 32768u
+#define BACKOFF_BASE_MS 200u
+#define BACKOFF_CAP_MS  3000u
+#define TAIL_MAX 240            /* bytes of remote stderr kept for messages */
+#define DRIVE_MAX_STEPS 64      /* state steps per wakeup: a bound, not a budget */
+#define EP_BUCKETS 1024
+
+/* ---- small intrusive queue of sessions ---------------------------------- */
+struct squeue { struct hf_session *head, *tail; };
+
+struct endpoint {
+  struct endpoint *next;
+  int inflight;
+  char key[];
+};
+
+struct authkey {
+  struct authkey *next;
+  ssh_key key;        /* NULL when the file could not be imported */
+  char path[];
+};
+
+struct hf_engine {
+  uv_loop_t *loop;
+  struct hf_engine_opts o;
+  char *agent;                  /* the agent binary (new) */
+  size_t agent_len;
+  char agent_hex[HF_SHA256_HEX];
+  char cmd_start[512];
+  char cmd_upload[1024];
+  char home[PATH_MAX];
+  int active;                   /* sessions holding a --parallel slot */
+  struct squeue slotq;          /* sessions waiting for a slot */
+  struct squeue hsq;            /* sessions waiting for a handshake slot */
+  int hs_inflight;
+  struct endpoint *ep[EP_BUCKETS];
+  struct authkey *keys;         /* private keys imported once, by path */
+  bool have_agent_sock;
+  uv_check_t check;
+  uint64_t last_check_ns, last_idle_ns;
+  bool metrics;
+  uint64_t rng;
+  int live;                     /* sessions not yet freed */
+  struct hf_engine_stats st;
+};
+
+enum auth_kind { AUTH_AGENT, AUTH_KEY };
+struct auth_method { enum auth_kind kind; ssh_key key; const char *what; };
+
+struct hf_session {
+  struct hf_engine *e;
+  const struct hf_host *host;
+  enum hf_sess_state state;
+  struct hf_session *qprev, *qnext;
+  bool queued;                  /* in slotq or hsq */
+  bool slot_held, hs_held;
+  struct endpoint *ep;
+
+  hf_session_ready_cb ready_cb;
+  hf_session_lost_cb lost_cb;
+  void *ctx;
+  bool ready_fired, lost_fired;
+
+  uv_timer_t timer;
+  uv_getaddrinfo_t gai;
+  bool gai_active;
+  struct sockaddr_storage addr;
+  socklen_t addrlen;
+  int fd;                       /* ours until handed to libssh */
+  uv_poll_t *poll;              /* one per connection attempt, freed in its close cb */
+  int poll_events;
+
+  ssh_session ssh;
+  ssh_channel ch;               /* the agent channel (probe, then agent) */
+  ssh_channel up;               /* the upload channel */
+  char kh_file[PATH_MAX];
+  struct auth_method auth[6];
+  int nauth, auth_idx;
+  int retries;
+  bool uploaded;
+  size_t up_off;
+  char line[64];                /* first bytes of a command's stdout */
+  size_t line_len;
+  char tail[TAIL_MAX + 1];      /* last bytes of remote stderr */
+  size_t tail_len;
+  struct hf_frame_decoder dec;
+  char *out;                    /* frame bytes not yet written (new) */
+  size_t out_len, out_off;
+
+  uint64_t next_id, req_id;
+  hf_event_cb ev_cb;
+  hf_result_cb res_cb;
+  void *req_ctx;
+
+  char agent_version[64];
+  char err[768];
+  int errcode;
+
+  hf_close_cb close_cb;
+  void *close_ctx;
+  bool closing, timer_closed;
+};
+
+static const char *const state_names[HF_SS__COUNT] = {
+  "queued", "resolving", "waitslot", "connecting", "handshake", "backoff", "auth",
+  "chanopen", "exec", "probe", "upopen", "upexec", "upload", "upverify", "hello",
+  "ready", "busy", "failed", "closing",
+};
+
+const char *hf_sess_state_name(enum hf_sess_state st) {
+  return (unsigned)st < HF_SS__COUNT ? state_names[st] : "?";
+}
+
+static void drive(struct hf_session *s);
+static void rearm(struct hf_session *s);
+static void start_connect(struct hf_session *s);
+static void hs_release(struct hf_session *s);
+
+/* ---- the one transition function --------------------------------------- */
+static void set_state(struct hf_session *s, enum hf_sess_state st) {
+  if (s->state == st) return;
+  if (s->e->o.verbose)
+    fprintf(stderr, "hubfleet: %s: %s -> %s\n", s->host->name,
+            hf_sess_state_name(s->state), hf_sess_state_name(st));
+  s->state = st;
+}
+
+/* Arms the phase deadline (0 stops it). */
+static void deadline(struct hf_session *s, uint64_t ms);
+
+static void q_push(struct squeue *q, struct hf_session *s) {
+  s->qnext = NULL;
+  s->qprev = q->tail;
+  if (q->tail) q->tail->qnext = s; else q->head = s;
+  q->tail = s;
+  s->queued = true;
+}
+static void q_remove(struct squeue *q, struct hf_session *s) {
+  if (s->qprev) s->qprev->qnext = s->qnext; else q->head = s->qnext;
+  if (s->qnext) s->qnext->qprev = s->qprev; else q->tail = s->qprev;
+  s->qprev = s->qnext = NULL;
+  s->queued = false;
+}
+
+/* ---- errors -------------------------------------------------------------- */
+static void set_err(struct hf_session *s, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_err(struct hf_session *s, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(s->err, sizeof s->err, fmt, ap);
+  va_end(ap);
+  s->errcode = code;
+}
+
+/* Appends the remote stderr tail (sanitised) to the error, when there is one. */
+static void err_add_tail(struct hf_session *s) {
+  if (!s->tail_len) return;
+  char clean[TAIL_MAX + 1];
+  size_t j = 0;
+  for (size_t i = 0; i < s->tail_len && j < TAIL_MAX; i++) {
+    unsigned char c = (unsigned char)s->tail[i];
+    clean[j++] = (c >= 0x20 && c < 0x7f) ? (char)c : ' ';
+  }
+  clean[j] = 0;
+  size_t n = strlen(s->err);
+  snprintf(s->err + n, sizeof s->err - n, " (remote stderr: %s)", clean);
+}
+
+/* Stops polling and frees libssh objects (closes the socket). */
+static void teardown_ssh(struct hf_session *s) {
+  if (s->poll) {
+    /* uv_close stops the poll at once (epoll entry removed) so libssh may
+     * close the fd right after; the handle memory goes in its close cb. */
+    uv_close((uv_handle_t *)s->poll, (uv_close_cb)free);
+    s->poll = NULL;
+    s->poll_events = 0;
+  }
+  if (s->up) { ssh_channel_free(s->up); s->up = NULL; }
+  if (s->ch) { ssh_channel_free(s->ch); s->ch = NULL; }
+  if (s->ssh) {
+    ssh_disconnect(s->ssh);
+    ssh_free(s->ssh);
+    s->ssh = NULL;
+  } else if (s->fd >= 0) {
+    close(s->fd);
+  }
+  s->fd = -1;
+  hf_frame_decoder_free(&s->dec);
+  hf_frame_decoder_init(&s->dec, 0);   /* fresh for a retry */
+  free(s->out);
+  s->out = NULL;
+  s->out_len = s->out_off = 0;
+}
+
+/* Fails the session (error already set): tears it down and tells the user
+ * through whichever callback is waiting. Must be called from the loop. */
+static void fail(struct hf_session *s) {
+  if (s->closing || s->state == HF_SS_FAILED) return;
+  if (s->e->o.verbose) fprintf(stderr, "hubfleet: %s: failed: %s\n", s->host->name, s->err);
+  enum hf_sess_state was = s->state;
+  if (s->queued) q_remove(s->state == HF_SS_QUEUED ? &s->e->slotq : &s->e->hsq, s);
+  hs_release(s);
+  teardown_ssh(s);
+  deadline(s, 0);
+  set_state(s, HF_SS_FAILED);
+  if (!s->ready_fired) {
+    s->ready_fired = true;
+    s->ready_cb(s, s->errcode, s->ctx);
+  } else if (was == HF_SS_BUSY && s->res_cb) {
+    hf_result_cb cb = s->res_cb;
+    s->res_cb = NULL;
+    s->ev_cb = NULL;
+    cb(s, s->errcode, NULL, s->err, s->req_ctx);
+  } else if (!s->lost_fired && s->lost_cb) {
+    s->lost_fired = true;
+    s->lost_cb(s, s->errcode, s->ctx);
+  }
+}
+
+static void failf(struct hf_session *s, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void failf(struct hf_session *s, int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(s->err, sizeof s->err, fmt, ap);
+  va_end(ap);
+  s->errcode = code;
+  fail(s);
+}
+
+static void fail_ssh(struct hf_session *s, int code, const char *what) {
+  failf(s, code, "%s: %s: %s", s->host->name, what, s->ssh ? ssh_get_error(s->ssh) : "no session");
+}
+
+/* ---- limits ------------------------------------------------------------- */
+static struct endpoint *endpoint_get(struct hf_engine *e, const char *key) {
+  uint32_t h = 2166136261u;
+  for (const char *p = key; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+  struct endpoint **b = &e->ep[h % EP_BUCKETS];
+  for (struct endpoint *ep = *b; ep; ep = ep->next)
+    if (!strcmp(ep->key, key)) return ep;
+  size_t n = strlen(key);
+  struct endpoint *ep = calloc(1, sizeof *ep + n + 1);
+  if (!ep) return NULL;
+  memcpy(ep->key, key, n + 1);
+  ep->next = *b;
+  *b = ep;
+  return ep;
+}
+
+static bool hs_can(struct hf_engine *e, struct hf_session *s) {
+  return e->hs_inflight < e->o.max_handshakes && s->ep->inflight < e->o.endpoint_handshakes;
+}
+
+static void hs_take(struct hf_session *s) {
+  struct hf_engine *e = s->e;
+  s->hs_held = true;
+  s->ep->inflight++;
+  if (++e->hs_inflight > e->st.peak_handshakes) e->st.peak_handshakes = e->hs_inflight;
+}
+
+static void on_timer(uv_timer_t *t);
+
+static void hs_release(struct hf_session *s) {
+  struct hf_engine *e = s->e;
+  if (!s->hs_held) return;
+  s->hs_held = false;
+  s->ep->inflight--;
+  e->hs_inflight--;
+  /* Hand freed slots to waiters whose endpoint has room, in arrival order. */
+  struct hf_session *w = e->hsq.head;
+  while (w && e->hs_inflight < e->o.max_handshakes) {
+    struct hf_session *next = w->qnext;
+    if (hs_can(e, w)) {
+      /* Started from its own zero timer: never run a session's callbacks
+       * inside another session's call (this may be hf_session_close). */
+      q_remove(&e->hsq, w);
+      hs_take(w);
+      uv_timer_start(&w->timer, on_timer, 0, 0);
+    }
+    w = next;
+  }
+}
+
+/* ---- deadlines ---------------------------------------------------------- */
+
+static void deadline(struct hf_session *s, uint64_t ms) {
+  if (s->closing) return;
+  if (ms) uv_timer_start(&s->timer, on_timer, ms, 0);
+  else uv_timer_stop(&s->timer);
+}
+
+static const char *phase_words(enum hf_sess_state st) {
+  switch (st) {
+  case HF_SS_CONNECTING: return "TCP connect";
+  case HF_SS_HANDSHAKE: return "SSH banner/key exchange";
+  case HF_SS_AUTH: return "SSH authentication";
+  case HF_SS_CHANOPEN: case HF_SS_EXEC: case HF_SS_PROBE: return "starting the agent";
+  case HF_SS_UPOPEN: case HF_SS_UPEXEC: case HF_SS_UPLOAD: case HF_SS_UPVERIFY: return "agent upload";
+  case HF_SS_HELLO: return "agent hello";
+  case HF_SS_BUSY: return "request";
+  default: return hf_sess_state_name(st);
+  }
+}
+
+static void slots_refill(struct hf_engine *e);
+static void sess_begin(struct hf_session *s);
+
+/* Waits for a handshake slot of the session's endpoint (no deadline: the
+ * wait is local), or connects at once when one is free. */
+static void hs_wait(struct hf_session *s) {
+  uv_timer_stop(&s->timer);
+  if (hs_can(s->e, s)) { hs_take(s); start_connect(s); }
+  else { set_state(s, HF_SS_WAITSLOT); q_push(&s->e->hsq, s); }
+}
+
+static void on_timer(uv_timer_t *t) {
+  struct hf_session *s = t->data;
+  if (s->closing) return;
+  switch (s->state) {
+  case HF_SS_QUEUED:
+    if (s->slot_held) sess_begin(s);   /* a slot was given to it */
+    return;
+  case HF_SS_WAITSLOT:
+    if (s->hs_held) start_connect(s);  /* a handshake slot was given to it */
+    return;
+  case HF_SS_BACKOFF:
+    hs_wait(s);                        /* retry like a new connection */
+    return;
+  default:
+    break;
+  }
+  unsigned ms = s->state == HF_SS_BUSY ? 0 : s->e->o.timeout_ms;
+  if (ms)
+    failf(s, s->state == HF_SS_CONNECTING ? HF_EUNREACH : HF_ETIMEDOUT,
+          "%s: no progress in %s within %u s (host unreachable or link cut?)",
+          s->host->name, phase_words(s->state), (ms + 999) / 1000);
+  else
+    failf(s, HF_ETIMEDOUT, "%s: request %s: no result within the deadline (host or link stalled?)",
+          s->host->name, phase_words(s->state));
+}
+
+/* ---- polling ------------------------------------------------------------ */
+static void on_poll(uv_poll_t *p, int status, int events) {
+  struct hf_session *s = p->data;
+  if (status < 0 && s->state == HF_SS_CONNECTING) {
+    failf(s, HF_EUNREACH, "%s: connect: %s", s->host->name, uv_strerror(status));
+    return;
+  }
+  /* An error status (e.g. EBADF) on a live libssh socket: let libssh find
+   * out by driving it, it reports the socket error. */
+  drive(s);
+}
+
+static void rearm(struct hf_session *s) {
+  if (!s->poll || s->closing) return;
+  int ev = 0;
+  if (s->state == HF_SS_CONNECTING) {
+    ev = UV_WRITABLE;
+  } else if (s->ssh) {
+    int f = ssh_get_poll_flags(s->ssh);
+    if (f & SSH_WRITE_PENDING) ev |= UV_WRITABLE;
+    /* Waiting on the server is the usual case: always read. */
+    ev |= UV_READABLE;
+    if (s->state == HF_SS_BUSY && s->out_off < s->out_len && s->ch &&
+        ssh_channel_window_size(s->ch) > 0)
+      ev |= UV_WRITABLE;
+    if (s->state == HF_SS_UPLOAD && s->up && ssh_channel_window_size(s->up) > 0)
+      ev |= UV_WRITABLE;
+  }
+  if (ev != s->poll_events) {
+    uv_poll_start(s->poll, ev, on_poll);
+    s->poll_events = ev;
+  }
+}
+
+/* ---- resolve and connect ------------------------------------------------ */
+static void sess_free(struct hf_session *s);
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  struct hf_session *s = req->data;
+  s->gai_active = false;
+  if (s->closing) {
+    uv_freeaddrinfo(res);
+    if (s->timer_closed) sess_free(s);   /* the close waited for this request */
+    return;
+  }
+  if (status < 0 || !res) {
+    uv_freeaddrinfo(res);
+    failf(s, HF_EUNREACH, "%s: cannot resolve %s: %s", s->host->name, s->host->address,
+          uv_strerror(status));
+    return;
+  }
+  memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
+  s->addrlen = res->ai_addrlen;
+  uv_freeaddrinfo(res);
+  hs_wait(s);
+}
+
+static void sess_begin(struct hf_session *s) {
+  struct hf_engine *e = s->e;
+  const struct hf_host *h = s->host;
+  char key[600];
+  hf_endpoint_key(h->address, h->port, h->jump, key, sizeof key);
+  s->ep = endpoint_get(e, key);
+  if (!s->ep) { failf(s, HF_ENOMEM, "%s: out of memory", h->name); return; }
+  if (h->jump && *h->jump) {
+    failf(s, HF_EUNSUPPORTED, "%s: hubfleet_jump (ProxyJump via %s) is not supported by this "
+          "build yet; reach the host directly or through an SSH tunnel", h->name, h->jump);
+    return;
+  }
+  /* Numeric addresses skip the thread pool. */
+  struct sockaddr_in *a4 = (struct sockaddr_in *)&s->addr;
+  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&s->addr;
+  memset(&s->addr, 0, sizeof s->addr);
+  if (inet_pton(AF_INET, h->address, &a4->sin_addr) == 1) {
+    a4->sin_family = AF_INET;
+    s->addrlen = sizeof *a4;
+  } else if (inet_pton(AF_INET6, h->address, &a6->sin6_addr) == 1) {
+    a6->sin6_family = AF_INET6;
+    s->addrlen = sizeof *a6;
+  } else {
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+    set_state(s, HF_SS_RESOLVING);
+    s->gai.data = s;
+    int r = uv_getaddrinfo(e->loop, &s->gai, on_resolved, h->address, NULL, &hints);
+    if (r < 0) { failf(s, HF_EUNREACH, "%s: resolve: %s", h->name, uv_strerror(r)); return; }
+    s->gai_active = true;
+    deadline(s, e->o.timeout_ms);
+    return;
+  }
+  hs_wait(s);
+}
+
+static void start_connect(struct hf_session *s) {
+  struct hf_engine *e = s->e;
+  if (s->addr.ss_family == AF_INET) ((struct sockaddr_in *)&s->addr)->sin_port = htons((uint16_t)s->host->port);
+  else ((struct sockaddr_in6 *)&s->addr)->sin6_port = htons((uint16_t)s->host->port);
+  int fd = socket(s->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) { failf(s, HF_EIO, "%s: socket: %s", s->host->name, strerror(errno)); return; }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  s->fd = fd;
+  set_state(s, HF_SS_CONNECTING);
+  if (connect(fd, (struct sockaddr *)&s->addr, s->addrlen) < 0 && errno != EINPROGRESS) {
+    failf(s, HF_EUNREACH, "%s: connect to %s port %d: %s", s->host->name, s->host->address,
+          s->host->port, strerror(errno));
+    return;
+  }
+  s->poll = malloc(sizeof *s->poll);
+  if (!s->poll || uv_poll_init_socket(e->loop, s->poll, fd) < 0) {
+    free(s->poll);
+    s->poll = NULL;
+    failf(s, HF_EIO, "%s: cannot poll its socket", s->host->name);
+    return;
+  }
+  s->poll->data = s;
+  s->poll_events = 0;
+  deadline(s, e->o.timeout_ms);
+  rearm(s);
+}
+
+/* ---- per-state handlers: each returns 1 to wait for I/O, 0 to go on ------ */
+
+static int in_connecting(struct hf_session *s) {
+  struct hf_engine *e = s->e;
+  int soerr = 0;
+  socklen_t sl = sizeof soerr;
+  if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0) soerr = errno;
+  if (soerr == EINPROGRESS || soerr == EALREADY) return 1;
+  if (soerr) {
+    failf(s, HF_EUNREACH, "%s: connect to %s port %d: %s", s->host->name, s->host->address,
+          s->host->port, strerror(soerr));
+    return -1;
+  }
+  ssh_session ssh = ssh_new();
+  if (!ssh) { failf(s, HF_ENOMEM, "%s: ssh_new failed", s->host->name); return -1; }
+  s->ssh = ssh;
+  const struct hf_host *h = s->host;
+  bool no = false;
+  int port = h->port;
+  socket_t sfd = s->fd;
+  long to = (long)(e->o.timeout_ms / 1000);
+  /* ~/.ssh/config and /etc/ssh/ssh_config are never read: they could weaken
+   * host key checking or redirect the host. */
+  if (ssh_options_set(ssh, SSH_OPTIONS_PROCESS_CONFIG, &no) < 0 ||
+      ssh_options_set(ssh, SSH_OPTIONS_HOST, h->address) < 0 ||
+      ssh_options_set(ssh, SSH_OPTIONS_PORT, &port) < 0 ||
+      ssh_options_set(ssh, SSH_OPTIONS_KNOWNHOSTS, s->kh_file) < 0 ||
+      ssh_options_set(ssh, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null") < 0 ||
+      ssh_options_set(ssh, SSH_OPTIONS_TIMEOUT, &to) < 0 ||
+      (h->user && ssh_options_set(ssh, SSH_OPTIONS_USER, h->user) < 0) ||
+      ssh_options_set(ssh, SSH_OPTIONS_FD, &sfd) < 0) {
+    fail_ssh(s, HF_ESSH, "setting SSH options");
+    return -1;
+  }
+  s->fd = -1;   /* libssh owns the socket now */
+  ssh_set_blocking(ssh, 0);
+  set_state(s, HF_SS_HANDSHAKE);
+  deadline(s, e->o.timeout_ms);
+  return 0;
+}
+
+static void retry_later(struct hf_session *s) {
+  struct hf_engine *e = s->e;
+  s->retries++;
+  e->st.retries++;
+  hs_release(s);
+  teardown_ssh(s);
+  set_state(s, HF_SS_BACKOFF);
+  deadline(s, hf_backoff_ms(s->retries, BACKOFF_BASE_MS, BACKOFF_CAP_MS, &e->rng));
+}
+
+static int check_host_key(struct hf_session *s);
+
+static int in_handshake(struct hf_session *s) {
+  int rc = ssh_connect(s->ssh);
+  if (rc == SSH_AGAIN) return 1;
+  if (rc != SSH_OK) {
+    const char *msg = ssh_get_error(s->ssh);
+    if (hf_ssh_error_retryable(msg) && s->retries < s->e->o.max_retries) {
+      retry_later(s);
+      return 1;
+    }
+    failf(s, HF_EUNREACH, "%s: SSH handshake with %s port %d failed%s: %s", s->host->name,
+          s->host->address, s->host->port,
+          s->retries ? " after retries" : "", msg);
+    return -1;
+  }
+  if (check_host_key(s) < 0) return -1;
+  set_state(s, HF_SS_AUTH);
+  deadline(s, s->e->o.timeout_ms);
+  return 0;
+}
+
+static int check_host_key(struct hf_session *s) {
+  struct hf_engine *e = s->e;
+  enum ssh_known_hosts_e k = ssh_session_is_known_server(s->ssh);
+  if (k == SSH_KNOWN_HOSTS_OK) return 0;
+  char fp[128] = "?";
+  ssh_key key = NULL;
+  unsigned char *hash = NULL;
+  size_t hlen = 0;
+  if (ssh_get_server_publickey(s->ssh, &key) == SSH_OK &&
+      ssh_get_publickey_hash(key, SSH_PUBLICKEY_HASH_SHA256, &hash, &hlen) == 0) {
+    char *f = ssh_get_fingerprint_hash(SSH_PUBLICKEY_HASH_SHA256, hash, hlen);
+    if (f) {
+      snprintf(fp, sizeof fp, "%s %s", ssh_key_type_to_char(ssh_key_type(key)), f);
+      ssh_string_free_char(f);
+    }
+  }
+  ssh_clean_pubkey_hash(&hash);
+  ssh_key_free(key);
+  char msg[sizeof s->err];
+  switch (k) {
+  case SSH_KNOWN_HOSTS_UNKNOWN:
+  case SSH_KNOWN_HOSTS_NOT_FOUND:
+    if (e->o.accept_new) {
+      if (ssh_session_update_known_hosts(s->ssh) != SSH_OK) {
+        fail_ssh(s, HF_EHOSTKEY, "--accept-new: cannot record the host key");
+        return -1;
+      }
+      fprintf(stderr, "hubfleet: %s: new host key %s added to %s (--accept-new)\n",
+              s->host->name, fp, s->kh_file);
+      return 0;
+    }
+    hf_hostkey_message(HF_HOSTKEY_UNKNOWN, s->host->name, s->host->address, s->host->port,
+                       fp, s->kh_file, msg, sizeof msg);
+    break;
+  case SSH_KNOWN_HOSTS_CHANGED:
+    hf_hostkey_message(HF_HOSTKEY_CHANGED, s->host->name, s->host->address, s->host->port,
+                       fp, s->kh_file, msg, sizeof msg);
+    break;
+  case SSH_KNOWN_HOSTS_OTHER:
+    hf_hostkey_message(HF_HOSTKEY_OTHER, s->host->name, s->host->address, s->host->port,
+                       fp, s->kh_file, msg, sizeof msg);
+    break;
+  default:
+    fail_ssh(s, HF_EHOSTKEY, "cannot check the host key");
+    return -1;
+  }
+  failf(s, HF_EHOSTKEY, "%s", msg);
+  return -1;
+}
+
+static int in_auth(struct hf_session *s) {
+  while (s->auth_idx < s->nauth) {
+    struct auth_method *m = &s->auth[s->auth_idx];
+    int rc = m->kind == AUTH_AGENT ? ssh_userauth_agent(s->ssh, NULL)
+                                   : ssh_userauth_publickey(s->ssh, NULL, m->key);
+    if (rc == SSH_AUTH_AGAIN) return 1;
+    if (rc == SSH_AUTH_SUCCESS) {
+      hs_release(s);
+      s->ch = ssh_channel_new(s->ssh);
+      if (!s->ch) { fail_ssh(s, HF_ESSH, "channel"); return -1; }
+      set_state(s, HF_SS_CHANOPEN);
+      deadline(s, s->e->o.timeout_ms);
+      return 0;
+    }
+    if (rc == SSH_AUTH_ERROR) { fail_ssh(s, HF_ESSH, "authentication"); return -1; }
+    s->auth_idx++;   /* denied or partial: next method */
+  }
+  char tried[300] = "";
+  for (int i = 0; i < s->nauth; i++) {
+    size_t n = strlen(tried);
+    snprintf(tried + n, sizeof tried - n, "%s%s", i ? ", " : "", s->auth[i].what);
+  }
+  /* Never retried: repeating a refused login only locks accounts. */
+  failf(s, HF_EAUTH, "%s: authentication refused for user %s (tried: %s); check "
+        "ansible_user/ansible_ssh_private_key_file or load the key into ssh-agent",
+        s->host->name, s->host->user ? s->host->user : "(current user)",
+        s->nauth ? tried : "no usable key");
+  return -1;
+}
+
+/* Keeps the tail of a channel's stderr for messages; drains it so the
+ * window never stalls. Returns <0 on a channel error. */
+static int drain_stderr(struct hf_session *s, ssh_channel c) {
+  char buf[2048];
+  for (int i = 0; i < 64; i++) {
+    int n = ssh_channel_read_nonblocking(c, buf, sizeof buf, 1);
+    if (n == 0 || n == SSH_EOF) return 0;
+    if (n < 0) return n;
+    size_t k = (size_t)n;
+    if (k >= TAIL_MAX) { memcpy(s->tail, buf + k - TAIL_MAX, TAIL_MAX); s->tail_len = TAIL_MAX; }
+    else {
+      if (s->tail_len + k > TAIL_MAX) {
+        size_t drop = s->tail_len + k - TAIL_MAX;
+        memmove(s->tail, s->tail + drop, s->tail_len - drop);
+        s->tail_len -= drop;
+      }
+      memcpy(s->tail + s->tail_len, buf, k);
+      s->tail_len += k;
+    }
+  }
+  return 0;
+}
+
+static int in_chanopen(struct hf_session *s, ssh_channel c, enum hf_sess_state next) {
+  int rc = ssh_channel_open_session(c);
+  if (rc == SSH_AGAIN) return 1;
+  if (rc != SSH_OK) { fail_ssh(s, HF_ESSH, "opening an exec channel"); return -1; }
+  set_state(s, next);
+  return 0;
+}
+
+static int in_exec(struct hf_session *s, ssh_channel c, const char *cmd, enum hf_sess_state next) {
+  int rc = ssh_channel_request_exec(c, cmd);
+  if (rc == SSH_AGAIN) return 1;
+  if (rc != SSH_OK) { fail_ssh(s, HF_EEXEC, "exec request"); return -1; }
+  s->line_len = 0;
+  s->tail_len = 0;
+  set_state(s, next);
+  return 0;
+}
+
+/* Reads up to len bytes of c's stdout. Returns bytes (>0), 0 for "again",
+ * SSH_EOF, or another negative for an error (after failing the session). */
+static int chan_read(struct hf_session *s, ssh_channel c, char *buf, size_t len) {
+  if (drain_stderr(s, c) < 0) { fail_ssh(s, HF_EIO, "reading stderr"); return SSH_ERROR; }
+  int n = ssh_channel_read_nonblocking(c, buf, (uint32_t)len, 0);
+  if (n == SSH_EOF || n >= 0) return n;
+  fail_ssh(s, HF_EIO, "connection lost");
+  return SSH_ERROR;
+}
+
+static int handle_frame(struct hf_session *s, json_t *msg);
+
+/* Feeds bytes to the frame decoder and handles each frame. Returns 0, or -1
+ * when the session failed or was closed by a callback. */
+static int feed(struct hf_session *s, const char *buf, size_t n) {
+  size_t off = 0;
+  while (off < n) {
+    size_t used = 0;
+    json_t *msg = NULL;
+    int r = hf_frame_feed(&s->dec, buf + off, n - off, &used, &msg);
+    if (r < 0) {
+      failf(s, HF_EPROTO, "%s: agent sent a bad frame: %s (%s)", s->host->name,
+            hf_strerror(r), hf_err_name(r));
+      return -1;
+    }
+    off += used;
+    if (msg) {
+      int h = handle_frame(s, msg);
+      json_decref(msg);
+      if (h < 0) return -1;
+    } else if (!used) {
+      break;
+    }
+  }
+  return 0;
+}
+
+static int in_probe(struct hf_session *s) {
+  char buf[READ_CHUNK];
+  for (;;) {
+    int n = chan_read(s, s->ch, buf, sizeof buf);
+    if (n == 0) return 1;
+    if (n == SSH_EOF) {
+      if (s->line_len >= strlen(HF_DEPLOY_NEED_UPLOAD) &&
+          !memcmp(s->line, HF_DEPLOY_NEED_UPLOAD, strlen(HF_DEPLOY_NEED_UPLOAD)))
+        goto need_upload;
+      set_err(s, HF_EEXEC, "%s: the agent start command ended without output", s->host->name);
+      err_add_tail(s);
+      fail(s);
+      return -1;
+    }
+    if (n < 0) return -1;
+    if (s->line_len == 0 && buf[0] != 'H') {
+      /* A frame header (its first byte is 0 for any legal length): the
+       * cached agent started. Anything else goes to the decoder too and
+       * fails there as a protocol error. */
+      set_state(s, HF_SS_HELLO);
+      s->e->st.reused++;
+      if (feed(s, buf, (size_t)n) < 0) return -1;
+      return 0;
+    }
+    size_t k = (size_t)n;
+    if (k > sizeof s->line - 1 - s->line_len) k = sizeof s->line - 1 - s->line_len;
+    memcpy(s->line + s->line_len, buf, k);
+    s->line_len += k;
+    s->line[s->line_len] = 0;
+    if (strchr(s->line, '\n') || s->line_len >= sizeof s->line - 1) {
+      if (!strncmp(s->line, HF_DEPLOY_NEED_UPLOAD "\n", strlen(HF_DEPLOY_NEED_UPLOAD) + 1))
+        goto need_upload;
+      failf(s, HF_EPROTO, "%s: unexpected output from the agent start command", s->host->name);
+      return -1;
+    }
+  }
+need_upload:
+  if (s->uploaded) {
+    failf(s, HF_EEXEC, "%s: the agent is still missing right after a verified upload "
+          "(is $HOME/.cache writable and on a filesystem that allows exec?)", s->host->name);
+    return -1;
+  }
+  ssh_channel_close(s->ch);
+  ssh_channel_free(s->ch);
+  s->ch = NULL;
+  s->up = ssh_channel_new(s->ssh);
+  if (!s->up) { fail_ssh(s, HF_ESSH, "channel"); return -1; }
+  s->e->st.uploads++;
+  set_state(s, HF_SS_UPOPEN);
+  /* The upload gets its own allowance on top of the phase deadline. */
+  deadline(s, s->e->o.timeout_ms + s->e->agent_len / 50);
+  return 0;
+}
+
+static int in_upload(struct hf_session *s) {
+  struct hf_engine *e = s->e;
+  for (int i = 0; i < 256; i++) {
+    if (drain_stderr(s, s->up) < 0) { fail_ssh(s, HF_EIO, "agent upload"); return -1; }
+    if (s->up_off == e->agent_len) {
+      if (ssh_channel_send_eof(s->up) == SSH_ERROR) { fail_ssh(s, HF_EIO, "agent upload"); return -1; }
+      s->line_len = 0;
+      set_state(s, HF_SS_UPVERIFY);
+      return 0;
+    }
+    /* Only write when libssh has flushed what it holds, so at most one
+     * chunk per session sits in memory whatever the window. */
+    if (ssh_get_poll_flags(s->ssh) & SSH_WRITE_PENDING) return 1;
+    uint32_t win = ssh_channel_window_size(s->up);
+    if (win == 0) {
+      /* Process incoming packets (window adjust) without blocking. */
+      char b;
+      int r = ssh_channel_read_nonblocking(s->up, &b, 0, 0);
+      if (r < 0 && r != SSH_EOF) { fail_ssh(s, HF_EIO, "agent upload"); return -1; }
+      if (ssh_channel_window_size(s->up) == 0) return 1;
+      continue;
+    }
+    size_t n = e->agent_len - s->up_off;
+    if (n > UPLOAD_CHUNK) n = UPLOAD_CHUNK;
+    if (n > win) n = win;
+    int w = ssh_channel_write(s->up, e->agent + s->up_off, (uint32_t)n);
+    if (w < 0) { fail_ssh(s, HF_EIO, "agent upload"); return -1; }
+    s->up_off += (size_t)w;
+    e->st.upload_bytes += (uint64_t)w;
+    if (w == 0) return 1;
+  }
+  return 1;
+}
+
+static int in_upverify(struct hf_session *s) {
+  char buf[512];
+  for (;;) {
+    int n = chan_read(s, s->up, buf, sizeof buf);
+    if (n == 0) return 1;
+    if (n < 0 && n != SSH_EOF) return -1;
+    if (n > 0) {
+      size_t k = (size_t)n;
+      if (k > sizeof s->line - 1 - s->line_len) k = sizeof s->line - 1 - s->line_len;
+      memcpy(s->line + s->line_len, buf, k);
+      s->line_len += k;
+      s->line[s->line_len] = 0;
+      continue;
+    }
+    /* EOF: the command's verdict is complete. */
+    if (strncmp(s->line, HF_DEPLOY_UPLOADED, strlen(HF_DEPLOY_UPLOADED))) {
+      set_err(s, HF_EINTEGRITY, "%s: agent upload not verified on the host (%.60s)", s->host->name,
+              s->line_len ? s->line : "no verdict");
+      for (char *p = s->err; *p; p++) if (*p == '\n') *p = ' ';
+      err_add_tail(s);
+      fail(s);
+      return -1;
+    }
+    s->uploaded = true;
+    ssh_channel_close(s->up);
+    ssh_channel_free(s->up);
+    s->up = NULL;
+    s->ch = ssh_channel_new(s->ssh);
+    if (!s->ch) { fail_ssh(s, HF_ESSH, "channel"); return -1; }
+    set_state(s, HF_SS_CHANOPEN);
+    deadline(s, s->e->o.timeout_ms);
+    return 0;
+  }
+}
+
+/* Reads agent frames (hello, ready, busy). */
+static int in_frames(struct hf_session *s) {
+  char buf[READ_CHUNK];
+  enum hf_sess_state st = s->state;
+  for (;;) {
+    int n = chan_read(s, s->ch, buf, sizeof buf);
+    if (n == 0) return 1;
+    if (n == SSH_EOF) {
+      if (st == HF_SS_HELLO) set_err(s, HF_EPROTO, "%s: the agent exited before its hello", s->host->name);
+      else set_err(s, HF_EIO, "%s: the agent exited or the connection closed", s->host->name);
+      err_add_tail(s);
+      fail(s);
+      return -1;
+    }
+    if (n < 0) return -1;
+    if (feed(s, buf, (size_t)n) < 0) return -1;
+    if (s->state != st) return 0;   /* hello done, result delivered, or closed */
+  }
+}
+
+static int pump_out(struct hf_session *s) {
+  while (s->out_off < s->out_len) {
+    if (ssh_get_poll_flags(s->ssh) & SSH_WRITE_PENDING) return 0;
+    uint32_t win = ssh_channel_window_size(s->ch);
+    if (win == 0) return 0;
+    size_t n = s->out_len - s->out_off;
+    if (n > win) n = win;
+    if (n > UPLOAD_CHUNK) n = UPLOAD_CHUNK;
+    int w = ssh_channel_write(s->ch, s->out + s->out_off, (uint32_t)n);
+    if (w < 0) { fail_ssh(s, HF_EIO, "sending a request"); return -1; }
+    if (w == 0) return 0;
+    s->out_off += (size_t)w;
+  }
+  free(s->out);
+  s->out = NULL;
+  s->out_len = s->out_off = 0;
+  return 0;
+}
+
+static int handle_frame(struct hf_session *s, json_t *msg) {
+  char why[256];
+  enum hf_msg_type t;
+  int r = hf_msg_validate(msg, &t, why, sizeof why);
+  if (r < 0) {
+    failf(s, HF_EPROTO, "%s: agent sent an invalid message: %s", s->host->name, why);
+    return -1;
+  }
+  if (s->state == HF_SS_HELLO) {
+    if (t != HF_MSG_HELLO) {
+      failf(s, HF_EPROTO, "%s: agent did not start with hello", s->host->name);
+      return -1;
+    }
+    json_int_t proto = json_integer_value(json_object_get(msg, "proto"));
+    const char *ver = json_string_value(json_object_get(msg, "agent"));
+    snprintf(s->agent_version, sizeof s->agent_version, "%s", ver ? ver : "?");
+    if (proto != HF_PROTO_VERSION) {
+      failf(s, HF_EVERSION, "%s: the agent speaks protocol %lld, this hubfleet speaks %d; "
+            "use a hubfleet and hubfleet-agent from the same release", s->host->name,
+            (long long)proto, HF_PROTO_VERSION);
+      return -1;
+    }
+    deadline(s, 0);
+    set_state(s, HF_SS_READY);
+    s->ready_fired = true;
+    s->ready_cb(s, 0, s->ctx);
+    return 0;
+  }
+  if (s->state != HF_SS_BUSY) {
+    failf(s, HF_EPROTO, "%s: agent sent a frame while no request was in flight", s->host->name);
+    return -1;
+  }
+  json_int_t id = json_integer_value(json_object_get(msg, "id"));
+  if (t == HF_MSG_EVENT && (uint64_t)id == s->req_id) {
+    if (s->ev_cb) s->ev_cb(s, msg, s->req_ctx);
+    return s->state == HF_SS_BUSY ? 0 : -1;
+  }
+  if (t == HF_MSG_RESULT && ((uint64_t)id == s->req_id || id == 0)) {
+    bool ok = json_is_true(json_object_get(msg, "ok"));
+    int code = 0;
+    const char *text = NULL;
+    if (!ok) {
+      json_t *e = json_object_get(msg, "error");
+      code = hf_err_from_code(json_string_value(json_object_get(e, "code")));
+      text = json_string_value(json_object_get(e, "message"));
+      if (!text) text = hf_strerror(code);
+    }
+    if (id == 0) {
+      failf(s, HF_EPROTO, "%s: agent refused the request stream: %s", s->host->name,
+            text ? text : "protocol error");
+      return -1;
+    }
+    hf_result_cb cb = s->res_cb;
+    void *ctx = s->req_ctx;
+    s->res_cb = NULL;
+    s->ev_cb = NULL;
+    deadline(s, 0);
+    set_state(s, HF_SS_READY);
+    cb(s, code, ok ? json_object_get(msg, "data") : NULL, text, ctx);
+    return s->state == HF_SS_CLOSING || s->state == HF_SS_FAILED ? -1 : 0;
+  }
+  failf(s, HF_EPROTO, "%s: agent sent a frame for request %lld while %llu was in flight",
+        s->host->name, (long long)id, (unsigned long long)s->req_id);
+  return -1;
+}
+
+/* The dispatcher: runs the current state's handler until one waits. */
+static void drive(struct hf_session *s) {
+  struct hf_engine *e = s->e;
+  for (int step = 0; step < DRIVE_MAX_STEPS; step++) {
+    if (s->closing) return;
+    int r;
+    switch (s->state) {
+    case HF_SS_CONNECTING: r = in_connecting(s); break;
+    case HF_SS_HANDSHAKE:  r = in_handshake(s); break;
+    case HF_SS_AUTH:       r = in_auth(s); break;
+    case HF_SS_CHANOPEN:   r = in_chanopen(s, s->ch, HF_SS_EXEC); break;
+    case HF_SS_EXEC:       r = in_exec(s, s->ch, e->cmd_start, HF_SS_PROBE); break;
+    case HF_SS_PROBE:      r = in_probe(s); break;
+    case HF_SS_UPOPEN:     r = in_chanopen(s, s->up, HF_SS_UPEXEC); break;
+    case HF_SS_UPEXEC:     r = in_exec(s, s->up, e->cmd_upload, HF_SS_UPLOAD); break;
+    case HF_SS_UPLOAD:     r = in_upload(s); break;
+    case HF_SS_UPVERIFY:   r = in_upverify(s); break;
+    case HF_SS_HELLO:
+    case HF_SS_READY:      r = in_frames(s); break;
+    case HF_SS_BUSY:
+      r = pump_out(s);
+      if (r == 0) r = in_frames(s);
+      break;
+    default:
+      return;   /* queued, resolving, waiting, backoff, failed: nothing to do on I/O */
+    }
+    if (r < 0) return;
+    if (r == 1) { rearm(s); return; }
+  }
+  /* Bounded: come back on the next loop iteration rather than starve others. */
+  rearm(s);
+}
+
+/* ---- engine -------------------------------------------------------------- */
+static void on_check(uv_check_t *c) {
+  struct hf_engine *e = c->data;
+  uint64_t now = uv_hrtime();
+  uint64_t idle = e->metrics ? uv_metrics_idle_time(e->loop) : 0;
+  if (e->last_check_ns) {
+    uint64_t span = now - e->last_check_ns, waited = idle - e->last_idle_ns;
+    uint64_t busy = span > waited ? span - waited : 0;
+    if (busy > e->st.max_stall_ns) e->st.max_stall_ns = busy;
+  }
+  e->last_check_ns = now;
+  e->last_idle_ns = idle;
+}
+
+static void on_check_closed(uv_handle_t *h) { free(h->data); }
+
+static int read_file(const char *path, char **out, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return -errno;
+  struct stat stt;
+  if (fstat(fileno(f), &stt) < 0 || stt.st_size <= 0 || stt.st_size > (64 << 20)) {
+    fclose(f);
+    return -EINVAL;
+  }
+  char *buf = malloc((size_t)stt.st_size);
+  if (!buf) { fclose(f); return -ENOMEM; }
+  size_t n = fread(buf, 1, (size_t)stt.st_size, f);
+  fclose(f);
+  if (n != (size_t)stt.st_size) { free(buf); return -EIO; }
+  *out = buf;
+  *len = n;
+  return 0;
+}
+
+int hf_engine_find_agent(const char *explicit_path, char *buf, size_t len) {
+  const char *env = getenv("HUBFLEET_AGENT");
+  if (explicit_path && *explicit_path) { snprintf(buf, len, "%s", explicit_path); return 0; }
+  if (env && *env) { snprintf(buf, len, "%s", env); return 0; }
+  char exe[PATH_MAX - 32];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0) {
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash) {
+      *slash = 0;
+      snprintf(buf, len, "%s/../agent/hubfleet-agent", exe);
+      if (access(buf, R_OK) == 0) return 0;
+    }
+  }
+#ifdef HF_AGENT_INSTALLED_PATH
+  snprintf(buf, len, "%s", HF_AGENT_INSTALLED_PATH);
+  if (access(buf, R_OK) == 0) return 0;
+#endif
+  return HF_ENOTFOUND;
+}
+
+int hf_engine_new(uv_loop_t *loop, const struct hf_engine_opts *opts,
+                  struct hf_engine **out, char *err, size_t errlen) {
+  *out = NULL;
+  struct hf_engine *e = calloc(1, sizeof *e);
+  if (!e) return HF_ENOMEM;
+  e->loop = loop;
+  e->o = *opts;
+  if (e->o.parallel <= 0) e->o.parallel = 50;
+  if (e->o.endpoint_handshakes <= 0) e->o.endpoint_handshakes = 8;
+  if (e->o.max_handshakes <= 0) e->o.max_handshakes = 64;
+  if (e->o.max_retries < 0) e->o.max_retries = 10;
+  if (!e->o.timeout_ms) e->o.timeout_ms = 15000;
+  if (!e->o.request_timeout_ms) e->o.request_timeout_ms = 60000;
+  e->rng = e->o.seed ? e->o.seed : (uv_hrtime() ^ (uint64_t)getpid() << 32);
+  const char *home = getenv("HOME");
+  snprintf(e->home, sizeof e->home, "%s", home ? home : "");
+  const char *sock = getenv("SSH_AUTH_SOCK");
+  e->have_agent_sock = sock && *sock;
+
+  if (!opts->agent_path) {
+    snprintf(err, errlen, "no hubfleet-agent to deploy (give --agent PATH or set HUBFLEET_AGENT)");
+    free(e);
+    return HF_EINVAL;
+  }
+  int r = read_file(opts->agent_path, &e->agent, &e->agent_len);
+  if (r < 0) {
+    snprintf(err, errlen, "cannot read the agent %s: %s", opts->agent_path,
+             r == -EINVAL ? "empty, not a regular file or too large" : strerror(-r));
+    free(e);
+    return HF_EIO;
+  }
+  hf_sha256_hex(e->agent, e->agent_len, e->agent_hex);
+  if (hf_deploy_cmd_start(e->agent_hex, e->cmd_start, sizeof e->cmd_start) < 0 ||
+      hf_deploy_cmd_upload(e->agent_hex, e->cmd_upload, sizeof e->cmd_upload) < 0) {
+    snprintf(err, errlen, "internal: deploy command does not fit");
+    free(e->agent);
+    free(e);
+    return HF_EINVAL;
+  }
+  e->metrics = uv_loop_configure(loop, UV_METRICS_IDLE_TIME) == 0;
+  uv_check_init(loop, &e->check);
+  e->check.data = e;
+  uv_check_start(&e->check, on_check);
+  uv_unref((uv_handle_t *)&e->check);
+  *out = e;
+  return 0;
+}
+
+void hf_engine_free(struct hf_engine *e) {
+  if (!e) return;
+  uv_check_stop(&e->check);
+  uv_close((uv_handle_t *)&e->check, on_check_closed);
+  for (size_t i = 0; i < EP_BUCKETS; i++)
+    for (struct endpoint *ep = e->ep[i], *n; ep; ep = n) { n = ep->next; free(ep); }
+  for (struct authkey *k = e->keys, *n; k; k = n) { n = k->next; ssh_key_free(k->key); free(k); }
+  free(e->agent);
+  e->agent = NULL;
+  /* e is freed in its check handle's close callback, like any libuv handle. */
+}
+
+void hf_engine_stats(struct hf_engine *e, struct hf_engine_stats *st) {
+  struct rusage ru;
+  *st = e->st;
+  if (getrusage(RUSAGE_SELF, &ru) == 0) {
+    st->cpu_us = (uint64_t)ru.ru_utime.tv_sec * 1000000u + (uint64_t)ru.ru_utime.tv_usec +
+                 (uint64_t)ru.ru_stime.tv_sec * 1000000u + (uint64_t)ru.ru_stime.tv_usec;
+    st->maxrss_kb = (uint64_t)ru.ru_maxrss;
+  }
+}
+
+const char *hf_engine_agent_sha256(const struct hf_engine *e) { return e->agent_hex; }
+
+/* A private key imported once per engine: parsing it per host would cost
+ * more CPU than the whole handshake. NULL when it cannot be read. */
+static ssh_key engine_key(struct hf_engine *e, const char *path) {
+  for (struct authkey *k = e->keys; k; k = k->next)
+    if (!strcmp(k->path, path)) return k->key;
+  size_t n = strlen(path);
+  struct authkey *k = calloc(1, sizeof *k + n + 1);
+  if (!k) return NULL;
+  memcpy(k->path, path, n + 1);
+  if (ssh_pki_import_privkey_file(path, NULL, NULL, NULL, &k->key) != SSH_OK) k->key = NULL;
+  k->next = e->keys;
+  e->keys = k;
+  return k->key;
+}
+
+static void plan_auth(struct hf_session *s) {
+  struct hf_engine *e = s->e;
+  const struct hf_host *h = s->host;
+  s->nauth = 0;
+  if (h->key_file && *h->key_file) {
+    ssh_key k = engine_key(e, h->key_file);
+    if (k) s->auth[s->nauth++] = (struct auth_method){ AUTH_KEY, k, h->key_file };
+    if (e->have_agent_sock) s->auth[s->nauth++] = (struct auth_method){ AUTH_AGENT, NULL, "ssh-agent" };
+    return;
+  }
+  if (e->have_agent_sock) s->auth[s->nauth++] = (struct auth_method){ AUTH_AGENT, NULL, "ssh-agent" };
+  static const char *const defaults[] = { "id_ed25519", "id_ecdsa", "id_rsa" };
+  for (size_t i = 0; i < sizeof defaults / sizeof *defaults; i++) {
+    char p[PATH_MAX + 32];
+    snprintf(p, sizeof p, "%s/.ssh/%s", e->home, defaults[i]);
+    if (access(p, R_OK) != 0) continue;
+    ssh_key k = engine_key(e, p);
+    /* The path string must outlive the session: use the cached copy. */
+    for (struct authkey *ak = e->keys; ak; ak = ak->next)
+      if (ak->key == k && k) { s->auth[s->nauth++] = (struct auth_method){ AUTH_KEY, k, ak->path }; break; }
+  }
+}
+
+
+/* Gives free --parallel slots to queued sessions; each starts from its own
+ * zero timer, so no callback runs inside the caller (open or close). */
+static void slots_refill(struct hf_engine *e) {
+  while (e->active < e->o.parallel && e->slotq.head) {
+    struct hf_session *s = e->slotq.head;
+    q_remove(&e->slotq, s);
+    s->slot_held = true;
+    e->active++;
+    uv_timer_start(&s->timer, on_timer, 0, 0);
+  }
+}
+
+int hf_session_open(struct hf_engine *e, const struct hf_host *host,
+                    hf_session_ready_cb ready, hf_session_lost_cb lost, void *ctx,
+                    struct hf_session **out) {
+  if (!e || !host || !ready || !host->address || host->port <= 0 || host->port > 65535)
+    return HF_EINVAL;
+  struct hf_session *s = calloc(1, sizeof *s);
+  if (!s) return HF_ENOMEM;
+  s->e = e;
+  s->host = host;
+  s->ready_cb = ready;
+  s->lost_cb = lost;
+  s->ctx = ctx;
+  s->fd = -1;
+  s->next_id = 1;
+  hf_frame_decoder_init(&s->dec, 0);
+  if (!hf_known_hosts_path(host->known_hosts, e->o.known_hosts, e->home, s->kh_file,
+                           sizeof s->kh_file)) {
+    free(s);
+    return HF_EINVAL;
+  }
+  plan_auth(s);
+  uv_timer_init(e->loop, &s->timer);
+  s->timer.data = s;
+  e->live++;
+  e->st.sessions++;
+  s->state = HF_SS_QUEUED;
+  *out = s;
+  /* Everything starts from the loop so no callback fires inside this call. */
+  q_push(&e->slotq, s);
+  slots_refill(e);
+  return 0;
+}
+
+
+int hf_session_request(struct hf_session *s, const char *op, json_t *args,
+                       unsigned timeout_ms, hf_event_cb on_event,
+                       hf_result_cb on_result, void *ctx) {
+  if (!s || s->closing || s->state != HF_SS_READY || !on_result) { json_decref(args); return HF_ESTATE; }
+  if (!hf_proto_op_find(op)) { json_decref(args); return HF_EUNKNOWNOP; }
+  uint64_t id = s->next_id++;
+  json_t *msg = hf_msg_request(id, op, args);   /* steals args */
+  if (!msg) return HF_ENOMEM;
+  char *buf;
+  size_t len;
+  int r = hf_frame_encode(msg, &buf, &len);
+  json_decref(msg);
+  if (r < 0) return r;
+  s->out = buf;
+  s->out_len = len;
+  s->out_off = 0;
+  s->req_id = id;
+  s->ev_cb = on_event;
+  s->res_cb = on_result;
+  s->req_ctx = ctx;
+  set_state(s, HF_SS_BUSY);
+  deadline(s, timeout_ms ? timeout_ms : s->e->o.request_timeout_ms);
+  /* The write happens from the loop when the socket is writable. */
+  s->poll_events = -1;
+  rearm(s);
+  return 0;
+}
+
+static void sess_free(struct hf_session *s) {
+  struct hf_engine *e = s->e;
+  /* Pending callbacks end as canceled, like libuv's. */
+  if (!s->ready_fired) {
+    s->ready_fired = true;
+    if (!s->errcode) set_err(s, HF_ECANCELED, "%s: canceled", s->host->name);
+    s->ready_cb(s, HF_ECANCELED, s->ctx);
+  }
+  if (s->res_cb) {
+    hf_result_cb cb = s->res_cb;
+    s->res_cb = NULL;
+    cb(s, HF_ECANCELED, NULL, "canceled", s->req_ctx);
+  }
+  if (s->close_cb) s->close_cb(s, s->close_ctx);
+  hf_frame_decoder_free(&s->dec);
+  e->live--;
+  free(s);
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+  struct hf_session *s = h->data;
+  s->timer_closed = true;
+  if (!s->gai_active) sess_free(s);
+}
+
+void hf_session_close(struct hf_session *s, hf_close_cb cb, void *ctx) {
+  if (!s || s->closing) return;
+  struct hf_engine *e = s->e;
+  s->close_cb = cb;
+  s->close_ctx = ctx;
+  if (s->queued) q_remove(s->state == HF_SS_QUEUED ? &e->slotq : &e->hsq, s);
+  hs_release(s);
+  teardown_ssh(s);
+  set_state(s, HF_SS_CLOSING);
+  s->closing = true;
+  if (s->gai_active) uv_cancel((uv_req_t *)&s->gai);
+  uv_timer_stop(&s->timer);
+  uv_close((uv_handle_t *)&s->timer, on_timer_closed);
+  if (s->slot_held) {
+    s->slot_held = false;
+    e->active--;
+    slots_refill(e);
+  }
+}
+
+const struct hf_host *hf_session_host(const struct hf_session *s) { return s->host; }
+enum hf_sess_state hf_session_state(const struct hf_session *s) { return s->state; }
+const char *hf_session_error(const struct hf_session *s) { return s->err; }
+int hf_session_errcode(const struct hf_session *s) { return s->errcode; }
+const char *hf_session_agent_version(const struct hf_session *s) { return s->agent_version; }
+int hf_session_retries(const struct hf_session *s) { return s->retries; }
+bool hf_session_uploaded(const struct hf_session *s) { return s->uploaded; }
