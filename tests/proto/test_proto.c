@@ -777,7 +777,18 @@ static void test_ops(void) {
   CHECK(hf_proto_hub_validate(json_true(), "h", NULL, 0) == HF_ETYPE);
 }
 
+/* "--version-cmp": reads "A B" pairs on stdin, prints "SIGN VALID_A" per
+ * line, for pep440_xcheck.py to compare with the packaging library. */
+static int version_cmp_filter(void) {
+  char a[256], b[256];
+  while (scanf("%255s %255s", a, b) == 2)
+    printf("%d %d\n", sign(hf_version_cmp(a, b)), hf_valid_version(a) ? 1 : 0);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "--version-cmp") == 0)
+    return version_cmp_filter();
   if (argc != 2) {
     fprintf(stderr, "usage: %s DATADIR (tests/proto, holding valid/ and invalid/)\n", argv[0]);
     return 2;
