@@ -786,6 +786,69 @@ static int version_cmp_filter(void) {
   return 0;
 }
 
+/* Every argument type through a spec of our own (the real ops use only
+ * some of them). */
+static void test_arg_types(void) {
+  static const struct hf_arg_spec spec[] = {
+    { "s", HF_ARG_STRING, false }, { "i", HF_ARG_INT, false }, { "b", HF_ARG_BOOL, false },
+    { "v", HF_ARG_VERSION, false }, { "p", HF_ARG_ABSPATH, false }, { "id", HF_ARG_ID, false },
+    { "pins", HF_ARG_PKGPINS, false }, { "names", HF_ARG_PKGNAMES, false },
+    { "o", HF_ARG_OBJECT, false }, { NULL, HF_ARG_STRING, false } };
+  static const struct hf_op op = { "all", spec };
+  static const struct { const char *json; int want; const char *sub; } cases[] = {
+    { "{}", 0, "" },
+    { "{\"s\":\"any thing; at all\",\"i\":0,\"b\":false,\"v\":\"1.0\",\"p\":\"/x\",\"id\":\"r\","
+      "\"pins\":[\"a==1\"],\"names\":[\"a\",\"b-c\"],\"o\":{\"k\":[1]}}", 0, "" },
+    { "{\"s\":1}", HF_ETYPE, "args.s: expected a string" },
+    { "{\"i\":\"1\"}", HF_ETYPE, "args.i: expected an integer >= 0, got \"1\"" },
+    { "{\"i\":true}", HF_ETYPE, "args.i: expected an integer >= 0, got true" },
+    { "{\"i\":-5}", HF_EBADARG, "args.i: expected an integer >= 0, got -5" },
+    { "{\"b\":0}", HF_ETYPE, "args.b: expected true or false, got an integer" },
+    { "{\"v\":\"1.0 \"}", HF_EBADARG, "args.v: expected a PEP 440 version, got \"1.0 \"" },
+    { "{\"p\":\"/a/../b\"}", HF_EBADARG, "args.p: expected an absolute path" },
+    { "{\"p\":null}", HF_ETYPE, "args.p: expected an absolute path without . or .. segments or control characters, got null" },
+    { "{\"id\":\"-x\"}", HF_EBADARG, "args.id: expected an id" },
+    { "{\"pins\":\"a==1\"}", HF_ETYPE, "args.pins: expected an array, each element a NAME==VERSION pin, got \"a==1\"" },
+    { "{\"pins\":[\"a==1\",\"b>=2\"]}", HF_EBADARG, "args.pins[1]: expected a NAME==VERSION pin, got \"b>=2\"" },
+    { "{\"names\":[\"ok\",7]}", HF_ETYPE, "args.names[1]: expected a package name, got an integer" },
+    { "{\"o\":[]}", HF_ETYPE, "args.o: expected an object, got an array" },
+    { "{\"x\":1}", HF_EBADARG, "args: unknown argument \"x\" for op all" },
+  };
+  char err[256], tiny[8];
+  size_t i;
+  int r;
+  for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    json_error_t jerr;
+    json_t *args = json_loads(cases[i].json, 0, &jerr);
+    CHECKF(args != NULL, "case %zu: %s", i, jerr.text);
+    err[0] = '\0';
+    r = hf_proto_args_validate(&op, args, err, sizeof err);
+    CHECKF(r == cases[i].want && strstr(err, cases[i].sub) != NULL, "case %zu: %s: %s", i,
+           hf_err_name(r), err);
+    json_decref(args);
+  }
+  /* Arrays are bounded. */
+  {
+    json_t *args = json_pack("{s:[]}", "names"), *a = json_object_get(args, "names");
+    for (i = 0; i < 257; i++)
+      json_array_append_new(a, json_string("pkg"));
+    CHECK(hf_proto_args_validate(&op, args, err, sizeof err) == HF_EBADARG);
+    json_decref(args);
+  }
+  CHECK(hf_proto_args_validate(NULL, NULL, err, sizeof err) == HF_EINVAL);
+  CHECK(hf_proto_args_validate(&op, NULL, err, sizeof err) == 0);
+  /* Messages are cut to the buffer and always terminated; err may be NULL. */
+  {
+    json_t *m = json_pack("{s:s}", "type", "nonsense");
+    memset(tiny, 'x', sizeof tiny);
+    CHECK(hf_msg_validate(m, NULL, tiny, sizeof tiny) == HF_EPROTO);
+    CHECK(tiny[sizeof tiny - 1] == '\0' && strlen(tiny) == sizeof tiny - 1);
+    CHECK(hf_msg_validate(m, NULL, NULL, 0) == HF_EPROTO);
+    json_decref(m);
+    CHECK(hf_msg_validate(NULL, NULL, err, sizeof err) == HF_EINVAL);
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc == 2 && strcmp(argv[1], "--version-cmp") == 0)
     return version_cmp_filter();
@@ -801,6 +864,7 @@ int main(int argc, char **argv) {
   test_validators();
   test_version_order();
   test_ops();
+  test_arg_types();
   printf("proto: %d checks, %d failed\n", checks, failures);
   return failures == 0 ? 0 : 1;
 }
