@@ -202,12 +202,16 @@ int hf_proto_hub_validate(const json_t *hub, const char *prefix, char *err, size
 
 /* ---- validators for values that reach a remote command ------------------
  * Each returns true only for values safe to pass as one argv element. */
+/* Versions: the canonical PEP 440 spelling only ([N!]N(.N)*[{a|b|rc}N][.postN]
+ * [.devN][+local], lowercase, <= 128 bytes), i.e. what `packaging` prints;
+ * "1.0-rc1", "v1.0", "1.0RC1" and wildcards are refused rather than guessed. */
 bool hf_valid_version(const char *s);      /* PEP 440 public version, canonical-ish: 3.0.0, 4.1.0rc1, 3.0.1.post1, 3.1.0.dev2, 4.0.0+test.1 */
 bool hf_valid_pkgname(const char *s);      /* PEP 508 name: [A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?, <= 128 */
 bool hf_valid_pkgpin(const char *s);       /* NAME==VERSION */
 bool hf_valid_abspath(const char *s);      /* starts with '/', no "..", "." segments, NUL, control chars; <= 4096 */
 bool hf_valid_service_name(const char *s); /* [A-Za-z0-9@._:-]{1,128}, not starting with '-' */
-bool hf_valid_url(const char *s);          /* http(s)://host[:port][/path], printable, no spaces/quotes, <= 2048 */
+bool hf_valid_url(const char *s);          /* http(s)://host[:port][/path], printable, no spaces/quotes, <= 2048;
+                                              no user:password@ (it would land in logs and the state db) */
 bool hf_valid_id(const char *s);           /* [A-Za-z0-9._-]{1,64}, not starting with '-' or '.' */
 /* Compares two PEP 440 versions: <0, 0, >0. Unparsable versions sort first. */
 int hf_version_cmp(const char *a, const char *b);
