@@ -220,10 +220,12 @@ static int str_cmp(const void *a, const void *b) {
 }
 
 /* Overlays src over dst (both objects), keeping origins alongside. */
-static int overlay(json_t *dst, json_t *dsto, json_t *src, const json_t *srco) {
+static int overlay(json_t *dst, json_t *dsto, json_t *src, const json_t *srco, int group) {
   const char *k;
   json_t *v;
   json_object_foreach(src, k, v) {
+    /* Ansible's Group keeps this one as its priority, not as a variable. */
+    if (group && !strcmp(k, "ansible_group_priority")) continue;
     if (json_object_set(dst, k, v) != 0) return HF_ENOMEM;
     if (json_object_set(dsto, k, json_object_get(srco, k)) != 0) return HF_ENOMEM;
   }
@@ -308,8 +310,8 @@ static int resolve(struct hf__build *b, struct hf_inventory *inv) {
     origins = json_object();
     if (vars == NULL || origins == NULL) { r = hf__inv_nomem(b); goto out; }
     for (k = 0; k < nref; k++)
-      if (overlay(vars, origins, refs[k].g->vars, refs[k].g->origins) != 0) { r = hf__inv_nomem(b); goto out; }
-    if (overlay(vars, origins, hs->vars, hs->origins) != 0) { r = hf__inv_nomem(b); goto out; }
+      if (overlay(vars, origins, refs[k].g->vars, refs[k].g->origins, 1) != 0) { r = hf__inv_nomem(b); goto out; }
+    if (overlay(vars, origins, hs->vars, hs->origins, 0) != 0) { r = hf__inv_nomem(b); goto out; }
 
     h->name = strdup(hs->name);
     h->groups = calloc(nref ? nref : 1, sizeof *h->groups);
@@ -364,15 +366,22 @@ void hf_inv_free(struct hf_inventory *inv) {
   free(inv);
 }
 
-/* JSON when the first non-blank byte is '{' (a UTF-8 BOM is skipped). */
+static int blank(char c) {
+  return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* JSON when the first non-blank byte is '{' (a UTF-8 BOM is skipped), or a
+ * '[' that opens a JSON array rather than an INI section ("[{", "[\"",
+ * "[[", "[]"), so that a JSON array gets a JSON error, not an INI one. */
 static int looks_json(const char *data, size_t len) {
   size_t i = 0;
   if (len >= 3 && !memcmp(data, "\xEF\xBB\xBF", 3)) i = 3;
-  for (; i < len; i++) {
-    if (data[i] == ' ' || data[i] == '\t' || data[i] == '\r' || data[i] == '\n') continue;
-    return data[i] == '{';
-  }
-  return 0;
+  while (i < len && blank(data[i])) i++;
+  if (i == len) return 0;
+  if (data[i] == '{') return 1;
+  if (data[i] != '[') return 0;
+  for (i++; i < len && blank(data[i]); i++) {}
+  return i < len && strchr("{[\"]", data[i]) != NULL;
 }
 
 int hf_inv_load_buffer(const char *name, const char *data, size_t len,

@@ -111,7 +111,11 @@ int hf__json_parse(struct hf__build *b, const char *data, size_t len) {
   root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &je);
   if (root == NULL)
     return hf__inv_fail(b, je.line, "", "invalid JSON: %s (column %d)", je.text, je.column);
-  if (!json_is_object(root)) { r = hf__inv_fail(b, 0, "(top)", "expected an object"); goto out; }
+  if (!json_is_object(root)) {
+    r = hf__inv_fail(b, 0, NULL, "expected a JSON object of groups and \"_meta\" (as `ansible-inventory "
+                     "--list` prints), got %s", json_is_array(root) ? "an array" : "another JSON value");
+    goto out;
+  }
   json_object_foreach(root, k, v) {
     if (!strcmp(k, "_meta")) {
       meta = v;
