@@ -739,7 +739,7 @@ static int in_probe(struct hf_session *s) {
        * cached agent started. Anything else goes to the decoder too and
        * fails there as a protocol error. */
       set_state(s, HF_SS_HELLO);
-      s->e->st.reused++;
+      if (!s->uploaded) s->e->st.reused++;
       if (feed(s, buf, (size_t)n) < 0) return -1;
       return 0;
     }

@@ -1,0 +1,248 @@
+#!/bin/bash
+# engine_sshd.sh: the engine and `hubfleet audit` against real OpenSSH sshd on
+# loopback: cold/warm deploy, unknown and changed host keys, --accept-new,
+# default MaxStartups with 500 hosts at --parallel 200, an upload cut by
+# killing the sshd sessions, and hostile agents (garbage, 100 MB frame,
+# silence, wrong protocol).
+# usage: engine_sshd.sh HUBFLEET AGENT BUILDDIR(tests/controller)
+set -u
+HUBFLEET=$1 AGENT=$2 TBUILD=$3
+T=$(mktemp -d /tmp/hf-ctl-test.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  rm -f "$HOME/.cache/hubfleet/agent-$BIGHEX" "$HOME/.cache/hubfleet/agent-$BIGHEX".tmp.* 2>/dev/null
+  rm -rf "$T"
+}
+BIGHEX=none
+trap cleanup EXIT
+fails=0
+ok()   { echo "ok   - $*"; }
+bad()  { echo "FAIL - $*"; fails=$((fails + 1)); }
+check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+mkdir -p /run/sshd
+ssh-keygen -q -t ed25519 -N '' -f "$T/keyA"
+ssh-keygen -q -t ed25519 -N '' -f "$T/keyB"
+ssh-keygen -q -t ed25519 -N '' -f "$T/id"
+cp "$T/id.pub" "$T/authorized_keys"
+
+# start_sshd NAME HOSTKEY: a default-configured sshd (MaxStartups 10:30:100)
+start_sshd() {
+  local name=$1 key=$2 port
+  port=$(free_port)
+  cat > "$T/$name.conf" <<EOF
+Port $port
+ListenAddress 127.0.0.1
+HostKey $key
+PidFile $T/$name.pid
+AuthorizedKeysFile $T/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+EOF
+  /usr/sbin/sshd -D -f "$T/$name.conf" -E "$T/$name.log" &
+  PIDS+=($!)
+  eval "PORT_$name=$port PID_$name=$!"
+  for _ in $(seq 50); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),0.2)" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "sshd $name did not start"; cat "$T/$name.log"; exit 1
+}
+start_sshd A "$T/keyA"
+start_sshd B "$T/keyB"
+
+# Environment trees the agent reads (dist-info metadata, as pip writes it).
+mkenv() {   # mkenv DIR VERSION
+  local sp="$1/lib/python3.11/site-packages/jupyterhub-$2.dist-info"
+  mkdir -p "$sp"
+  printf 'Metadata-Version: 2.1\nName: jupyterhub\nVersion: %s\n' "$2" > "$sp/METADATA"
+}
+# inventory FILE N PORT [KNOWN_HOSTS]: N hosts on 127.0.0.1:PORT
+inventory() {
+  local f=$1 n=$2 port=$3 kh=${4:-}
+  {
+    echo "[hubs]"
+    for i in $(seq 1 "$n"); do
+      local d="$T/env/h$i"
+      if [ ! -d "$d" ]; then
+        local v=5.2.1; [ $((i % 5)) -eq 0 ] && v=4.1.6
+        mkenv "$d/hub" "$v"; mkenv "$d/user" "$v"; mkdir -p "$d/etc"; : > "$d/etc/jupyterhub_config.py"
+      fi
+      echo "h$i hubfleet_hub_env=$d/hub hubfleet_user_envs=$d/user hubfleet_config=$d/etc/jupyterhub_config.py"
+    done
+    echo "[hubs:vars]"
+    echo "ansible_host=127.0.0.1"
+    echo "ansible_port=$port"
+    echo "ansible_user=$(id -un)"
+    echo "ansible_ssh_private_key_file=$T/id"
+    [ -n "$kh" ] && echo "hubfleet_known_hosts=$kh"
+    echo "hubfleet_service=command"
+    echo "hubfleet_start_command=/bin/true"
+    echo "hubfleet_stop_command=/bin/true"
+  } > "$f"
+}
+jq_() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
+
+echo "[127.0.0.1]:$PORT_A $(cut -d' ' -f1,2 "$T/keyA.pub")" > "$T/kh"
+echo "[127.0.0.1]:$PORT_B $(cut -d' ' -f1,2 "$T/keyA.pub")" >> "$T/kh"   # wrong key for B: changed
+
+# A copy of the real agent with padding: its own SHA-256, so the cold tests
+# never touch the cache entry of the agent other tests use; big enough that
+# an upload takes a while.
+cp "$AGENT" "$T/agent-big"
+head -c $((40 << 20)) /dev/zero >> "$T/agent-big"
+BIGHEX=$(sha256sum "$T/agent-big" | cut -c1-64)
+rm -f "$HOME/.cache/hubfleet/agent-$BIGHEX"
+
+# --- 1. cold then warm deploy on 5 hosts ---------------------------------
+inventory "$T/inv5.ini" 5 "$PORT_A" "$T/kh"
+"$HUBFLEET" audit -i "$T/inv5.ini" --agent "$T/agent-big" --json --stats > "$T/cold.json" 2> "$T/cold.err"
+rc=$?
+check "cold audit exits 0 (rc=$rc)" [ $rc -eq 0 ]
+check "cold audit uploaded the agent" [ "$(jq_ "$T/cold.json" 'd["stats"]["uploads"] >= 1')" = True ]
+check "agent cached under its sha256" [ -x "$HOME/.cache/hubfleet/agent-$BIGHEX" ]
+check "cold: 5 audited" [ "$(jq_ "$T/cold.json" 'd["summary"]["audited"]')" = 5 ]
+check "versions folded: 4x 5.2.1 and 1x 4.1.6 (drift)" \
+  [ "$(jq_ "$T/cold.json" '(d["versions"]["5.2.1"], d["versions"]["4.1.6"], d["drift"])')" = "(4, 1, True)" ]
+"$HUBFLEET" audit -i "$T/inv5.ini" --agent "$T/agent-big" --json --stats > "$T/warm.json" 2> "$T/warm.err"
+check "warm audit reuses the cached agent (no upload)" \
+  [ "$(jq_ "$T/warm.json" '(d["stats"]["uploads"], d["stats"]["reused"])')" = "(0, 5)" ]
+"$HUBFLEET" audit -i "$T/inv5.ini" --agent "$T/agent-big" --expect 5.2.1 > "$T/expect.out" 2>&1
+rc=$?
+check "--expect 5.2.1 with one 4.1.6 host exits 1 (rc=$rc)" [ $rc -eq 1 ]
+check "table shows DRIFT" grep -q "DRIFT: 2 jupyterhub versions" "$T/expect.out"
+
+# --- 2. host keys ----------------------------------------------------------
+inventory "$T/invB.ini" 2 "$PORT_B" "$T/kh"
+cat "$T/inv5.ini" > "$T/mixed.ini"
+sed -n '/^\[hubs\]/,/^\[hubs:vars\]/p' "$T/invB.ini" | sed '1d;$d' | sed "s/^h\([0-9]*\) /b\1 ansible_port=$PORT_B /" > "$T/bhosts"
+python3 - "$T/mixed.ini" "$T/bhosts" <<'EOF'
+import sys
+inv, extra = sys.argv[1], open(sys.argv[2]).read()
+s = open(inv).read().replace("[hubs:vars]", extra + "[hubs:vars]")
+open(inv, "w").write(s)
+EOF
+"$HUBFLEET" audit -i "$T/mixed.ini" --agent "$T/agent-big" --accept-new > "$T/changed.out" 2>&1
+rc=$?
+check "changed key: exit 1 (rc=$rc)" [ $rc -eq 1 ]
+check "changed key: refused loudly, even with --accept-new" grep -q "HOST KEY OF \[127.0.0.1\]:$PORT_B HAS CHANGED" "$T/changed.out"
+check "changed key: says man-in-the-middle and how to fix" grep -q "man-in-the-middle.*ssh-keygen -R" "$T/changed.out"
+check "changed key: the other 5 hosts audited" grep -q "7 hosts: 5 audited, 2 failed" "$T/changed.out"
+check "changed key: known_hosts untouched" [ "$(grep -c . "$T/kh")" = 2 ]
+
+echo "[127.0.0.1]:$PORT_A $(cut -d' ' -f1,2 "$T/keyA.pub")" > "$T/kh2"   # B unknown
+inventory "$T/invU.ini" 2 "$PORT_B" "$T/kh2"
+"$HUBFLEET" audit -i "$T/invU.ini" --agent "$T/agent-big" > "$T/unknown.out" 2>&1
+rc=$?
+check "unknown key without --accept-new: refused, exit 1 (rc=$rc)" [ $rc -eq 1 ]
+check "unknown key: message says how to add it or use --accept-new" \
+  grep -q "is not known.*ssh-keyscan -p $PORT_B 127.0.0.1.*--accept-new" "$T/unknown.out"
+"$HUBFLEET" audit -i "$T/invU.ini" --agent "$T/agent-big" --accept-new > "$T/accept.out" 2>&1
+rc=$?
+check "unknown key with --accept-new: audited (rc=$rc)" [ $rc -eq 0 ]
+check "--accept-new wrote the key to the host's known_hosts" grep -q "^\[127.0.0.1\]:$PORT_B ssh-ed25519 $(cut -d' ' -f2 "$T/keyB.pub")" "$T/kh2"
+"$HUBFLEET" audit -i "$T/invU.ini" --agent "$T/agent-big" > "$T/accepted.out" 2>&1
+check "the written key is trusted next time" [ $? -eq 0 ]
+# The CLI file is used when the host names none; ~/.ssh/config is never read.
+inventory "$T/invC.ini" 1 "$PORT_A"
+"$HUBFLEET" audit -i "$T/invC.ini" --agent "$T/agent-big" --known-hosts "$T/kh" > "$T/cli.out" 2>&1
+check "--known-hosts FILE used for hosts without hubfleet_known_hosts" [ $? -eq 0 ]
+
+# --- 3. default MaxStartups, 500 hosts at --parallel 200 --------------------
+inventory "$T/inv500.ini" 500 "$PORT_A" "$T/kh"
+# One endpoint here, so let 100 handshakes at it at once: sshd drops many.
+/usr/bin/time -f "%e s %M KB" -o "$T/time500" \
+  "$HUBFLEET" audit -i "$T/inv500.ini" --agent "$T/agent-big" --parallel 200 --handshakes 100 \
+  --max-handshakes 100 --retries 30 --timeout 60 --json --stats > "$T/m500.json" 2> "$T/m500.err"
+rc=$?
+check "500 hosts at --parallel 200 under MaxStartups 10:30:100: exit 0 (rc=$rc)" [ $rc -eq 0 ]
+check "500 hosts audited" [ "$(jq_ "$T/m500.json" 'd["summary"]["audited"]')" = 500 ]
+check "dropped handshakes were retried and counted" [ "$(jq_ "$T/m500.json" 'd["stats"]["retries"] > 0')" = True ]
+check "sshd really dropped connections (MaxStartups in its log)" grep -q "drop connection\|MaxStartups\|beginning MaxStartups" "$T/A.log"
+tail -1 "$T/m500.err"; cat "$T/time500"
+
+# --- 4. an upload cut by killing the sshd sessions ---------------------------
+rm -f "$HOME/.cache/hubfleet/agent-$BIGHEX"
+inventory "$T/inv1.ini" 1 "$PORT_A" "$T/kh"
+# Slow the upload down so it can be caught in flight: a 40 MB agent through a
+# throttled loopback would need tc; instead kill the session as soon as the
+# temporary file appears.
+"$HUBFLEET" audit -i "$T/inv1.ini" --agent "$T/agent-big" --json > "$T/cut.json" 2> "$T/cut.err" &
+apid=$!
+caught=0
+for _ in $(seq 2000); do
+  if compgen -G "$HOME/.cache/hubfleet/agent-$BIGHEX.tmp.*" > /dev/null; then
+    for c in $(ps -o pid= --ppid "$PID_A"); do kill -9 "$c" 2>/dev/null; done
+    caught=1
+    break
+  fi
+  sleep 0.005
+done
+wait $apid
+rc=$?
+if [ $caught -eq 1 ]; then
+  check "cut upload: the host fails (rc=$rc)" [ $rc -eq 1 ]
+  check "cut upload: no runnable agent left behind" [ ! -e "$HOME/.cache/hubfleet/agent-$BIGHEX" ]
+else
+  bad "cut upload: could not catch the upload in flight"
+fi
+"$HUBFLEET" audit -i "$T/inv1.ini" --agent "$T/agent-big" --json --stats > "$T/recut.json" 2>/dev/null
+rc=$?
+check "next audit uploads again and works (rc=$rc)" [ $rc -eq 0 ]
+check "next audit: one upload" [ "$(jq_ "$T/recut.json" 'd["stats"]["uploads"]')" = 1 ]
+check "agent in place after the re-upload, checksum verified" \
+  [ "$(sha256sum < "$HOME/.cache/hubfleet/agent-$BIGHEX" | cut -c1-64)" = "$BIGHEX" ]
+rm -f "$HOME/.cache/hubfleet/agent-$BIGHEX".tmp.*
+
+# --- 5. hostile agents --------------------------------------------------------
+inventory "$T/inv2.ini" 2 "$PORT_A" "$T/kh"
+for m in garbage:protocol huge:protocol silent:timeout version:proto_version; do
+  mode=${m%%:*} want=${m#*:}
+  start=$(date +%s)
+  "$HUBFLEET" audit -i "$T/inv2.ini" --agent "$TBUILD/hostile-agent-$mode" --timeout 3 --json --stats \
+    > "$T/h-$mode.json" 2> "$T/h-$mode.err"
+  rc=$? took=$(( $(date +%s) - start ))
+  check "hostile $mode: controller exits 1 normally (rc=$rc, ${took}s)" [ $rc -eq 1 ]
+  check "hostile $mode: both hosts fail with $want" \
+    [ "$(jq_ "$T/h-$mode.json" 'sorted(set(f["code"] for f in d["failed"]))')" = "['$want']" ]
+  check "hostile $mode: memory bounded (max rss < 50 MB)" \
+    [ "$(jq_ "$T/h-$mode.json" 'd["stats"]["maxrss_kb"] < 50*1024')" = True ]
+  check "hostile $mode: within the deadline" [ $took -le 12 ]
+  rm -f "$HOME/.cache/hubfleet/agent-$(sha256sum < "$TBUILD/hostile-agent-$mode" | cut -c1-64)"
+done
+jq_ "$T/h-huge.json" 'd["failed"][0]["message"]'
+jq_ "$T/h-version.json" 'd["failed"][0]["message"]'
+
+# --- 6. a host that accepts TCP but never speaks (link dead after connect) ---
+python3 - "$T/blackhole.port" <<'EOF' &
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
+open(sys.argv[1], "w").write(str(s.getsockname()[1]))
+conns = []
+end = time.time() + 120
+while time.time() < end:
+    s.settimeout(1)
+    try: conns.append(s.accept()[0])
+    except OSError: pass
+EOF
+PIDS+=($!)
+for _ in $(seq 50); do [ -s "$T/blackhole.port" ] && break; sleep 0.1; done
+BH=$(cat "$T/blackhole.port")
+cp "$T/inv5.ini" "$T/invbh.ini"
+sed -i "s/^h5 /h5 ansible_port=$BH /" "$T/invbh.ini"
+start=$(date +%s)
+"$HUBFLEET" audit -i "$T/invbh.ini" --agent "$T/agent-big" --timeout 3 --json > "$T/bh.json" 2>/dev/null
+rc=$? took=$(( $(date +%s) - start ))
+check "silent sshd: exit 1 (rc=$rc)" [ $rc -eq 1 ]
+check "silent sshd: that host timed out, the 4 others audited" \
+  [ "$(jq_ "$T/bh.json" '(d["summary"]["audited"], [f["code"] for f in d["failed"]])')" = "(4, ['timeout'])" ]
+check "silent sshd: within the deadline (${took}s)" [ $took -le 8 ]
+
+echo "$fails failures"
+[ $fails -eq 0 ]
