@@ -17,8 +17,8 @@ struct hf_host {
   char   *address;       /* ansible_host, else name */
   int     port;          /* ansible_port, default 22 */
   char   *user;          /* ansible_user, NULL = current user */
-  char   *key_file;      /* ansible_ssh_private_key_file, NULL = agent/default keys */
-  char   *known_hosts;   /* hubfleet_known_hosts, NULL = ~/.ssh/known_hosts */
+  char   *key_file;      /* ansible_ssh_private_key_file, NULL = agent/default keys; a leading ~ is expanded */
+  char   *known_hosts;   /* hubfleet_known_hosts, NULL = ~/.ssh/known_hosts; a leading ~ is expanded */
   char   *jump;          /* hubfleet_jump: [user@]host[:port], NULL = direct */
   char  **groups;        /* groups the host belongs to (direct and inherited), sorted */
   size_t  ngroups;

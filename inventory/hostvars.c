@@ -2,6 +2,8 @@
  * protocol's hub description, validating every value that reaches a remote
  * command, with the error placed where the variable was set. */
 #include <ctype.h>
+#include <pwd.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,16 +167,37 @@ static int set_hub(const struct ctx *c, json_t *hub, const char *key, json_t *v)
   return 0;
 }
 
-/* A local path (key file, known_hosts): read on this machine, not sent. */
+/* A local path (key file, known_hosts): read on this machine, not sent.
+ * "~" and "~user" are expanded here, as Ansible and ssh do, because libssh's
+ * key and known_hosts calls take paths literally. */
 static int local_path(const struct ctx *c, const char *name, char **dst) {
-  const char *s;
-  char tmp[32];
+  const char *s, *home = NULL, *rest;
+  char tmp[32], user[256];
   int r;
   if ((r = get_str(c, name, &s, tmp, sizeof tmp)) != 0) return r;
-  if (s == NULL) { *dst = NULL; return 0; }
+  *dst = NULL;
+  if (s == NULL) return 0;
   if (*s == '\0' || has_ctl(s) || strlen(s) > 4096)
     return fail(c, name, "expected a file path on this machine (non-empty, no control characters)");
-  return dup_to(c, dst, s);
+  if (*s != '~') return dup_to(c, dst, s);
+  rest = strchr(s, '/');
+  if (rest == NULL) rest = s + strlen(s);
+  if (rest == s + 1) {
+    struct passwd *pw;
+    home = getenv("HOME");
+    if ((home == NULL || *home == '\0') && (pw = getpwuid(getuid())) != NULL) home = pw->pw_dir;
+  } else if ((size_t)(rest - s - 1) < sizeof user) {
+    struct passwd *pw;
+    memcpy(user, s + 1, (size_t)(rest - s - 1));
+    user[rest - s - 1] = '\0';
+    if ((pw = getpwnam(user)) != NULL) home = pw->pw_dir;
+  }
+  if (home == NULL || *home == '\0')
+    return fail(c, name, "cannot expand '%.*s': no such user or no home directory", (int)(rest - s), s);
+  if ((*dst = malloc(strlen(home) + strlen(rest) + 1)) == NULL) return hf__inv_nomem(c->b);
+  strcpy(*dst, home);
+  strcat(*dst, rest);
+  return 0;
 }
 
 static int abspath_var(const struct ctx *c, json_t *hub, const char *name, const char *key,
