@@ -1,0 +1,734 @@
+/* test_agent.c: unit tests of the agent's parts: SHA-256, journal (with the power-cut
+ * simulation), metadata and environment reading, HTTP parsing and probing, the process runner,
+ * and the request loop fed hostile frames. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agent_int.h"
+#include "hf_agent.h"
+
+static int failures, checks;
+
+#define CHECK(cond) do { checks++; if (!(cond)) { failures++; \
+  fprintf(stderr, "%s:%d: %s: check failed: %s\n", __FILE__, __LINE__, __func__, #cond); } } while (0)
+#define CHECK_EQ_INT(a, b) do { long long a_ = (a), b_ = (b); checks++; if (a_ != b_) { failures++; \
+  fprintf(stderr, "%s:%d: %s: %s == %lld, expected %lld\n", __FILE__, __LINE__, __func__, #a, a_, b_); } } while (0)
+#define CHECK_STR(a, b) do { const char *a_ = (a), *b_ = (b); checks++; \
+  if (a_ == NULL || strcmp(a_, b_) != 0) { failures++; \
+  fprintf(stderr, "%s:%d: %s: %s == \"%s\", expected \"%s\"\n", __FILE__, __LINE__, __func__, #a, a_ ? a_ : "(null)", b_); } } while (0)
+
+static char tmpdir[PATH_MAX];
+
+static void write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  if (f == NULL) { perror(path); exit(2); }
+  fputs(text, f);
+  fclose(f);
+}
+
+static void mkpath(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void mkpath(const char *fmt, ...) {
+  char p[PATH_MAX];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(p, sizeof p, fmt, ap);
+  va_end(ap);
+  if (hf__mkdirs(p, 0755) != 0) { perror(p); exit(2); }
+}
+
+/* ---- SHA-256 ------------------------------------------------------------------------ */
+
+static void test_sha256(void) {
+  static const struct { const char *in; const char *hex; } v[] = {
+    { "", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" },
+    { "abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad" },
+    { "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+      "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1" },
+    { "abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopqrstnopqrstu",
+      "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1" },
+    { "The quick brown fox jumps over the lazy dog",
+      "d7a8fbb307d7809469ca9abcb0082e4f8d5651e46d3cdb762d02d0bf37c9e592" },
+  };
+  char hex[HF_SHA256_HEX], path[PATH_MAX];
+  struct hf_sha256 c;
+  unsigned char d[HF_SHA256_LEN], *big;
+  size_t i, split;
+
+  for (i = 0; i < sizeof v / sizeof v[0]; i++) {
+    hf_sha256_hex(v[i].in, strlen(v[i].in), hex);
+    CHECK_STR(hex, v[i].hex);
+    /* Every split point of the same input gives the same digest. */
+    for (split = 0; split <= strlen(v[i].in); split++) {
+      hf_sha256_init(&c);
+      hf_sha256_update(&c, v[i].in, split);
+      hf_sha256_update(&c, v[i].in + split, strlen(v[i].in) - split);
+      hf_sha256_final(&c, d);
+      hf_sha256_tohex(d, hex);
+      CHECK_STR(hex, v[i].hex);
+    }
+  }
+  /* One million 'a' (FIPS 180-2 appendix B.3), fed in odd-sized pieces, and as a file. */
+  big = malloc(1000000);
+  memset(big, 'a', 1000000);
+  hf_sha256_init(&c);
+  for (i = 0; i < 1000000; i += 997) hf_sha256_update(&c, big + i, 1000000 - i < 997 ? 1000000 - i : 997);
+  hf_sha256_final(&c, d);
+  hf_sha256_tohex(d, hex);
+  CHECK_STR(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  snprintf(path, sizeof path, "%s/million", tmpdir);
+  {
+    FILE *f = fopen(path, "w");
+    fwrite(big, 1, 1000000, f);
+    fclose(f);
+  }
+  CHECK_EQ_INT(hf_sha256_file(path, hex), 0);
+  CHECK_STR(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  CHECK(hf_sha256_file("/nonexistent/x", hex) == -ENOENT);
+  free(big);
+}
+
+/* ---- journal ------------------------------------------------------------------------ */
+
+#define NREC 6
+
+static json_t *sample_record(int i) {
+  json_t *r = json_pack("{s:s, s:s, s:i, s:{s:s, s:i}}", "step", i % 2 ? "install" : "backup",
+                        "state", i % 3 ? "begin" : "done", "seq", i, "detail", "note",
+                        "x\"y\n\xc3\xa9 \\ unicode", "n", i * 1000);
+  return r;
+}
+
+static void test_journal_truncation(void) {
+  char *recs[NREC], *img;
+  size_t lens[NREC], ends[NREC], total = 0, off;
+  json_t *orig[NREC];
+  int i;
+
+  for (i = 0; i < NREC; i++) {
+    orig[i] = sample_record(i);
+    CHECK_EQ_INT(hf_journal_encode(orig[i], &recs[i], &lens[i]), 0);
+    total += lens[i];
+    ends[i] = total;
+  }
+  img = malloc(total);
+  for (i = 0, off = 0; i < NREC; i++) { memcpy(img + off, recs[i], lens[i]); off += lens[i]; }
+
+  /* Power cut: the file ends at every possible byte. The reader returns
+   * exactly the records that were complete, never a damaged one. */
+  for (off = 0; off <= total; off++) {
+    json_t *got = NULL;
+    size_t good = 0;
+    bool torn = false;
+    int want = 0, rc;
+    bool boundary = off == 0;
+    for (i = 0; i < NREC; i++) { if (ends[i] <= off) want = i + 1; if (ends[i] == off) boundary = true; }
+    rc = hf_journal_parse(img, off, &got, &good, &torn);
+    CHECK_EQ_INT(rc, 0);
+    if (rc != 0) continue;
+    CHECK_EQ_INT(json_array_size(got), want);
+    CHECK_EQ_INT(good, want ? ends[want - 1] : 0);
+    CHECK(torn == !boundary);
+    for (i = 0; i < want && i < (int)json_array_size(got); i++) CHECK(json_equal(json_array_get(got, i), orig[i]));
+    json_decref(got);
+  }
+
+  /* Bit rot: flip each byte of the image. The reader rejects the journal or
+   * returns a prefix of the true records; a changed record is never returned. */
+  for (off = 0; off < total; off++) {
+    json_t *got = NULL;
+    size_t good;
+    bool torn;
+    int rc;
+    img[off] ^= 0x41;
+    rc = hf_journal_parse(img, total, &got, &good, &torn);
+    if (rc == 0) {
+      size_t k;
+      for (k = 0; k < json_array_size(got); k++) CHECK(json_equal(json_array_get(got, k), orig[k]));
+      /* The flipped byte lies in a record the reader did not return. */
+      CHECK(good <= off);
+      json_decref(got);
+    } else {
+      CHECK_EQ_INT(rc, HF_EJOURNAL);
+    }
+    img[off] ^= 0x41;
+  }
+  for (i = 0; i < NREC; i++) { free(recs[i]); json_decref(orig[i]); }
+  free(img);
+}
+
+static void test_journal_files(void) {
+  char state[PATH_MAX], path[PATH_MAX];
+  json_t *got = NULL, *a = sample_record(1), *b = sample_record(2), *c = sample_record(3);
+  struct stat st;
+  bool torn;
+  int fd;
+
+  snprintf(state, sizeof state, "%s/state/deeper", tmpdir);
+  CHECK_EQ_INT(hf_journal_read(state, "r1", &got, &torn), 0);
+  CHECK_EQ_INT(json_array_size(got), 0);
+  json_decref(got);
+  CHECK_EQ_INT(hf_journal_append(state, "r1", a), 0);
+  CHECK_EQ_INT(hf_journal_append(state, "r1", b), 0);
+  CHECK(stat(state, &st) == 0 && (st.st_mode & 0777) == 0700);
+  CHECK_EQ_INT(hf_journal_path(state, "r1", path, sizeof path), 0);
+  CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+  CHECK_EQ_INT(hf_journal_read(state, "r1", &got, &torn), 0);
+  CHECK_EQ_INT(json_array_size(got), 2);
+  CHECK(json_equal(json_array_get(got, 1), b));
+  CHECK(!torn);
+  json_decref(got);
+  /* A cut write leaves a torn tail; the next append removes it first, so the
+   * new record is readable after it. */
+  fd = open(path, O_WRONLY | O_APPEND);
+  CHECK(write(fd, "HFJ1\0\0\0\x20garbage", 15) == 15);
+  close(fd);
+  CHECK_EQ_INT(hf_journal_read(state, "r1", &got, &torn), 0);
+  CHECK_EQ_INT(json_array_size(got), 2);
+  CHECK(torn);
+  json_decref(got);
+  CHECK_EQ_INT(hf_journal_append(state, "r1", c), 0);
+  CHECK_EQ_INT(hf_journal_read(state, "r1", &got, &torn), 0);
+  CHECK_EQ_INT(json_array_size(got), 3);
+  CHECK(json_equal(json_array_get(got, 2), c));
+  CHECK(!torn);
+  json_decref(got);
+  /* Hostile rollout ids never become paths. */
+  CHECK(hf_journal_append(state, "../x", a) != 0);
+  CHECK(hf_journal_read(state, "a/b", &got, &torn) != 0);
+  /* A journal that cannot be written is an error, not a silent skip. */
+  CHECK_EQ_INT(hf_journal_append("/proc/hubfleet-no", "r1", a), HF_EJOURNAL);
+  json_decref(a); json_decref(b); json_decref(c);
+}
+
+/* ---- metadata and environments ------------------------------------------------------- */
+
+static void test_metadata(void) {
+  char name[130], ver[HF_VER_LEN], norm[130];
+  const char *md = "Metadata-Version: 2.1\nName: jupyterhub\nVersion: 3.1.0.dev1\nSummary: x\n\n"
+                   "Name: not-this\nVersion: 9\n";
+  CHECK_EQ_INT(hf_metadata_parse(md, strlen(md), name, sizeof name, ver, sizeof ver), 0);
+  CHECK_STR(name, "jupyterhub");
+  CHECK_STR(ver, "3.1.0.dev1");
+  md = "Metadata-Version: 2.1\r\nName:  Foo_Bar \r\nVersion: 1.0\r\n\r\n";
+  CHECK_EQ_INT(hf_metadata_parse(md, strlen(md), name, sizeof name, ver, sizeof ver), 0);
+  CHECK_STR(name, "Foo_Bar");
+  CHECK_STR(ver, "1.0");
+  md = "Metadata-Version: 2.1\n\nName: late\nVersion: 1\n";
+  CHECK_EQ_INT(hf_metadata_parse(md, strlen(md), name, sizeof name, ver, sizeof ver), HF_ENOTFOUND);
+  CHECK_EQ_INT(hf_metadata_parse("", 0, name, sizeof name, ver, sizeof ver), HF_ENOTFOUND);
+  hf_pep503("Foo__Bar.baz-Qux", 16, norm, sizeof norm);
+  CHECK_STR(norm, "foo-bar-baz-qux");
+  hf_pep503("jupyterhub_idle.culler", 22, norm, sizeof norm);
+  CHECK_STR(norm, "jupyterhub-idle-culler");
+}
+
+static void test_env(void) {
+  char p[PATH_MAX], vers[5][HF_VER_LEN];
+  const char *names[5] = { "jupyterhub", "oauthenticator", "dockerspawner", "missing-pkg", "Jupyter_Server" };
+  struct hf_env e;
+
+  snprintf(p, sizeof p, "%s/venv", tmpdir);
+  mkpath("%s/venv/lib/python3.11/site-packages/jupyterhub-3.1.0.dev1.dist-info", tmpdir);
+  mkpath("%s/venv/lib/python3.11/site-packages/oauthenticator-16.0.1.dist-info", tmpdir);
+  mkpath("%s/venv/lib/python3.11/site-packages/jupyter_server-2.7.0.dist-info", tmpdir);
+  mkpath("%s/venv/bin", tmpdir);
+  write_file(strcat(strcpy(p, tmpdir), "/venv/pyvenv.cfg"), "home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.11.2\n");
+  snprintf(p, sizeof p, "%s/venv/lib/python3.11/site-packages/jupyterhub-3.1.0.dev1.dist-info/METADATA", tmpdir);
+  write_file(p, "Metadata-Version: 2.1\nName: jupyterhub\nVersion: 3.1.0.dev1\n\nbody\n");
+  snprintf(p, sizeof p, "%s/venv/lib/python3.11/site-packages/oauthenticator-16.0.1.dist-info/METADATA", tmpdir);
+  write_file(p, "Metadata-Version: 2.1\nName: oauthenticator\nVersion: 16.0.1\n");
+  snprintf(p, sizeof p, "%s/venv/lib/python3.11/site-packages/jupyter_server-2.7.0.dist-info/METADATA", tmpdir);
+  write_file(p, "Name: jupyter-server\nVersion: 2.7.0\n");
+  /* An egg-info file (Debian's setuptools layout) */
+  snprintf(p, sizeof p, "%s/venv/lib/python3.11/site-packages/dockerspawner-12.1.0.egg-info", tmpdir);
+  write_file(p, "Metadata-Version: 1.1\nName: dockerspawner\nVersion: 12.1.0\n");
+  /* A decoy whose directory name matches but whose METADATA names another project. */
+  mkpath("%s/venv/lib/python3.11/site-packages/missing_pkg-1.0.dist-info", tmpdir);
+  snprintf(p, sizeof p, "%s/venv/lib/python3.11/site-packages/missing_pkg-1.0.dist-info/METADATA", tmpdir);
+  write_file(p, "Name: something-else\nVersion: 1.0\n");
+
+  snprintf(p, sizeof p, "%s/venv", tmpdir);
+  CHECK_EQ_INT(hf_env_inspect(p, "auto", &e), 0);
+  CHECK(e.exists);
+  CHECK_STR(e.installer, "pip");
+  CHECK_STR(e.python, "3.11.2");
+  CHECK_EQ_INT(e.n_syssite, 0);
+  hf_env_versions(&e, names, 5, vers);
+  CHECK_STR(vers[0], "3.1.0.dev1");
+  CHECK_STR(vers[1], "16.0.1");
+  CHECK_STR(vers[2], "12.1.0");
+  CHECK_STR(vers[3], "");
+  CHECK_STR(vers[4], "2.7.0");
+
+  /* conda: conda-meta/NAME-VERSION-BUILD.json */
+  mkpath("%s/conda/conda-meta", tmpdir);
+  mkpath("%s/conda/lib/python3.10/site-packages", tmpdir);
+  snprintf(p, sizeof p, "%s/conda/conda-meta/jupyterhub-base-4.0.2-pyh31011fe_0.json", tmpdir);
+  write_file(p, "{}");
+  snprintf(p, sizeof p, "%s/conda/conda-meta/jupyterhub-4.0.2-pyh31011fe_0.json", tmpdir);
+  write_file(p, "{}");
+  snprintf(p, sizeof p, "%s/conda", tmpdir);
+  CHECK_EQ_INT(hf_env_inspect(p, "auto", &e), 0);
+  CHECK_STR(e.installer, "conda");
+  CHECK_STR(e.python, "3.10");
+  hf_env_versions(&e, names, 2, vers);
+  CHECK_STR(vers[0], "4.0.2");
+  CHECK_STR(vers[1], "");
+  CHECK_EQ_INT(hf_env_inspect(p, "pip", &e), 0);
+  CHECK_STR(e.installer, "pip");
+
+  snprintf(p, sizeof p, "%s/nope", tmpdir);
+  CHECK_EQ_INT(hf_env_inspect(p, NULL, &e), 0);
+  CHECK(!e.exists);
+}
+
+/* ---- HTTP ------------------------------------------------------------------------------ */
+
+static void test_http_parse(void) {
+  struct hf_http_resp r;
+  const char *ok = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 21\r\n\r\n{\"version\": \"3.0.0\"}\nEXTRA";
+  const char *chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"ver\r\nf\r\nsion\": \"3.1.0\"}\r\n0\r\n\r\n";
+  CHECK_EQ_INT(hf_http_parse(ok, strlen(ok), &r), 0);
+  CHECK_EQ_INT(r.status, 200);
+  CHECK_EQ_INT(r.body_len, 21);
+  CHECK(strncmp(r.body, "{\"version\": \"3.0.0\"}", 20) == 0);
+  hf_http_resp_free(&r);
+  CHECK_EQ_INT(hf_http_parse(chunked, strlen(chunked), &r), 0);
+  CHECK_STR(r.body, "{\"version\": \"3.1.0\"}");
+  hf_http_resp_free(&r);
+  {
+    const char *e503 = "HTTP/1.0 503 Service Unavailable\r\n\r\n";
+    CHECK_EQ_INT(hf_http_parse(e503, strlen(e503), &r), 0);
+  }
+  CHECK_EQ_INT(r.status, 503);
+  CHECK_EQ_INT(r.body_len, 0);
+  hf_http_resp_free(&r);
+  /* Cut short, not HTTP, no header end, absurd lengths, broken chunks. */
+  CHECK_EQ_INT(hf_http_parse("HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nabc", 42, &r), HF_EPROTO);
+  CHECK_EQ_INT(hf_http_parse("SSH-2.0-OpenSSH_9.2\r\n", 21, &r), HF_EPROTO);
+  CHECK_EQ_INT(hf_http_parse("HTTP/1.1 200 OK\r\nX: y\r\n", 23, &r), HF_EPROTO);
+  CHECK_EQ_INT(hf_http_parse("HTTP/1.1 2x0 OK\r\n\r\n", 19, &r), HF_EPROTO);
+  {
+    const char *huge = "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n";
+    const char *badchunk = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffff\r\nab";
+    CHECK_EQ_INT(hf_http_parse(huge, strlen(huge), &r), HF_EPROTO);
+    CHECK_EQ_INT(hf_http_parse(badchunk, strlen(badchunk), &r), HF_EPROTO);
+  }
+}
+
+/* A one-shot server in a child: mode 0 answers, 1 accepts and stays silent. */
+static pid_t serve(int *port, int mode) {
+  struct sockaddr_in sa = { .sin_family = AF_INET };
+  socklen_t sl = sizeof sa;
+  int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+  pid_t pid;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(s, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(s, 4) != 0) { perror("bind"); exit(2); }
+  getsockname(s, (struct sockaddr *)&sa, &sl);
+  *port = ntohs(sa.sin_port);
+  pid = fork();
+  if (pid == 0) {
+    int c = accept(s, NULL, NULL);
+    char buf[4096];
+    const char *resp = "HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n{\"version\":\"3.0.0\"}\n";
+    alarm(10);
+    if (read(c, buf, sizeof buf) <= 0) _exit(1);
+    if (mode == 0) {
+      if (strstr(buf, "GET /base/hub/api HTTP/1.1\r\n") == NULL) _exit(3);
+      if (write(c, resp, strlen(resp)) < 0) _exit(1);
+      close(c);
+      _exit(0);
+    }
+    sleep(5);
+    _exit(0);
+  }
+  close(s);
+  return pid;
+}
+
+static void test_http_live(void) {
+  struct hf_http_resp r;
+  char url[128];
+  int port, st;
+  int64_t t0;
+  pid_t pid = serve(&port, 0);
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/base/", port);
+  CHECK_EQ_INT(hf_http_get(url, "/hub/api", 3000, &r), 0);
+  CHECK_EQ_INT(r.status, 200);
+  CHECK_STR(r.body, "{\"version\":\"3.0.0\"}\n");
+  hf_http_resp_free(&r);
+  waitpid(pid, &st, 0);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  /* Silent server: the deadline holds. */
+  pid = serve(&port, 1);
+  snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+  t0 = hf__now_ms();
+  CHECK_EQ_INT(hf_http_get(url, "/hub/health", 300, &r), HF_ETIMEDOUT);
+  CHECK(hf__now_ms() - t0 < 2000);
+  kill(pid, SIGKILL);
+  waitpid(pid, &st, 0);
+  /* Nothing listening (the port just closed). */
+  CHECK_EQ_INT(hf_http_get(url, "/hub/health", 1000, &r), HF_EUNREACH);
+  CHECK_EQ_INT(hf_http_get("https://127.0.0.1:1", "/", 100, &r), HF_EUNSUPPORTED);
+  CHECK_EQ_INT(hf_http_get("http://hub.example.org:8000", "/", 100, &r), HF_EUNSUPPORTED);
+  CHECK_EQ_INT(hf_http_get("http://127.0.0.1:99999", "/", 100, &r), HF_EINVAL);
+}
+
+/* ---- process runner -------------------------------------------------------------------- */
+
+struct lines { int n; char last[256]; int err_lines; };
+static void collect(void *ud, int stream, const char *line) {
+  struct lines *l = ud;
+  l->n++;
+  if (stream == 2) l->err_lines++;
+  snprintf(l->last, sizeof l->last, "%s", line);
+}
+
+static void test_run(void) {
+  char marker[PATH_MAX], arg[PATH_MAX + 32];
+  struct hf_run r;
+  struct lines l;
+  int64_t t0;
+  struct stat st;
+
+  /* argv is passed verbatim: shell syntax in an argument is just text. */
+  snprintf(marker, sizeof marker, "%s/marker", tmpdir);
+  snprintf(arg, sizeof arg, "3.0.1; touch %s", marker);
+  {
+    char *argv[] = { (char *)"/bin/echo", arg, (char *)"$(touch x)", NULL };
+    memset(&r, 0, sizeof r); memset(&l, 0, sizeof l);
+    r.argv = argv; r.stdout_fd = -1; r.on_line = collect; r.ud = &l; r.timeout_ms = 5000;
+    CHECK_EQ_INT(hf_run_exec(&r), 0);
+    CHECK_EQ_INT(r.status, 0);
+    CHECK_EQ_INT(l.n, 1);
+    {
+      char want[PATH_MAX + 64];
+      snprintf(want, sizeof want, "%s $(touch x)", arg);
+      CHECK_STR(l.last, want);
+    }
+    CHECK(stat(marker, &st) != 0);
+    hf_run_free(&r);
+  }
+  /* Both streams, exit status, and a minimal environment. */
+  {
+    char *argv[] = { (char *)"/bin/sh", (char *)"-c",
+                     (char *)"echo out; echo err >&2; env | sort | tr '\\n' ' '; echo; exit 7", NULL };
+    memset(&r, 0, sizeof r); memset(&l, 0, sizeof l);
+    setenv("PYTHONPATH", "/evil", 1);
+    r.argv = argv; r.stdout_fd = -1; r.on_line = collect; r.ud = &l; r.timeout_ms = 5000;
+    CHECK_EQ_INT(hf_run_exec(&r), HF_ECMD);
+    CHECK_EQ_INT(r.status, 7);
+    CHECK_EQ_INT(l.err_lines, 1);
+    CHECK(strstr(r.out, "out\n") != NULL && strstr(r.out, "err\n") != NULL);
+    CHECK(strstr(r.out, "PIP_NO_INPUT=1") != NULL);
+    CHECK(strstr(r.out, "LANG=C.UTF-8") != NULL);
+    CHECK(strstr(r.out, "PYTHONPATH") == NULL);
+    unsetenv("PYTHONPATH");
+    hf_run_free(&r);
+  }
+  /* The deadline kills the whole group, sleeping grandchildren included. */
+  {
+    char *argv[] = { (char *)"/bin/sh", (char *)"-c", (char *)"sleep 30 & sleep 30; echo never", NULL };
+    memset(&r, 0, sizeof r);
+    r.argv = argv; r.stdout_fd = -1; r.timeout_ms = 300;
+    t0 = hf__now_ms();
+    CHECK_EQ_INT(hf_run_exec(&r), HF_ETIMEDOUT);
+    CHECK(r.timed_out);
+    CHECK(hf__now_ms() - t0 < 5000);
+    CHECK(strstr(r.out, "never") == NULL);
+    hf_run_free(&r);
+  }
+  /* A child that ignores SIGTERM gets SIGKILL after the grace period. */
+  {
+    char *argv[] = { (char *)"/bin/sh", (char *)"-c", (char *)"trap '' TERM; sleep 30", NULL };
+    memset(&r, 0, sizeof r);
+    r.argv = argv; r.stdout_fd = -1; r.timeout_ms = 200;
+    t0 = hf__now_ms();
+    CHECK_EQ_INT(hf_run_exec(&r), HF_ETIMEDOUT);
+    CHECK(hf__now_ms() - t0 < 8000);
+    hf_run_free(&r);
+  }
+  /* Output is bounded: a flood keeps only the tail and caps streamed lines. */
+  {
+    char *argv[] = { (char *)"/bin/sh", (char *)"-c", (char *)"i=0; while [ $i -lt 6000 ]; do echo line$i; i=$((i+1)); done", NULL };
+    memset(&r, 0, sizeof r); memset(&l, 0, sizeof l);
+    r.argv = argv; r.stdout_fd = -1; r.on_line = collect; r.ud = &l; r.timeout_ms = 20000; r.keep_max = 1024;
+    CHECK_EQ_INT(hf_run_exec(&r), 0);
+    CHECK_EQ_INT(l.n, HF_RUN_MAX_LINES);
+    CHECK_EQ_INT(r.lines_dropped, 6000 - HF_RUN_MAX_LINES);
+    CHECK(r.out_len <= 2048);
+    CHECK(strstr(r.out, "line5999\n") != NULL);
+    hf_run_free(&r);
+  }
+  /* Missing program, relative program, bad cwd. */
+  {
+    char *argv[] = { (char *)"/nonexistent/prog", NULL };
+    char *rel[] = { (char *)"echo", NULL };
+    char *ok[] = { (char *)"/bin/true", NULL };
+    memset(&r, 0, sizeof r);
+    r.argv = argv; r.stdout_fd = -1;
+    CHECK_EQ_INT(hf_run_exec(&r), HF_EEXEC);
+    CHECK_EQ_INT(r.status, ENOENT);
+    hf_run_free(&r);
+    memset(&r, 0, sizeof r);
+    r.argv = rel; r.stdout_fd = -1;
+    CHECK_EQ_INT(hf_run_exec(&r), HF_EINVAL);
+    hf_run_free(&r);
+    memset(&r, 0, sizeof r);
+    r.argv = ok; r.stdout_fd = -1; r.cwd = "/nonexistent-dir";
+    CHECK_EQ_INT(hf_run_exec(&r), HF_EEXEC);
+    hf_run_free(&r);
+  }
+}
+
+/* ---- the request loop fed hostile frames ---------------------------------------------------- */
+
+struct session { pid_t pid; int to, from; };
+
+static struct session start_agent(void) {
+  int in[2], out[2];
+  struct session s;
+  CHECK(pipe(in) == 0 && pipe(out) == 0);
+  s.pid = fork();
+  if (s.pid == 0) {
+    close(in[1]); close(out[0]);
+    _exit(hf_agent_run(in[0], out[1]));
+  }
+  close(in[0]); close(out[1]);
+  s.to = in[1];
+  s.from = out[0];
+  return s;
+}
+
+static json_t *read_frame(int fd) {
+  unsigned char hdr[4];
+  size_t have = 0, n;
+  char *buf;
+  json_t *j;
+  while (have < 4) { ssize_t k = read(fd, hdr + have, 4 - have); if (k <= 0) return NULL; have += (size_t)k; }
+  n = (size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 | (size_t)hdr[2] << 8 | hdr[3];
+  if (n > HF_PROTO_MAX_FRAME) return NULL;
+  buf = malloc(n + 1);
+  for (have = 0; have < n;) { ssize_t k = read(fd, buf + have, n - have); if (k <= 0) { free(buf); return NULL; } have += (size_t)k; }
+  j = json_loadb(buf, n, 0, NULL);
+  free(buf);
+  return j;
+}
+
+static void send_bytes(int fd, const void *p, size_t n) {
+  if (write(fd, p, n) != (ssize_t)n) { /* the agent may have exited already */ }
+}
+
+static void send_json(int fd, const char *text) {
+  unsigned char hdr[4];
+  size_t n = strlen(text);
+  hdr[0] = (unsigned char)(n >> 24); hdr[1] = (unsigned char)(n >> 16); hdr[2] = (unsigned char)(n >> 8); hdr[3] = (unsigned char)n;
+  send_bytes(fd, hdr, 4);
+  send_bytes(fd, text, n);
+}
+
+/* Closes the input and returns the agent's exit status (-1 when it was killed by a signal). */
+static int finish(struct session *s) {
+  int st;
+  close(s->to);
+  waitpid(s->pid, &st, 0);
+  close(s->from);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void expect_result(int fd, long long id, const char *code) {
+  json_t *f = read_frame(fd);
+  CHECK(f != NULL);
+  CHECK_STR(json_string_value(json_object_get(f, "type")), "result");
+  CHECK_EQ_INT(json_integer_value(json_object_get(f, "id")), id);
+  if (code) {
+    CHECK(json_is_false(json_object_get(f, "ok")));
+    CHECK_STR(json_string_value(json_object_get(json_object_get(f, "error"), "code")), code);
+  } else {
+    CHECK(json_is_true(json_object_get(f, "ok")));
+  }
+  json_decref(f);
+}
+
+static void test_loop(void) {
+  struct session s;
+  json_t *f;
+  char hub[1024], req[4096];
+  char marker[PATH_MAX];
+  struct stat st;
+  int i;
+
+  snprintf(marker, sizeof marker, "%s/loop-marker", tmpdir);
+  snprintf(hub, sizeof hub, "{\"hub_env\":\"%s/venv\",\"config\":\"%s/c/jupyterhub_config.py\","
+           "\"db\":\"sqlite:///%s/c/jupyterhub.sqlite\",\"service\":\"supervisord:jupyterhub\","
+           "\"state_dir\":\"%s/loopstate\",\"health_url\":\"http://127.0.0.1:1\"}", tmpdir, tmpdir, tmpdir, tmpdir);
+
+  /* hello first, then EOF between frames: exit 0. */
+  s = start_agent();
+  f = read_frame(s.from);
+  CHECK_STR(json_string_value(json_object_get(f, "type")), "hello");
+  CHECK_EQ_INT(json_integer_value(json_object_get(f, "proto")), HF_PROTO_VERSION);
+  json_decref(f);
+  CHECK_EQ_INT(finish(&s), 0);
+
+  /* Requests that fail alone: unknown op, hostile arguments (nothing runs),
+   * missing hub, wrong arg types; then a good one; the session goes on. */
+  s = start_agent();
+  json_decref(read_frame(s.from));
+  send_json(s.to, "{\"type\":\"request\",\"id\":1,\"op\":\"format-disk\",\"args\":{}}");
+  expect_result(s.from, 1, "unknown_op");
+  snprintf(req, sizeof req, "{\"type\":\"request\",\"id\":2,\"op\":\"install\",\"args\":{\"hub\":%s,\"rollout\":\"r1\","
+           "\"target\":\"3.0.1; touch %s\"}}", hub, marker);
+  send_json(s.to, req);
+  expect_result(s.from, 2, "bad_argument");
+  snprintf(req, sizeof req, "{\"type\":\"request\",\"id\":3,\"op\":\"facts\",\"args\":{\"hub\":{\"hub_env\":\"/opt/../etc\","
+           "\"config\":\"/c.py\",\"db\":\"sqlite:////x\",\"service\":\"supervisord:x\"}}}");
+  send_json(s.to, req);
+  expect_result(s.from, 3, "bad_argument");
+  snprintf(req, sizeof req, "{\"type\":\"request\",\"id\":4,\"op\":\"install\",\"args\":{\"hub\":{\"hub_env\":\"/opt/hub\","
+           "\"config\":\"/c.py\",\"db\":\"sqlite:////x\",\"service\":\"supervisord:x\","
+           "\"extra_packages\":[\"my package==1.0\"]},\"rollout\":\"r1\",\"target\":\"3.1.0\"}}");
+  send_json(s.to, req);
+  expect_result(s.from, 4, "bad_argument");
+  send_json(s.to, "{\"type\":\"request\",\"id\":5,\"op\":\"facts\",\"args\":{\"hub\":42}}");
+  expect_result(s.from, 5, "wrong_type");
+  send_json(s.to, "{\"type\":\"request\",\"id\":6,\"op\":\"facts\"}");
+  expect_result(s.from, 6, "missing_field");
+  snprintf(req, sizeof req, "{\"type\":\"request\",\"id\":7,\"op\":\"stop\",\"args\":{\"hub\":%s,\"rollout\":\"r1\"}}", hub);
+  send_json(s.to, req);
+  expect_result(s.from, 7, "bad_state"); /* no backup yet: refused before anything runs */
+  snprintf(req, sizeof req, "{\"type\":\"request\",\"id\":8,\"op\":\"journal\",\"args\":{\"hub\":%s,\"rollout\":\"r1\"}}", hub);
+  send_json(s.to, req);
+  f = read_frame(s.from);
+  CHECK(json_is_true(json_object_get(f, "ok")));
+  CHECK_EQ_INT(json_array_size(json_object_get(json_object_get(f, "data"), "steps")), 0);
+  json_decref(f);
+  CHECK_EQ_INT(finish(&s), 0);
+  CHECK(stat(marker, &st) != 0);
+
+  /* Frames that end the session: one result with id 0, exit 3. */
+  {
+    /* payload, the length its header declares (-1: its own), the code expected. */
+    static const struct { const char *payload; long declared; const char *code; } bad[] = {
+      { "hello", -1, "bad_json" },
+      { "[]", -1, "bad_json" },
+      { "", 0x7fffffffL, "frame_too_big" },
+      { "", (long)HF_PROTO_MAX_FRAME + 1, "frame_too_big" },
+      { "{\"type\":\"hello\",\"proto\":1}", -1, "protocol" },
+      { "{\"type\":\"result\",\"id\":1,\"ok\":true}", -1, "protocol" },
+      { "{\"type\":\"request\",\"id\":\"7\",\"op\":\"facts\"}", -1, "protocol" },
+      { "{\"type\":\"request\",\"id\":0,\"op\":\"facts\"}", -1, "protocol" },
+      { "{\"type\":\"request\",\"id\":-4,\"op\":\"facts\"}", -1, "protocol" },
+      { "{\"id\":1,\"op\":\"facts\"}", -1, "protocol" },
+      { "{\"type\":\"req", 16, "truncated" },
+      { "\xff\xfe{}", -1, "bad_json" },
+      { "{\"type\":\"request\",\"id\":1,\"op\":\"facts\"} {}", -1, "bad_json" },
+    };
+    for (i = 0; i < (int)(sizeof bad / sizeof bad[0]); i++) {
+      s = start_agent();
+      json_decref(read_frame(s.from));
+      {
+        size_t plen = strlen(bad[i].payload);
+        unsigned long d = bad[i].declared < 0 ? plen : (unsigned long)bad[i].declared;
+        unsigned char hdr[4] = { (unsigned char)(d >> 24), (unsigned char)(d >> 16), (unsigned char)(d >> 8), (unsigned char)d };
+        send_bytes(s.to, hdr, 4);
+        send_bytes(s.to, bad[i].payload, plen);
+      }
+      close(s.to);
+      f = read_frame(s.from);
+      CHECK(f != NULL);
+      if (f) {
+        const char *code = json_string_value(json_object_get(json_object_get(f, "error"), "code"));
+        checks++;
+        if (code == NULL || strcmp(code, bad[i].code) != 0) {
+          failures++;
+          fprintf(stderr, "hostile frame %d: got %s, expected %s\n", i, code ? code : "(none)", bad[i].code);
+        }
+        CHECK_EQ_INT(json_integer_value(json_object_get(f, "id")), 0);
+      }
+      json_decref(f);
+      {
+        int stt;
+        waitpid(s.pid, &stt, 0);
+        CHECK(WIFEXITED(stt) && WEXITSTATUS(stt) == 3);
+        close(s.from);
+      }
+    }
+  }
+
+  /* A header cut short is a truncated stream too. */
+  s = start_agent();
+  json_decref(read_frame(s.from));
+  send_bytes(s.to, "\0\0", 2);
+  close(s.to);
+  f = read_frame(s.from);
+  CHECK_STR(json_string_value(json_object_get(json_object_get(f, "error"), "code")), "truncated");
+  json_decref(f);
+  {
+    int stt;
+    waitpid(s.pid, &stt, 0);
+    CHECK(WIFEXITED(stt) && WEXITSTATUS(stt) == 3);
+    close(s.from);
+  }
+
+  /* Random garbage never crashes the agent: it exits 0 or 3. */
+  srand(12345);
+  for (i = 0; i < 200; i++) {
+    unsigned char junk[256];
+    size_t n = (size_t)(rand() % (int)sizeof junk), k;
+    int rc;
+    for (k = 0; k < n; k++) junk[k] = (unsigned char)rand();
+    if (i % 3 == 0 && n > 4) { junk[0] = 0; junk[1] = 0; junk[2] = 0; junk[3] = (unsigned char)(n - 4); }
+    s = start_agent();
+    json_decref(read_frame(s.from));
+    send_bytes(s.to, junk, n);
+    /* Drain whatever it answers so it never blocks on a full pipe. */
+    close(s.to);
+    while ((f = read_frame(s.from)) != NULL) json_decref(f);
+    {
+      int stt;
+      waitpid(s.pid, &stt, 0);
+      rc = WIFEXITED(stt) ? WEXITSTATUS(stt) : -1;
+      close(s.from);
+    }
+    CHECK(rc == 0 || rc == 3);
+  }
+}
+
+int main(void) {
+  char tmpl[] = "/tmp/hf-agent-test-XXXXXX";
+  signal(SIGPIPE, SIG_IGN);
+  if (mkdtemp(tmpl) == NULL) { perror("mkdtemp"); return 2; }
+  snprintf(tmpdir, sizeof tmpdir, "%s", tmpl);
+  test_sha256();
+  test_journal_truncation();
+  test_journal_files();
+  test_metadata();
+  test_env();
+  test_http_parse();
+  test_http_live();
+  test_run();
+  test_loop();
+  {
+    char *argv[] = { (char *)"/bin/rm", (char *)"-rf", tmpdir, NULL };
+    struct hf_run r;
+    memset(&r, 0, sizeof r);
+    r.argv = argv; r.stdout_fd = -1;
+    hf_run_exec(&r);
+    hf_run_free(&r);
+  }
+  printf("%d checks, %d failed\n", checks, failures);
+  return failures ? 1 : 0;
+}
