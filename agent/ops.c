@@ -1124,5 +1124,8 @@ int hf__op_dispatch(struct hf_req *r, json_t **data) {
   r->timeout_ms = json_is_integer(to) && json_integer_value(to) > 0 ? json_integer_value(to) : e->default_timeout_ms;
   if (r->timeout_ms > 24 * 3600 * 1000) r->timeout_ms = 24 * 3600 * 1000;
   if ((*data = json_object()) == NULL) return HF_ENOMEM;
+  /* Who does the work: lets an operator (or a test) find this process. */
+  if (e->needs_rollout && strcmp(e->name, "journal") != 0)
+    hf__event(r, "debug", "agent pid %d: %s for rollout %s", (int)getpid(), e->name, r->rollout);
   return e->fn(r, *data);
 }
