@@ -40,7 +40,8 @@ static void usage(FILE *f, const char *cmd) {
       "      --dry-run            preflight everywhere, print the plan, change nothing\n"
       "      --no-rehearse        skip the migration rehearsal on a database copy\n"
       "      --limit PATTERN      only hosts matching (names, groups, globs, a,b, !x)\n"
-      "      --exclude PATTERN    leave out hosts matching\n");
+      "      --exclude PATTERN    leave out hosts matching\n"
+      "      --rules FILE         preflight rules (default: the upgrade-rules.json installed with hubfleet)\n");
   else if (!strcmp(cmd, "resume"))
     fprintf(f,
       "usage: hubfleet resume [ROLLOUT] -i INVENTORY [options]\n\n"
@@ -85,7 +86,7 @@ static int seconds(const char *opt, const char *s, unsigned *ms) {
 
 static int run(int argc, char **argv, enum hf_rollout_mode mode) {
   enum { O_TO = 256, O_STAGES, O_PARALLEL, O_MAXF, O_SOAK, O_CONFIRM, O_DRY, O_NOREH, O_LIMIT, O_EXCL, O_STATE,
-         O_EVENTS, O_JSON, O_KH, O_ACCEPT, O_AGENT, O_TIMEOUT, O_RECONNECT, O_STATS, O_HOSTS };
+         O_EVENTS, O_JSON, O_KH, O_ACCEPT, O_AGENT, O_TIMEOUT, O_RECONNECT, O_STATS, O_HOSTS, O_RULES };
   static const struct option opts[] = {
     { "inventory", required_argument, NULL, 'i' }, { "to", required_argument, NULL, O_TO },
     { "stages", required_argument, NULL, O_STAGES }, { "parallel", required_argument, NULL, O_PARALLEL },
@@ -97,7 +98,7 @@ static int run(int argc, char **argv, enum hf_rollout_mode mode) {
     { "known-hosts", required_argument, NULL, O_KH }, { "accept-new", no_argument, NULL, O_ACCEPT },
     { "agent", required_argument, NULL, O_AGENT }, { "timeout", required_argument, NULL, O_TIMEOUT },
     { "reconnect", required_argument, NULL, O_RECONNECT }, { "stats", no_argument, NULL, O_STATS },
-    { "hosts", required_argument, NULL, O_HOSTS }, { "verbose", no_argument, NULL, 'v' },
+    { "hosts", required_argument, NULL, O_HOSTS }, { "rules", required_argument, NULL, O_RULES }, { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
   const char *cmd = argv[0], *inv_path = NULL, *state_path = NULL, *events_path = NULL;
   struct hf_rollout_opts o = { .mode = mode, .parallel = 10, .rehearse = true, .timeout_ms = 15000,
@@ -133,6 +134,7 @@ static int run(int argc, char **argv, enum hf_rollout_mode mode) {
     case O_TIMEOUT: if (seconds("--timeout", optarg, &o.timeout_ms)) return HF_EXIT_USAGE; break;
     case O_RECONNECT: if (seconds("--reconnect", optarg, &o.reconnect_ms)) return HF_EXIT_USAGE; break;
     case O_STATS: o.stats = true; break;
+    case O_RULES: o.rules_path = optarg; break;
     case O_HOSTS:
       if (mode != HF_RM_ROLLBACK) { fprintf(stderr, "hubfleet %s: --hosts is a rollback option\n", cmd); return HF_EXIT_USAGE; }
       o.hosts = optarg;

@@ -45,6 +45,7 @@ struct hf_rollout_opts {
   /* engine settings */
   const char           *known_hosts;
   const char           *agent_path;
+  const char           *rules_path; /* --rules, NULL = the installed data file */
   bool                  accept_new;
   unsigned              timeout_ms;   /* connection phases */
   unsigned              reconnect_ms; /* how long to keep trying a host lost mid-upgrade */

@@ -14,6 +14,7 @@
 #include "hf_engine.h"
 #include "hf_plan.h"
 #include "hf_rollout.h"
+#include "hf_rules.h"
 #include "hf_proto.h"
 
 /* The per-host procedure, in order. A failure at or after "stop" means the
@@ -96,6 +97,7 @@ struct rollout {
   uv_timer_t        soak_timer;
   uv_timer_t        progress_timer;
   int               rechecks;      /* re-checks in flight */
+  json_t           *rules;         /* version-aware preflight rules (new) */
 };
 
 /* ---- output ---------------------------------------------------------------- */
@@ -338,10 +340,21 @@ static void on_step_result(struct hf_session *s, int status, const json_t *data,
                       data, status == 0 ? NULL : message);
   h->step_id = 0;
 
+  json_t *merged = NULL;
+  if (status == 0 && h->step == ST_PREFLIGHT) {
+    /* The agent's own checks plus JupyterHub's upgrade notes for this from->to. */
+    merged = json_deep_copy(data);
+    if (!json_is_array(json_object_get(merged, "checks"))) json_object_set_new(merged, "checks", json_array());
+    json_t *rc = hf_rules_eval(ro->rules, ro->target, merged);
+    json_array_extend(json_object_get(merged, "checks"), rc);
+    json_decref(rc);
+    data = merged;
+  }
   if (status == 0) {
     keep_step_data(h, data);
     if (ro->o->mode == HF_RM_DRYRUN) {
-      h->preflight = json_deep_copy(data);
+      h->preflight = json_incref(merged);
+      json_decref(merged);
       char ref[600];
       refusals(data, ref, sizeof ref);
       host_done(h, ref[0] ? HF_HOST_FAILED : HF_HOST_UPGRADED, ref[0] ? ref : NULL);
@@ -350,6 +363,8 @@ static void on_step_result(struct hf_session *s, int status, const json_t *data,
     if (h->step == ST_PREFLIGHT) {
       char ref[600];
       refusals(data, ref, sizeof ref);
+      if (ro->o->state && ro->id[0]) hf_state_event(ro->o->state, ro->id, h->host->name, "info", "preflight checks recorded");
+      json_decref(merged);
       if (ref[0]) {
         snprintf(why, sizeof why, "preflight refused: %s", ref);
         host_done(h, HF_HOST_FAILED, why);
@@ -974,6 +989,14 @@ int hf_rollout_run(const struct hf_rollout_opts *o) {
     qsort_r(ro.order, ro.nhosts, sizeof *ro.order, cmp_order, &ro);
   }
 
+  char rules_path[4096];
+  err[0] = '\0';
+  if (hf_rules_find(o->rules_path, rules_path, sizeof rules_path) != 0 ||
+      hf_rules_load(rules_path, &ro.rules, err, sizeof err) != 0) {
+    fprintf(stderr, "hubfleet: preflight rules: %s\n", err[0] ? err : "upgrade-rules.json not found (use --rules FILE)");
+    rc = HF_EXIT_USAGE;
+    goto out_loop;
+  }
   char agent[4096];
   if (hf_engine_find_agent(o->agent_path, agent, sizeof agent) != 0) {
     fprintf(stderr, "hubfleet: cannot find hubfleet-agent (use --agent PATH or HUBFLEET_AGENT)\n");
@@ -1054,6 +1077,7 @@ out_loop:
   }
   uv_run(&ro.loop, UV_RUN_DEFAULT);
   hf_engine_free(ro.engine);
+  json_decref(ro.rules);
   uv_loop_close(&ro.loop);
 out:
   free(ro.hosts);

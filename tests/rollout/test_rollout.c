@@ -8,6 +8,7 @@
 #include "hf_plan.h"
 #include "hf_state.h"
 #include "hf_proto.h"
+#include "hf_rules.h"
 
 static int failures, checks;
 #define CHECK(cond) do { checks++; if (!(cond)) { failures++; fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); } } while (0)
@@ -159,7 +160,91 @@ static void test_state(void) {
   rmdir(dir);
 }
 
-int main(void) {
+static const char *rules_path;
+
+/* Outcome of the named check in an evaluation, or "" when the rule did not apply. */
+static const char *outcome(json_t *evaluated, const char *name) {
+  size_t i;
+  json_t *c;
+  json_array_foreach(evaluated, i, c)
+    if (!strcmp(json_string_value(json_object_get(c, "name")), name)) return json_string_value(json_object_get(c, "outcome"));
+  return "";
+}
+
+static json_t *facts(const char *hub, const char *python, const char *user, int running) {
+  json_t *f = json_pack("{s:[{s:s,s:s,s:s,s:s}],s:{s:i}}", "envs", "role", "hub", "prefix", "/opt/hub", "jupyterhub", hub,
+                        "python", python, "db", "running_servers", running);
+  if (user) json_array_append_new(json_object_get(f, "envs"), json_pack("{s:s,s:s,s:s}", "role", "user", "prefix", "/opt/user", "jupyterhub", user));
+  return f;
+}
+
+static void test_rules(void) {
+  char err[400];
+  json_t *doc = NULL;
+  CHECK(hf_rules_load(rules_path, &doc, err, sizeof err) == 0);
+  if (!doc) { fprintf(stderr, "%s\n", err); return; }
+  json_t *rule = json_pack("{s:{s:s}}", "applies", "crosses", "2.0.0a0");
+  CHECK(hf_rules_applies(rule, "1.5.0", "2.0.0", false));
+  CHECK(hf_rules_applies(rule, "1.5.0", "3.1.0", false));
+  CHECK(!hf_rules_applies(rule, "2.0.0", "3.1.0", false));
+  CHECK(!hf_rules_applies(rule, "1.4.0", "1.5.0", false));
+  CHECK(hf_rules_applies(rule, "1.5.0", "2.0.0b1", false));   /* a pre-release of 2.0 crosses 2.0.0a0 */
+  CHECK(!hf_rules_applies(rule, NULL, "2.0.0", false));        /* unknown from: range rules do not apply */
+  json_decref(rule);
+  rule = json_pack("{s:{s:{s:s,s:s}}}", "applies", "to", "min", "5.0.0a0", "max", "6.0.0a0");
+  CHECK(hf_rules_applies(rule, "4.1.0", "5.2.1", false));
+  CHECK(!hf_rules_applies(rule, "4.1.0", "6.0.0", false));
+  CHECK(!hf_rules_applies(rule, "4.1.0", "4.9.9", false));
+  json_decref(rule);
+
+  json_t *f = facts("4.1.0", "3.9.2", "4.1.0", 0), *ev = hf_rules_eval(doc, "6.0.1", f);
+  CHECK(!strcmp(outcome(ev, "python-min-6"), "refuse"));     /* 3.9 < 3.10: numeric, not string, compare */
+  CHECK(!strcmp(outcome(ev, "python-min-5"), "pass"));
+  CHECK(!strcmp(outcome(ev, "rbac-2"), ""));                  /* 4.1 -> 6.0 does not cross 2.0 */
+  CHECK(!strcmp(outcome(ev, "servers-running-major"), "pass"));
+  json_decref(ev); json_decref(f);
+  f = facts("4.1.0", "3.11.2", "4.1.0", 0); ev = hf_rules_eval(doc, "6.0.1", f);
+  CHECK(!strcmp(outcome(ev, "python-min-6"), "pass"));
+  json_decref(ev); json_decref(f);
+  f = facts("1.5.0", "3.9.2", "1.5.0", 3); ev = hf_rules_eval(doc, "2.3.1", f);
+  CHECK(!strcmp(outcome(ev, "rbac-2"), "refuse"));
+  CHECK(!strcmp(outcome(ev, "servers-running-major"), "warn"));
+  CHECK(!strcmp(outcome(ev, "schema-change"), "warn"));
+  json_decref(ev); json_decref(f);
+  f = facts("3.0.0", "3.11.2", "2.3.1", 0); ev = hf_rules_eval(doc, "3.1.0", f);
+  CHECK(!strcmp(outcome(ev, "env-major-mismatch"), "warn"));
+  CHECK(!strcmp(outcome(ev, "downgrade"), ""));
+  json_decref(ev); json_decref(f);
+  f = facts("3.1.0", "3.11.2", "3.1.0", 0); ev = hf_rules_eval(doc, "3.0.0", f);
+  CHECK(!strcmp(outcome(ev, "downgrade"), "refuse"));
+  CHECK(!strcmp(outcome(ev, "env-major-mismatch"), "pass"));
+  json_decref(ev); json_decref(f);
+  /* The rehearsal's revisions decide whether the schema changes. */
+  f = facts("3.0.0", "3.11.2", "3.0.0", 0);
+  json_object_set_new(f, "rehearsal", json_pack("{s:s,s:s}", "alembic_before", "651f5419b74d", "alembic_after", "651f5419b74d"));
+  ev = hf_rules_eval(doc, "3.1.0", f);
+  CHECK(!strcmp(outcome(ev, "schema-change"), ""));
+  json_decref(ev); json_decref(f);
+  json_decref(doc);
+
+  /* Invalid documents name the JSON path. */
+  const char *bad[][2] = {
+    { "{\"rules\": 3}", "rules: expected an array" },
+    { "{\"rules\": [{\"id\":\"x\",\"title\":\"t\",\"outcome\":\"maybe\",\"link\":\"l\"}]}", "rules[0].outcome" },
+    { "{\"rules\": [{\"id\":\"x\",\"title\":\"t\",\"outcome\":\"warn\",\"link\":\"l\",\"applies\":{\"crosses\":\"2.0; rm\"},\"check\":{\"kind\":\"notice\"}}]}", "rules[0].applies.crosses" },
+    { "{\"rules\": [{\"id\":\"x\",\"title\":\"t\",\"outcome\":\"warn\",\"link\":\"l\",\"applies\":{\"always\":true},\"check\":{\"kind\":\"shell\"}}]}", "rules[0].check.kind" },
+    { "{\"rules\": [{\"id\":\"x\",\"title\":\"t\",\"outcome\":\"warn\",\"link\":\"l\",\"applies\":{\"to\":{\"min\":\"1\",\"top\":\"2\"}},\"check\":{\"kind\":\"notice\"}}]}", "rules[0].applies.to.top" },
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    json_t *d = json_loads(bad[i][0], 0, NULL);
+    CHECK(d && hf_rules_validate(d, err, sizeof err) == HF_EINVAL && strstr(err, bad[i][1]));
+    json_decref(d);
+  }
+}
+
+int main(int argc, char **argv) {
+  rules_path = argc > 1 ? argv[1] : "controller/upgrade-rules.json";
+  test_rules();
   test_plan();
   test_state();
   printf("%d passed, %d failed\n", checks - failures, failures);
