@@ -4,7 +4,7 @@ HF_PACKAGES="build-essential pkgconf meson ninja-build file
   libuv1-dev libssh-dev libsqlite3-dev libjansson-dev sqlite3
   clang libclang-rt-14-dev valgrind
   openssh-server openssh-client sudo iproute2 procps psmisc curl
-  supervisor jupyterhub node-configurable-http-proxy python3-venv python3-pip python3-wheel python3-setuptools
+  supervisor jupyterhub node-configurable-http-proxy python3-venv python3-pip python3-wheel python3-setuptools python3-packaging
   ansible-core pdsh time"
 
 hf_deps() {
