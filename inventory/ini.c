@@ -8,6 +8,27 @@
 #include "hf_proto.h"
 #include "inv_int.h"
 
+/* True when s is well-formed UTF-8 (no overlongs, surrogates or values
+ * past U+10FFFF), which names and values must be to become JSON strings. */
+static int utf8_ok(const unsigned char *s) {
+  while (*s) {
+    unsigned c = *s, n, cp, k;
+    if (c < 0x80) { s++; continue; }
+    if (c >= 0xC2 && c <= 0xDF) { n = 1; cp = c & 0x1F; }
+    else if (c >= 0xE0 && c <= 0xEF) { n = 2; cp = c & 0x0F; }
+    else if (c >= 0xF0 && c <= 0xF4) { n = 3; cp = c & 0x07; }
+    else return 0;
+    for (k = 1; k <= n; k++) {
+      if ((s[k] & 0xC0) != 0x80) return 0;
+      cp = (cp << 6) | (s[k] & 0x3F);
+    }
+    if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+      return 0;
+    s += n + 1;
+  }
+  return 1;
+}
+
 /* One range may not turn into more hosts than this: a typo such as
  * [1:1000000] should be an error, not a minute of allocation. */
 #define HF_INV_MAX_EXPAND 100000
@@ -382,6 +403,11 @@ int hf__ini_parse(struct hf__build *b, const char *data, size_t len) {
         break;
       }
     if (r != 0) break;
+    /* Comment lines may hold anything (Ansible skips them too). */
+    if (!utf8_ok((const unsigned char *)s)) {
+      r = hf__inv_fail(b, in.line, NULL, "line is not valid UTF-8: expected UTF-8 text");
+      break;
+    }
     if (section(s, name, sizeof name, tag, sizeof tag)) {
       r = section_line(&in, name, tag);
       continue;
