@@ -3,6 +3,7 @@
  * patterns and the JSON view of a loaded inventory. */
 #include <errno.h>
 #include <fnmatch.h>
+#include <regex.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -492,12 +493,22 @@ const struct hf_host *hf_inv_find(const struct hf_inventory *inv, const char *na
   return NULL;
 }
 
-/* One pattern term: "all"/"*", "ungrouped", a group name, or a glob on the
- * host name (groups are matched by name or glob too, as Ansible does). */
+/* One pattern term: "all"/"*", "ungrouped", "~REGEX" (POSIX extended,
+ * searched in host and group names), else a shell glob on the host name or
+ * on a group name (a plain group name is a glob without wildcards). */
 static bool match_term(const struct hf_host *h, const char *t) {
   size_t i;
   if (!strcmp(t, "all") || !strcmp(t, "*")) return true;
   if (!strcmp(t, "ungrouped")) return h->ngroups == 0;
+  if (*t == '~') {
+    regex_t re;
+    bool hit = false;
+    if (regcomp(&re, t + 1, REG_EXTENDED | REG_NOSUB) != 0) return false;
+    hit = regexec(&re, h->name, 0, NULL, 0) == 0;
+    for (i = 0; i < h->ngroups && !hit; i++) hit = regexec(&re, h->groups[i], 0, NULL, 0) == 0;
+    regfree(&re);
+    return hit;
+  }
   if (fnmatch(t, h->name, 0) == 0) return true;
   for (i = 0; i < h->ngroups; i++)
     if (fnmatch(t, h->groups[i], 0) == 0) return true;
@@ -506,13 +517,18 @@ static bool match_term(const struct hf_host *h, const char *t) {
 
 bool hf_inv_match(const struct hf_host *h, const char *pattern) {
   char buf[1024], *save = NULL, *t;
+  const char *sep;
   bool any_plain = false, plain = false, ok = true;
   if (h == NULL || pattern == NULL || strlen(pattern) >= sizeof buf) return false;
   snprintf(buf, sizeof buf, "%s", pattern);
-  /* Ansible: union of plain terms, then "&" intersects and "!" excludes; only
-   * exclusions/intersections start from "all". */
-  for (t = strtok_r(buf, ",:", &save); t; t = strtok_r(NULL, ",:", &save)) {
-    while (*t == ' ') t++;
+  /* As Ansible: ',' separates when present (so "::1,web" keeps the IPv6
+   * name whole), else ':'. Union of plain terms, then "&" intersects and
+   * "!" excludes; only exclusions/intersections start from "all". */
+  sep = strchr(buf, ',') ? "," : ":";
+  for (t = strtok_r(buf, sep, &save); t; t = strtok_r(NULL, sep, &save)) {
+    char *e = t + strlen(t);
+    while (*t == ' ' || *t == '\t') t++;
+    while (e > t && (e[-1] == ' ' || e[-1] == '\t')) *--e = '\0';
     if (*t == '\0') continue;
     if (*t == '!') { if (match_term(h, t + 1)) ok = false; }
     else if (*t == '&') { if (!match_term(h, t + 1)) ok = false; }

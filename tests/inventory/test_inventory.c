@@ -246,6 +246,10 @@ static void test_match(void) {
     { "db1", "db1" },
     { "nosuch", "" },
     { "canary:db1", "hub01 db1" },
+    { "~^hub0[34]$", "hub03 hub04" },
+    { "~^d", "hub04 db1" },
+    { "web, !hub01 ,&prod", "hub02 hub03 hub04" },
+    { "all:!prod", "solo" },
   };
   size_t i, k;
   if (inv == NULL) return;
