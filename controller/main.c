@@ -2,12 +2,19 @@
 #include <stdio.h>
 #include <string.h>
 #include "hf_controller.h"
+#include "hf_rollout.h"
 
 struct subcmd { const char *name; int (*fn)(int, char **); const char *help; };
 
 static const struct subcmd subcmds[] = {
   { "inventory", hf_cmd_inventory, "check an inventory and print its hosts and variables" },
   { "audit",     hf_cmd_audit,     "versions of every host's hub and user environments, drift flagged" },
+  { "upgrade",   hf_cmd_upgrade,   "staged, canary-first upgrade with health gates and a failure budget" },
+  { "resume",    hf_cmd_resume,    "continue an interrupted or paused rollout" },
+  { "rollback",  hf_cmd_rollback,  "undo every host a rollout changed, from its backups" },
+  { "status",    hf_cmd_status,    "a rollout's stages and hosts, from the state file" },
+  { "history",   hf_cmd_history,   "every recorded rollout" },
+  { "report",    hf_cmd_report,    "a self-contained HTML report of a rollout or an audit" },
   { NULL, NULL, NULL },
 };
 
