@@ -95,9 +95,12 @@ static void find_site(const char *prefix, char *site, size_t sitelen, char *ver,
 }
 
 int hf_env_inspect(const char *prefix, const char *installer, struct hf_env *e) {
-  char path[PATH_MAX], buf[4096], libver[16] = "";
+  char path[PATH_MAX], buf[4096], libver[16] = "", pfx[PATH_MAX];
   bool conda, system_site = false;
 
+  /* prefix may point into *e (re-inspecting after an install). */
+  snprintf(pfx, sizeof pfx, "%s", prefix);
+  prefix = pfx;
   memset(e, 0, sizeof *e);
   snprintf(e->prefix, sizeof e->prefix, "%s", prefix);
   e->exists = is_dir(prefix);
