@@ -37,8 +37,8 @@ static int load(const char *path, struct hf_inventory **inv) {
   return r == HF_ENOMEM ? HF_EXIT_INTERNAL : HF_EXIT_USAGE;
 }
 
-/* Prints a hub value: strings bare, arrays comma-joined, others as JSON. */
-static void print_value(const json_t *v) {
+/* Prints a hub value: strings bare, arrays joined with sep, others as JSON. */
+static void print_value(const json_t *v, const char *sep) {
   if (json_is_string(v)) {
     fputs(json_string_value(v), stdout);
   } else if (json_is_array(v)) {
@@ -46,7 +46,7 @@ static void print_value(const json_t *v) {
     if (json_array_size(v) == 0) fputs("(none)", stdout);
     for (i = 0; i < json_array_size(v); i++) {
       const json_t *e = json_array_get(v, i);
-      if (i) fputs(json_is_string(e) ? ", " : " ", stdout);
+      if (i) fputs(sep, stdout);
       if (json_is_string(e)) fputs(json_string_value(e), stdout);
     }
   } else {
@@ -71,7 +71,8 @@ static void print_host(const struct hf_host *h) {
   printf("%s\n", h->canary ? "  [canary: goes first]" : "");
   json_object_foreach(h->hub, k, v) {
     printf("  %-18s ", k);
-    print_value(v);
+    /* argv lists read best as the command line they are. */
+    print_value(v, !strcmp(k, "start") || !strcmp(k, "stop") || !strcmp(k, "db_dump") ? " " : ", ");
     putchar('\n');
   }
 }

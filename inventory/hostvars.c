@@ -106,8 +106,37 @@ static const char *show(const json_t *v, char *buf, size_t len) {
   return buf;
 }
 
+/* A variable's value; JSON null (Python None) counts as not set, so
+ * `hubfleet_jump=None` on a host undoes a group's jump host. */
 static const json_t *get(const struct ctx *c, const char *name) {
-  return json_object_get(c->vars, name);
+  const json_t *v = json_object_get(c->vars, name);
+  return json_is_null(v) ? NULL : v;
+}
+
+/* The variable behind each hub key, to place protocol errors. */
+static const char *const hub_var[][2] = {
+  { "hub_env", "hubfleet_hub_env" }, { "user_envs", "hubfleet_user_envs" },
+  { "config", "hubfleet_config" }, { "db", "hubfleet_db" }, { "db_dump", "hubfleet_db_dump" },
+  { "service", "hubfleet_service" }, { "supervisor_config", "hubfleet_supervisor_config" },
+  { "start", "hubfleet_start_command" }, { "stop", "hubfleet_stop_command" },
+  { "health_url", "hubfleet_health_url" }, { "hub_log", "hubfleet_hub_log" },
+  { "installer", "hubfleet_installer" }, { "index_url", "hubfleet_index_url" },
+  { "find_links", "hubfleet_find_links" }, { "extra_packages", "hubfleet_extra_packages" },
+  { "report_packages", "hubfleet_report_packages" }, { "backup_dir", "hubfleet_backup_dir" },
+  { "backup_homes", "hubfleet_backup_homes" }, { "state_dir", "hubfleet_state_dir" },
+  { "become", "hubfleet_become" },
+};
+
+/* "hub.KEY...: message" -> the variable that set KEY, when it was set. */
+static const char *var_of_hub_error(const struct ctx *c, const char *err) {
+  size_t i, n;
+  if (strncmp(err, "hub.", 4) != 0) return NULL;
+  err += 4;
+  n = strcspn(err, ".[: ");
+  for (i = 0; i < sizeof hub_var / sizeof hub_var[0]; i++)
+    if (strlen(hub_var[i][0]) == n && !strncmp(err, hub_var[i][0], n))
+      return get(c, hub_var[i][1]) ? hub_var[i][1] : NULL;
+  return NULL;
 }
 
 /* A string variable; integers are accepted as their decimal text (INI turns
@@ -417,6 +446,11 @@ static int db_var(const struct ctx *c, json_t *hub) {
     else sprintf(url, "sqlite:///%.*s/%s", (int)dl, config, s + 10);
   } else if (strstr(s, "://") != NULL) {
     strcpy(url, s);
+  } else if (strcspn(s, ":/") < strlen(s) && s[strcspn(s, ":/")] == ':' && isalpha((unsigned char)s[0])) {
+    /* "mysql:host/db" is a mistyped URL far more often than a file name. */
+    free(url);
+    return fail(c, "hubfleet_db", "looks like a URL without '//': expected sqlite:///PATH, mysql://... or "
+                "postgresql://..., or a plain file path, got %s", show(get(c, "hubfleet_db"), g, sizeof g));
   } else if (s[0] == '/') {
     sprintf(url, "sqlite:///%s", s);
   } else {
@@ -524,6 +558,6 @@ int hf__host_resolve(struct hf__build *b, struct hf_host *h, const json_t *vars,
   /* The protocol has the last word, so the inventory never accepts a hub
    * description the agent would refuse. */
   if (hf_proto_hub_validate(hub, "hub", err, sizeof err) != 0)
-    return fail(&c, NULL, "the hub description is refused by the protocol: %s", err);
+    return fail(&c, var_of_hub_error(&c, err), "refused by the protocol's hub validator: %s", err);
   return 0;
 }

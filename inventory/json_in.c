@@ -108,6 +108,7 @@ int hf__json_parse(struct hf__build *b, const char *data, size_t len) {
   size_t gi, i;
   int r = 0;
 
+  if (len >= 3 && !memcmp(data, "\xEF\xBB\xBF", 3)) { data += 3; len -= 3; }   /* BOM */
   root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &je);
   if (root == NULL)
     return hf__inv_fail(b, je.line, "", "invalid JSON: %s (column %d)", je.text, je.column);
