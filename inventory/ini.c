@@ -284,6 +284,15 @@ static int host_line(struct ini *in, const char *line) {
     r = hf__inv_fail(in->b, in->line, NULL, "'---' is not a host: this looks like a YAML file, expected INI or JSON");
     goto out;
   }
+  {
+    size_t nr = 0;
+    for (const char *q = pat; (q = strchr(q, '[')) != NULL; q++) nr++;
+    if (nr > HF__MAX_RANGES) {
+      r = hf__inv_fail(in->b, in->line, NULL, "host pattern '%.60s' has %zu ranges: at most %d are allowed",
+                       tok[0], nr, HF__MAX_RANGES);
+      goto out;
+    }
+  }
   r = expand(in, tok[0], pat, &count, add_host, &hl);
 out:
   free(buf);

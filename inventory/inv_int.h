@@ -6,6 +6,11 @@
 #include <stdarg.h>
 #include "hf_inventory.h"
 
+/* Recursion bounds: group trees and host patterns are walked recursively,
+ * so hostile input must not be able to exhaust the stack. */
+#define HF__MAX_NESTING 1000
+#define HF__MAX_RANGES  16
+
 /* A group as read from the source, before resolution. */
 struct hf__grp {
   char   *name;

@@ -185,11 +185,14 @@ int hf__set_var(struct hf__build *b, json_t *vars, json_t *origins, const char *
 /* ---- resolution ---------------------------------------------------------- */
 
 /* Depth-first walk that finds cycles and appends groups in postorder. */
-static int visit(struct hf__build *b, size_t gi, size_t *order, size_t *norder) {
+static int visit(struct hf__build *b, size_t gi, size_t *order, size_t *norder, int depth) {
   struct hf__grp *g = &b->groups[gi];
   size_t k;
   int r;
   if (g->mark == 2) return 0;
+  if (depth > HF__MAX_NESTING)
+    return hf__inv_fail(b, g->line, b->json ? g->name : NULL, "groups nested more than %d deep under "
+                        "'%s': expected a shallower tree of :children", HF__MAX_NESTING, g->name);
   g->mark = 1;
   for (k = 0; k < g->nchildren; k++) {
     struct hf__grp *c = &b->groups[g->children[k]];
@@ -200,7 +203,7 @@ static int visit(struct hf__build *b, size_t gi, size_t *order, size_t *norder) 
                           "adding group '%s' as a child of '%s' makes a cycle: '%s' is "
                           "already an ancestor of '%s'", c->name, g->name, c->name, g->name);
     }
-    if ((r = visit(b, g->children[k], order, norder)) != 0) return r;
+    if ((r = visit(b, g->children[k], order, norder, depth + 1)) != 0) return r;
   }
   g->mark = 2;
   order[(*norder)++] = gi;
@@ -277,7 +280,7 @@ static int resolve(struct hf__build *b, struct hf_inventory *inv) {
   for (i = 0; i < b->ngroups; i++) b->groups[i].mark = 0;
   /* Walk from every group so cycles unreachable from "all" are found too. */
   for (i = 0; i < b->ngroups; i++)
-    if ((r = visit(b, i, order, &norder)) != 0) goto out;
+    if ((r = visit(b, i, order, &norder, 0)) != 0) goto out;
   /* Reverse postorder is topological: parents before children. Depth is the
    * longest path from "all", which is what Ansible's Group.depth tracks. */
   for (i = 0; i < b->ngroups; i++) b->groups[i].depth = 0;

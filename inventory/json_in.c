@@ -76,12 +76,15 @@ static int group_shape(struct hf__build *b, const char *name, json_t *g, size_t 
 }
 
 /* Adds hosts walking down from "all", so host order follows the tree. */
-static int walk(struct hf__build *b, const json_t *root, size_t gi, char *seen) {
+static int walk(struct hf__build *b, const json_t *root, size_t gi, char *seen, int depth) {
   json_t *g, *hosts;
   size_t i, hi;
   char path[JP_MAX];
   int r;
   if (seen[gi]) return 0;
+  if (depth > HF__MAX_NESTING)
+    return hf__inv_fail(b, 0, b->groups[gi].name, "groups nested more than %d deep: expected a shallower "
+                        "tree of children", HF__MAX_NESTING);
   seen[gi] = 1;
   g = json_object_get(root, b->groups[gi].name);
   hosts = json_object_get(g, "hosts");
@@ -95,7 +98,7 @@ static int walk(struct hf__build *b, const json_t *root, size_t gi, char *seen) 
     if ((r = hf__host_add(b, h, gi, 0, path, &hi)) != 0) return r;
   }
   for (i = 0; i < b->groups[gi].nchildren; i++)
-    if ((r = walk(b, root, b->groups[gi].children[i], seen)) != 0) return r;
+    if ((r = walk(b, root, b->groups[gi].children[i], seen, depth + 1)) != 0) return r;
   return 0;
 }
 
@@ -128,9 +131,9 @@ int hf__json_parse(struct hf__build *b, const char *data, size_t len) {
     if ((r = group_shape(b, k, v, gi)) != 0) goto out;
   }
   if ((seen = calloc(b->ngroups, 1)) == NULL) { r = hf__inv_nomem(b); goto out; }
-  if ((r = walk(b, root, 0, seen)) != 0) goto out;
+  if ((r = walk(b, root, 0, seen, 0)) != 0) goto out;
   for (i = 1; i < b->ngroups; i++)
-    if ((r = walk(b, root, i, seen)) != 0) goto out;
+    if ((r = walk(b, root, i, seen, 0)) != 0) goto out;
 
   if (meta != NULL) {
     if (!json_is_object(meta)) { r = hf__inv_fail(b, 0, "_meta", "expected an object with \"hostvars\""); goto out; }

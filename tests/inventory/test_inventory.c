@@ -294,6 +294,30 @@ static void test_api(void) {
   hf_inv_free(inv);
   r = hf_inv_load_buffer("huge.ini", "h[0:9999999]\n", 13, &inv, &err);
   CHECK(r == HF_EINVENTORY && strstr(err.message, "more than") != NULL, "huge range: %s", err.message);
+  /* Hostile nesting is an error, not a stack overflow (INI and JSON). */
+  {
+    size_t cap = 3000 * 40, n = 0;
+    char *ini = malloc(cap), *js = malloc(cap);
+    int i;
+    CHECK(ini && js, "malloc");
+    if (ini && js) {
+      n = (size_t)snprintf(ini, cap, "h0\n");
+      for (i = 0; i < 3000; i++) n += (size_t)snprintf(ini + n, cap - n, "[g%d:children]\ng%d\n", i, i + 1);
+      snprintf(ini + n, cap - n, "[g3000]\nh1\n");
+      r = hf_inv_load_buffer("deep.ini", ini, strlen(ini), &inv, &err);
+      CHECK(r == HF_EINVENTORY && strstr(err.message, "nested more than") != NULL, "deep INI: %s", err.message);
+      n = (size_t)snprintf(js, cap, "{");
+      for (i = 0; i < 3000; i++) n += (size_t)snprintf(js + n, cap - n, "\"g%d\":{\"children\":[\"g%d\"]},", i, i + 1);
+      snprintf(js + n, cap - n, "\"g3000\":{\"hosts\":[\"h1\"]}}");
+      r = hf_inv_load_buffer("deep.json", js, strlen(js), &inv, &err);
+      CHECK(r == HF_EINVENTORY && strstr(err.message, "nested more than") != NULL, "deep JSON: %s", err.message);
+    }
+    free(ini);
+    free(js);
+  }
+  r = hf_inv_load_buffer("ranges.ini", "h[1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1]\n",
+                         strlen("h[1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1][1:1]\n"), &inv, &err);
+  CHECK(r == HF_EINVENTORY && strstr(err.message, "17 ranges") != NULL, "many ranges: %s", err.message);
 }
 
 int main(int argc, char **argv) {
