@@ -41,7 +41,8 @@ struct hf_inv_error {
 };
 
 /* Loads path, detecting the format (JSON when the first non-blank byte is
- * '{', INI otherwise). Returns 0 and *out (new), or HF_EINVENTORY (or
+ * '{', or '[' opening a JSON array; INI otherwise). Variables, types,
+ * precedence and errors: docs/inventory.md. Returns 0 and *out (new), or HF_EINVENTORY (or
  * HF_EIO / HF_ENOMEM) with err filled; nothing is half-loaded: *out is NULL
  * on any error. */
 int hf_inv_load(const char *path, struct hf_inventory **out, struct hf_inv_error *err);
@@ -57,7 +58,10 @@ const struct hf_host *hf_inv_find(const struct hf_inventory *inv, const char *na
  * shell globs on host names ("hub0*"), comma/colon-separated unions, "!x" to
  * exclude. Returns true when host matches pattern. */
 bool hf_inv_match(const struct hf_host *h, const char *pattern);
-/* The whole inventory as JSON (hosts with resolved variables and hub object), new. */
+/* The whole inventory as JSON, new (NULL only when out of memory):
+ *   {"path": FILE, "hosts": [{"name", "address", "port", "user", "key_file",
+ *     "known_hosts", "jump" (null when unset), "groups": [...], "canary",
+ *     "hub": {...the hub description...}, "vars": {...merged variables...}}]} */
 json_t *hf_inv_to_json(const struct hf_inventory *inv);
 
 #endif /* HF_INVENTORY_H */
