@@ -372,7 +372,7 @@ int hf_state_host_set(struct hf_state *st, const char *rollout, const char *host
     "UPDATE hosts SET status=?, step=COALESCE(?,step), error=?,"
     " started=CASE WHEN ? AND started IS NULL THEN ? ELSE started END,"
     " finished=CASE WHEN ? THEN ? ELSE NULL END WHERE rollout=? AND host=?",
-    "ssiiiiiss", status, step, error, (int64_t)running, now, (int64_t)final, now, rollout, host);
+    "sssiiiiss", status, step, error, (int64_t)running, now, (int64_t)final, now, rollout, host);
 }
 
 int hf_state_host_set_json(struct hf_state *st, const char *rollout, const char *host,

@@ -106,6 +106,8 @@ static void test_state(void) {
   CHECK(!strcmp(json_string_value(json_object_get(h0, "host")), "hub01"));
   CHECK(!strcmp(json_string_value(json_object_get(h0, "status")), HF_HOST_ROLLEDBACK));
   CHECK(json_integer_value(json_object_get(h0, "downtime_ms")) == 1234);
+  CHECK(!strcmp(json_string_value(json_object_get(h0, "error")) ?: "", "health: wrong version"));
+  CHECK(!strcmp(json_string_value(json_object_get(h0, "step")) ?: "", "health"));
   CHECK(!strcmp(json_string_value(json_object_get(json_object_get(h0, "backup"), "db_sha256")), "abc"));
   CHECK(json_is_integer(json_object_get(h0, "finished")));
   CHECK(!strcmp(json_string_value(json_object_get(json_array_get(hs, 1), "status")), HF_HOST_PENDING));
