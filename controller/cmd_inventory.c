@@ -13,7 +13,8 @@ static void inv_usage(FILE *f) {
     "usage: hubfleet inventory check FILE [--json]\n"
     "       hubfleet inventory list FILE [--limit PATTERN]\n"
     "\n"
-    "FILE is an Ansible INI inventory or the JSON printed by `ansible-inventory --list`.\n"
+    "FILE is an Ansible INI inventory or the JSON printed by `ansible-inventory --list`;\n"
+    "'-' reads it from standard input.\n"
     "\n"
     "  check   print every host with its connection settings, groups and hub\n"
     "          variables (--json: the same as one JSON document)\n"
@@ -30,7 +31,8 @@ static void inv_usage(FILE *f) {
 static int load(const char *path, struct hf_inventory **inv) {
   struct hf_inv_error err;
   char msg[1400];
-  int r = hf_inv_load(path, inv, &err);
+  /* "-" reads standard input: ansible-inventory --list | hubfleet inventory check - */
+  int r = hf_inv_load(strcmp(path, "-") ? path : "/dev/stdin", inv, &err);
   if (r == 0) return HF_EXIT_OK;
   hf_inv_error_format(&err, msg, sizeof msg);
   fprintf(stderr, "hubfleet: %s\n", msg);

@@ -430,6 +430,41 @@ fail:
   return r;
 }
 
+/* Reads all of f (a file, pipe or terminal) up to the size limit into a new
+ * buffer. Returns 0, HF_EINVENTORY (too big), HF_EIO or HF_ENOMEM. */
+static int read_all(FILE *f, char **out, size_t *len, struct hf_inv_error *err) {
+  size_t cap = 64 * 1024, n = 0, got;
+  char *buf = malloc(cap + 1), *p;
+  *out = NULL;
+  if (buf == NULL) { snprintf(err->message, sizeof err->message, "out of memory"); return HF_ENOMEM; }
+  while ((got = fread(buf + n, 1, cap - n, f)) > 0) {
+    n += got;
+    if (n < cap) continue;
+    if (cap >= HF_INV_MAX_BYTES) {
+      free(buf);
+      snprintf(err->message, sizeof err->message, "more than %u MiB: inventories are limited to that size",
+               HF_INV_MAX_BYTES >> 20);
+      return HF_EINVENTORY;
+    }
+    cap *= 2;
+    if ((p = realloc(buf, cap + 1)) == NULL) {
+      free(buf);
+      snprintf(err->message, sizeof err->message, "out of memory");
+      return HF_ENOMEM;
+    }
+    buf = p;
+  }
+  if (ferror(f)) {
+    free(buf);
+    snprintf(err->message, sizeof err->message, "read error: %s", strerror(errno));
+    return HF_EIO;
+  }
+  buf[n] = '\0';
+  *out = buf;
+  *len = n;
+  return 0;
+}
+
 int hf_inv_load(const char *path, struct hf_inventory **out, struct hf_inv_error *err) {
   struct hf_inv_error dummy;
   struct stat st;
@@ -447,32 +482,17 @@ int hf_inv_load(const char *path, struct hf_inventory **out, struct hf_inv_error
     snprintf(err->message, sizeof err->message, "cannot open: %s", strerror(errno));
     return HF_EIO;
   }
-  if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-    snprintf(err->message, sizeof err->message, "not a regular file: expected an INI or JSON inventory file");
+  /* Pipes are welcome (ansible-inventory --list | hubfleet ... /dev/stdin);
+   * a directory is the usual mistake of pointing at an inventory folder. */
+  if (fstat(fileno(f), &st) != 0 || S_ISDIR(st.st_mode)) {
+    snprintf(err->message, sizeof err->message, "is a directory: expected an INI or JSON inventory file "
+             "(for a directory of inventories, merge them with ansible-inventory --list first)");
     fclose(f);
     return HF_EIO;
   }
-  if ((unsigned long long)st.st_size > HF_INV_MAX_BYTES) {
-    snprintf(err->message, sizeof err->message, "file is %lld bytes: inventories are limited to %u MiB",
-             (long long)st.st_size, HF_INV_MAX_BYTES >> 20);
-    fclose(f);
-    return HF_EINVENTORY;
-  }
-  data = malloc((size_t)st.st_size + 1);
-  if (data == NULL) {
-    fclose(f);
-    snprintf(err->message, sizeof err->message, "out of memory");
-    return HF_ENOMEM;
-  }
-  n = fread(data, 1, (size_t)st.st_size, f);
-  if (ferror(f)) {
-    snprintf(err->message, sizeof err->message, "read error: %s", strerror(errno));
-    fclose(f);
-    free(data);
-    return HF_EIO;
-  }
+  r = read_all(f, &data, &n, err);
   fclose(f);
-  data[n] = '\0';
+  if (r != 0) return r;
   r = hf_inv_load_buffer(path, data, n, out, err);
   free(data);
   return r;

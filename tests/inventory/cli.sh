@@ -36,6 +36,14 @@ expect "FILE: JSON.path: on stderr" "hubfleet: $SRC/invalid/json_bad_become.json
 "$HF" inventory frobnicate x > /dev/null 2>&1; expect "unknown action" 2 $?
 "$HF" inventory check --bogus "$ROOT/examples/fleet.ini" > /dev/null 2>&1; expect "unknown option" 2 $?
 
+# '-' reads standard input; a directory is refused with a hint.
+expect "stdin" "$ROOT/examples/fleet.ini: 6 hosts, 1 canary" \
+  "$("$HF" inventory check - < "$ROOT/examples/fleet.ini" | head -1 | sed "s|^-:|$ROOT/examples/fleet.ini:|")"
+printf 'h1 ansible_port=0\n' | "$HF" inventory list - > /dev/null 2> "$tmp/err"; expect "stdin error status" 2 $?
+grep -q "^hubfleet: /dev/stdin:1: host h1: ansible_port:" "$tmp/err"; expect "stdin error line" 0 $?
+"$HF" inventory check "$SRC" > /dev/null 2> "$tmp/err"; expect "directory status" 2 $?
+grep -q "is a directory" "$tmp/err"; expect "directory message" 0 $?
+
 expect "list all" 6 "$("$HF" inventory list "$ROOT/examples/fleet.ini" | wc -l)"
 expect "list --limit" "teach01.hubs.example.org teach03.hubs.example.org gpu-a.hubs.example.org" \
   "$("$HF" inventory list "$ROOT/examples/fleet.ini" --limit 'campus:!teach02*:!gpu-b*' | tr '\n' ' ' | sed 's/ $//')"
