@@ -14,28 +14,36 @@ trap 'rm -rf "$tmp"' EXIT
 export HOME="$tmp" ANSIBLE_HOME="$tmp/ansible" ANSIBLE_LOCAL_TEMP="$tmp/tmp" \
        ANSIBLE_CONFIG="$tmp/none.cfg" ANSIBLE_INVENTORY_UNPARSED_FAILED=True \
        ANSIBLE_NOCOLOR=1
-ansible-inventory -i "$SRC/ansible/fleet.ini" --list > "$tmp/list.json" 2> "$tmp/err"
-ansible-inventory -i "$SRC/ansible/fleet.ini" --list --export > "$tmp/export.json" 2>> "$tmp/err"
-if grep -qi "failed to parse\|unable to parse" "$tmp/err"; then cat "$tmp/err"; exit 1; fi
-"$HF" inventory check --json "$SRC/ansible/fleet.ini" > "$tmp/ini.out"
-"$HF" inventory check --json "$tmp/list.json" > "$tmp/list.out"
-"$HF" inventory check --json "$tmp/export.json" > "$tmp/export.out"
-python3 - "$tmp" <<'PY'
-import json, sys
+for ini in "$SRC"/ansible/*.ini; do
+  base=$(basename "$ini" .ini)
+  ansible-inventory -i "$ini" --list > "$tmp/$base.list.json" 2> "$tmp/err"
+  ansible-inventory -i "$ini" --list --export > "$tmp/$base.export.json" 2>> "$tmp/err"
+  if grep -qi "failed to parse\|unable to parse" "$tmp/err"; then cat "$tmp/err"; exit 1; fi
+  "$HF" inventory check --json "$ini" > "$tmp/$base.ini.out"
+  "$HF" inventory check --json "$tmp/$base.list.json" > "$tmp/$base.list.out"
+  "$HF" inventory check --json "$tmp/$base.export.json" > "$tmp/$base.export.out"
+done
+python3 - "$tmp" "$SRC"/ansible/*.ini <<'PY'
+import json, os, sys
 d = sys.argv[1]
 def hosts(name):
     with open(f"{d}/{name}") as f:
         return {h["name"]: h for h in json.load(f)["hosts"]}
-ini, lst, exp = hosts("ini.out"), hosts("list.out"), hosts("export.out")
 fail = 0
-for label, other in (("--list", lst), ("--list --export", exp)):
-    if sorted(ini) != sorted(other):
-        print(f"host sets differ (INI vs {label}):", sorted(set(ini) ^ set(other))); fail = 1; continue
-    for n in ini:
-        if ini[n] != other[n]:
-            print(f"host {n} differs (INI vs {label}):")
-            print(" ini :", json.dumps(ini[n], sort_keys=True))
-            print(" json:", json.dumps(other[n], sort_keys=True)); fail = 1
+for path in sys.argv[2:]:
+    base = os.path.basename(path)[:-4]
+    ini, lst, exp = hosts(base + ".ini.out"), hosts(base + ".list.out"), hosts(base + ".export.out")
+    for label, other in (("--list", lst), ("--list --export", exp)):
+        if sorted(ini) != sorted(other):
+            print(f"{base}: host sets differ (INI vs {label}):", sorted(set(ini) ^ set(other))); fail = 1; continue
+        for n in ini:
+            if ini[n] != other[n]:
+                print(f"{base}: host {n} differs (INI vs {label}):")
+                print(" ini :", json.dumps(ini[n], sort_keys=True))
+                print(" json:", json.dumps(other[n], sort_keys=True)); fail = 1
+    print(f"{base}.ini: {len(ini)} hosts compared")
+ini = hosts("fleet.ini.out")
+q = hosts("quirks.ini.out")
 # The case must exercise what it claims to: enough hosts, typed values,
 # precedence and inherited groups.
 checks = [
@@ -51,9 +59,13 @@ checks = [
     (ini["hub02.example.org"]["hub"]["backup_homes"] == ["/home", "/srv/home"], "duplicate host merges"),
     (ini["lab-b.example.org"]["user"] == "labadmin" and ini["hub04.example.org"]["user"] == "hubadmin", "user precedence"),
     (ini["hub20.example.org"]["hub"]["db"] == "sqlite:////etc/jupyterhub/db/hub.sqlite", "relative db"),
+    (q["top"]["vars"] == {"a b": 1, "c": "x=y", "d": "a#b", "e": "a", "uv": 1}, "quirks: escapes, '=' and '#'"),
+    (q["top2"]["vars"]["f"] == {"k": [1, 2], "n": None} and q["top2"]["vars"]["m"] == "ab", "quirks: literals"),
+    (sorted(n for n in q if n.startswith("q")) == ["qA", "qB", "qx", "qy", "qz"], "quirks: letters across case"),
+    (q["p"]["port"] == 2300, "quirks: inline port over host:port"),
 ]
 for ok, what in checks:
     if not ok: print("check failed:", what); fail = 1
-print(f"{len(ini)} hosts identical from INI, --list JSON and --list --export JSON" if not fail else "FAILED")
+print("identical from INI, --list JSON and --list --export JSON" if not fail else "FAILED")
 sys.exit(fail)
 PY
