@@ -814,6 +814,7 @@ static void scan_log(const char *path, int64_t offset, json_t *errors, json_t *d
   char *buf, *p, *end;
   ssize_t n;
   bool in_tb = false;
+  size_t indent, tb_indent = 0;
   if (path == NULL || size < 0) return;
   if (offset > size) offset = 0; /* rotated or truncated: read what is there */
   if (size - offset > HF_LOG_MAX) offset = size - HF_LOG_MAX;
@@ -839,16 +840,19 @@ static void scan_log(const char *path, int64_t offset, json_t *errors, json_t *d
       else if ((unsigned char)line[i] > 0x7e) line[i] = '?';
     /* JupyterHub's format: "[E 2026-11-25 16:00:00.000 JupyterHub app:123] ..."; also
      * Python tracebacks and CRITICAL lines written by other handlers. */
+    indent = strspn(line, " \t");
     if (strncmp(line, "[E ", 3) == 0 || strncmp(line, "[C ", 3) == 0 || has(line, " ERROR ") || has(line, "ERROR:") ||
         has(line, "CRITICAL") || has(line, "Traceback (most recent call last)")) {
       if (json_array_size(errors) < HF_LOG_KEEP) json_array_append_new(errors, json_string(line));
       in_tb = has(line, "Traceback");
-    } else if (has(line, "DeprecationWarning") || has(line, "deprecated") || has(line, "Deprecated")) {
-      if (json_array_size(deprecations) < HF_LOG_KEEP) json_array_append_new(deprecations, json_string(line));
-    } else if (in_tb && line[0] != ' ' && line[0] != '\0') {
-      /* The exception line that ends a traceback says what failed. */
+      tb_indent = indent;
+    } else if (in_tb && line[0] != '\0' && indent <= tb_indent) {
+      /* The exception line that ends a traceback (indented like its
+       * "Traceback" line) says what failed. */
       if (json_array_size(errors) < HF_LOG_KEEP) json_array_append_new(errors, json_string(line));
       in_tb = false;
+    } else if (has(line, "DeprecationWarning") || has(line, "deprecated") || has(line, "Deprecated")) {
+      if (json_array_size(deprecations) < HF_LOG_KEEP) json_array_append_new(deprecations, json_string(line));
     }
     p = eol + 1;
   }
@@ -861,7 +865,9 @@ static int wait_healthy(struct hf_req *r, const char *want, int64_t timeout_ms, 
   int64_t t0 = hf__now_ms(), deadline = t0 + timeout_ms;
   json_t *errors = json_array(), *deps = json_array(), *ver = NULL;
   int hstatus = 0, astatus = 0, polls = 0;
-  bool ok = false;
+  int64_t next_svc = t0 + 2000;
+  bool ok = false, gone = false;
+  char svc_state[64] = "";
 
   /* Bounded by the deadline; each probe by its own 1 s (or less) timeout. */
   for (;;) {
@@ -877,19 +883,50 @@ static int wait_healthy(struct hf_req *r, const char *want, int64_t timeout_ms, 
       if (ver != NULL && strcmp(json_string_value(ver), want) == 0) { ok = true; break; }
     }
     if (hf__now_ms() + 150 >= deadline) break;
+    /* A hub that crashed will not get healthy: ask its supervisor now and
+     * then (not every poll: supervisorctl is a Python program). */
+    if (hf__now_ms() >= next_svc) {
+      bool running = true;
+      json_t *e2 = json_array(), *d2 = json_array();
+      size_t k;
+      if (r->hub.svc != HF_SVC_COMMAND && hf__svc_status(r, &running, svc_state, sizeof svc_state) == 0 && !running) {
+        gone = true;
+      }
+      r->msg[0] = '\0';
+      /* A supervisor that restarts a crashing hub keeps saying RUNNING; the
+       * hub's own log says it crashed: a traceback or a critical line. */
+      scan_log(r->hub.hub_log, log_offset, e2, d2);
+      for (k = 0; k < json_array_size(e2); k++) {
+        const char *l = json_string_value(json_array_get(e2, k));
+        if (strstr(l, "Traceback") || strncmp(l, "[C ", 3) == 0) {
+          gone = true;
+          snprintf(svc_state, sizeof svc_state, "crashed: traceback in the log");
+        }
+      }
+      json_decref(e2);
+      json_decref(d2);
+      if (gone) break;
+      next_svc = hf__now_ms() + 2000;
+    }
     usleep(150000);
   }
   scan_log(r->hub.hub_log, log_offset, errors, deps);
   json_object_set_new(data, "status", json_string(ok && json_array_size(errors) == 0 ? "healthy" : "unhealthy"));
   json_object_set_new(data, "api_version", ver ? ver : json_null());
   json_object_set_new(data, "health_status", json_integer(hstatus));
+  if (gone) json_object_set_new(data, "process_state", json_string(svc_state));
   json_object_set_new(data, "elapsed_ms", json_integer(hf__now_ms() - t0));
   json_object_set_new(data, "polls", json_integer(polls));
   json_object_set_new(data, "log_errors", errors);
   json_object_set_new(data, "deprecations", deps);
   if (!ok) {
-    snprintf(r->msg, sizeof r->msg, "hub not healthy within %lld ms: /hub/health %s %d, /hub/api version %s (want %s)%s%s",
-             (long long)timeout_ms, hstatus > 0 ? "status" : "error", hstatus,
+    char why[128];
+    if (gone) snprintf(why, sizeof why, "hub is not coming up (%s)", svc_state);
+    else snprintf(why, sizeof why, "hub not healthy within %lld ms", (long long)timeout_ms);
+    char hs[64];
+    if (hstatus > 0) snprintf(hs, sizeof hs, "status %d", hstatus);
+    else snprintf(hs, sizeof hs, "%s", hstatus < 0 ? hf_err_code(hstatus) : "not asked");
+    snprintf(r->msg, sizeof r->msg, "%s: /hub/health %s, /hub/api version %s (want %s)%s%s", why, hs,
              json_string_value(json_object_get(data, "api_version")) ?: "none", want,
              json_array_size(errors) ? "; log: " : "",
              json_array_size(errors) ? json_string_value(json_array_get(errors, json_array_size(errors) - 1)) : "");
@@ -946,6 +983,23 @@ static void drop_side_files(const char *db) {
     if (hf__pathf(p, sizeof p, "%s%s", db, sfx[i]) == 0) unlink(p);
 }
 
+/* Does every environment hold the versions in want ({prefix: {pkg: ver}})? */
+static bool versions_match(struct hf_req *r, json_t *want) {
+  const char *prefix, *pkg;
+  json_t *pins, *v;
+  json_object_foreach(want, prefix, pins) {
+    struct hf_env e;
+    char ver[1][HF_VER_LEN];
+    hf_env_inspect(prefix, r->hub.installer, &e);
+    json_object_foreach(pins, pkg, v) {
+      if (!json_is_string(v)) continue;
+      hf_env_versions(&e, &pkg, 1, ver);
+      if (strcmp(ver[0], json_string_value(v)) != 0) return false;
+    }
+  }
+  return true;
+}
+
 static int op_rollback(struct hf_req *r, json_t *data) {
   json_t *recs = NULL, *bkrec, *bk, *prev, *det, *restored = json_object(), *hdata = NULL;
   const char *dbf, *dbsha, *cff, *cfsha, *oldver = NULL;
@@ -977,6 +1031,25 @@ static int op_rollback(struct hf_req *r, json_t *data) {
   hub_was_running = !json_is_false(json_object_get(bk, "hub_running"));
   oldver = json_string_value(json_object_get(json_object_get(prev, r->hub.hub_env), "jupyterhub"));
 
+  /* Idempotent: a rollback that completed, with nothing journaled after it,
+   * is the answer again. Restoring once more would throw away what the
+   * restored hub has written since. The versions are re-checked: if someone
+   * changed an environment since, the rollback runs again. */
+  {
+    json_t *last = json_array_get(recs, json_array_size(recs) - 1);
+    json_t *ld = json_object_get(last, "detail");
+    if (strcmp(json_string_value(json_object_get(last, "step")) ?: "", "rollback") == 0 &&
+        strcmp(json_string_value(json_object_get(last, "state")) ?: "", "done") == 0 &&
+        versions_match(r, prev)) {
+      hf__event(r, "info", "rollback: already done at %s; nothing changed since", json_string_value(json_object_get(last, "time")) ?: "?");
+      json_object_set(data, "restored_versions", json_object_get(ld, "restored_versions"));
+      json_object_set(data, "db_sha256", json_object_get(ld, "db_sha256"));
+      json_object_set(data, "api_version", json_object_get(ld, "api_version"));
+      json_object_set_new(data, "already", json_true());
+      rc = 0;
+      goto out;
+    }
+  }
   det = json_object();
   json_object_set_new(det, "from_step", json_deep_copy(json_array_get(recs, json_array_size(recs) - 1)));
   if ((rc = jrec(r, "rollback", "begin", det)) != 0) goto out;
