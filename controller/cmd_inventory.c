@@ -35,7 +35,9 @@ static int load(const char *path, struct hf_inventory **inv) {
   int r = hf_inv_load(strcmp(path, "-") ? path : "/dev/stdin", inv, &err);
   if (r == 0) return HF_EXIT_OK;
   hf_inv_error_format(&err, msg, sizeof msg);
-  fprintf(stderr, "hubfleet: %s\n", msg);
+  /* Exactly FILE:LINE: message (or FILE: PATH: message), as compilers do,
+   * so editors and scripts can jump to the place. */
+  fprintf(stderr, "%s\n", msg);
   return r == HF_ENOMEM ? HF_EXIT_INTERNAL : HF_EXIT_USAGE;
 }
 

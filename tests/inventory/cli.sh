@@ -25,10 +25,10 @@ expect "--json parses" 0 $?
 
 "$HF" inventory check "$SRC/invalid/cycle.ini" > "$tmp/out" 2> "$tmp/err"; expect "bad INI status" 2 $?
 expect "bad INI stdout" "" "$(cat "$tmp/out")"
-grep -q "^hubfleet: $SRC/invalid/cycle.ini:[0-9][0-9]*: " "$tmp/err"; expect "FILE:LINE: on stderr ($(cat "$tmp/err"))" 0 $?
+grep -q "^$SRC/invalid/cycle.ini:[0-9][0-9]*: " "$tmp/err"; expect "FILE:LINE: on stderr ($(cat "$tmp/err"))" 0 $?
 
 "$HF" inventory check --json "$SRC/invalid/json_bad_become.json" > "$tmp/out" 2> "$tmp/err"; expect "bad JSON status" 2 $?
-expect "FILE: JSON.path: on stderr" "hubfleet: $SRC/invalid/json_bad_become.json: _meta.hostvars.h1.hubfleet_become:" \
+expect "FILE: JSON.path: on stderr" "$SRC/invalid/json_bad_become.json: _meta.hostvars.h1.hubfleet_become: host" \
   "$(cut -d' ' -f1-3 "$tmp/err")"
 
 "$HF" inventory check "$tmp/absent.ini" > /dev/null 2>&1; expect "missing file" 2 $?
@@ -40,7 +40,7 @@ expect "FILE: JSON.path: on stderr" "hubfleet: $SRC/invalid/json_bad_become.json
 expect "stdin" "$ROOT/examples/fleet.ini: 6 hosts, 1 canary" \
   "$("$HF" inventory check - < "$ROOT/examples/fleet.ini" | head -1 | sed "s|^-:|$ROOT/examples/fleet.ini:|")"
 printf 'h1 ansible_port=0\n' | "$HF" inventory list - > /dev/null 2> "$tmp/err"; expect "stdin error status" 2 $?
-grep -q "^hubfleet: /dev/stdin:1: host h1: ansible_port:" "$tmp/err"; expect "stdin error line" 0 $?
+grep -q "^/dev/stdin:1: host h1: ansible_port:" "$tmp/err"; expect "stdin error line" 0 $?
 "$HF" inventory check "$SRC" > /dev/null 2> "$tmp/err"; expect "directory status" 2 $?
 grep -q "is a directory" "$tmp/err"; expect "directory message" 0 $?
 
