@@ -15,6 +15,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <libssh/libssh.h>
@@ -31,6 +32,7 @@
 #define TAIL_MAX 240            /* bytes of remote stderr kept for messages */
 #define DRIVE_MAX_STEPS 64      /* state steps per wakeup: a bound, not a budget */
 #define EP_BUCKETS 1024
+#define ITER_BUDGET_NS (15u * 1000u * 1000u)   /* socket work per loop iteration */
 
 /* ---- small intrusive queue of sessions ---------------------------------- */
 struct squeue { struct hf_session *head, *tail; };
@@ -64,7 +66,8 @@ struct hf_engine {
   struct authkey *keys;         /* private keys imported once, by path */
   bool have_agent_sock;
   uv_check_t check;
-  uint64_t last_check_ns, last_idle_ns;
+  uint64_t last_check_ns, last_idle_ns, last_cpu_ns;
+  uint64_t iter_start_ns;       /* first socket callback of this iteration, 0 = none yet */
   bool metrics;
   uint64_t rng;
   int live;                     /* sessions not yet freed */
@@ -369,14 +372,38 @@ static void on_timer(uv_timer_t *t) {
 }
 
 /* ---- polling ------------------------------------------------------------ */
+static void retry_later(struct hf_session *s);
+
 static void on_poll(uv_poll_t *p, int status, int events) {
   struct hf_session *s = p->data;
-  if (status < 0 && s->state == HF_SS_CONNECTING) {
-    failf(s, HF_EUNREACH, "%s: connect: %s", s->host->name, uv_strerror(status));
+  if (status < 0) {
+    /* libuv stopped the handle (POLLERR: the peer reset the connection).
+     * Read the socket error ourselves: libssh may not look at it again. */
+    s->poll_events = 0;
+    int fd = s->ssh ? (int)ssh_get_fd(s->ssh) : s->fd, soerr = 0;
+    socklen_t sl = sizeof soerr;
+    if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0) soerr = EBADF;
+    if (soerr == 0) { drive(s); return; }
+    if (s->state == HF_SS_CONNECTING && soerr != ECONNRESET) {
+      failf(s, HF_EUNREACH, "%s: connect to %s port %d: %s", s->host->name, s->host->address,
+            s->host->port, strerror(soerr));
+    } else if ((s->state == HF_SS_CONNECTING || s->state == HF_SS_HANDSHAKE) &&
+               s->retries < s->e->o.max_retries) {
+      retry_later(s);   /* sshd dropped it before or during banner/kex */
+    } else {
+      failf(s, s->state <= HF_SS_HANDSHAKE ? HF_EUNREACH : HF_EIO, "%s: connection lost in %s: %s",
+            s->host->name, phase_words(s->state), strerror(soerr));
+    }
     return;
   }
-  /* An error status (e.g. EBADF) on a live libssh socket: let libssh find
-   * out by driving it, it reports the socket error. */
+  /* Work budget per loop iteration: past it, leave the socket for the next
+   * iteration (the poll is level-triggered, so it fires again) and let
+   * timers and other hosts run; a burst of key exchanges must not stall
+   * the loop. */
+  struct hf_engine *e = s->e;
+  uint64_t now = uv_hrtime();
+  if (!e->iter_start_ns) e->iter_start_ns = now;
+  else if (now - e->iter_start_ns > ITER_BUDGET_NS) { e->st.deferred++; return; }
   drive(s);
 }
 
@@ -496,6 +523,10 @@ static int in_connecting(struct hf_session *s) {
   socklen_t sl = sizeof soerr;
   if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0) soerr = errno;
   if (soerr == EINPROGRESS || soerr == EALREADY) return 1;
+  if (soerr == ECONNRESET && s->retries < e->o.max_retries) {
+    retry_later(s);   /* accepted by the kernel, then dropped by sshd */
+    return 1;
+  }
   if (soerr) {
     failf(s, HF_EUNREACH, "%s: connect to %s port %d: %s", s->host->name, s->host->address,
           s->host->port, strerror(soerr));
@@ -990,8 +1021,15 @@ static void on_check(uv_check_t *c) {
     uint64_t busy = span > waited ? span - waited : 0;
     if (busy > e->st.max_stall_ns) e->st.max_stall_ns = busy;
   }
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  uint64_t cpu = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+  if (e->last_cpu_ns && cpu - e->last_cpu_ns > e->st.max_stall_cpu_ns)
+    e->st.max_stall_cpu_ns = cpu - e->last_cpu_ns;
+  e->last_cpu_ns = cpu;
   e->last_check_ns = now;
   e->last_idle_ns = idle;
+  e->iter_start_ns = 0;
 }
 
 static void on_check_closed(uv_handle_t *h) { free(h->data); }

@@ -57,7 +57,10 @@ struct hf_engine_stats {
   uint64_t uploads;         /* agent uploads started */
   uint64_t upload_bytes;
   uint64_t reused;          /* agents found in the host's cache */
-  uint64_t max_stall_ns;    /* longest loop iteration spent busy (not waiting) */
+  uint64_t max_stall_ns;    /* longest loop iteration spent busy (wall time, not waiting) */
+  uint64_t max_stall_cpu_ns;/* most CPU one loop iteration used (the wall figure also counts
+                               time the machine gave to other processes) */
+  uint64_t deferred;        /* socket wakeups left to the next iteration (work budget) */
   uint64_t cpu_us;          /* process user+system CPU (getrusage) at hf_engine_stats() */
   uint64_t maxrss_kb;
   int      peak_handshakes; /* most handshakes in flight at once */

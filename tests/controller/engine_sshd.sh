@@ -8,13 +8,24 @@
 set -u
 HUBFLEET=$1 AGENT=$2 TBUILD=$3
 T=$(mktemp -d /tmp/hf-ctl-test.XXXXXX)
+chmod 755 "$T"
+# A login of its own with a plain /bin/sh: root's shell rc files (pyenv, ...)
+# would make every exec slow and are not what a hub host looks like.
+TUSER=hfctl-test
+THOME=/var/tmp/hfctl-test
+if ! id -u "$TUSER" > /dev/null 2>&1; then
+  useradd -M -U -d "$THOME" -s /bin/sh -p '*' "$TUSER" || { echo "cannot create $TUSER"; exit 1; }
+fi
+mkdir -p "$THOME"
+chown "$TUSER:" "$THOME"
+chmod 700 "$THOME"
+CACHE=$THOME/.cache/hubfleet
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  rm -f "$HOME/.cache/hubfleet/agent-$BIGHEX" "$HOME/.cache/hubfleet/agent-$BIGHEX".tmp.* 2>/dev/null
+  rm -rf "$CACHE"
   rm -rf "$T"
 }
-BIGHEX=none
 trap cleanup EXIT
 fails=0
 ok()   { echo "ok   - $*"; }
@@ -28,6 +39,7 @@ ssh-keygen -q -t ed25519 -N '' -f "$T/keyA"
 ssh-keygen -q -t ed25519 -N '' -f "$T/keyB"
 ssh-keygen -q -t ed25519 -N '' -f "$T/id"
 cp "$T/id.pub" "$T/authorized_keys"
+chmod 644 "$T/authorized_keys"
 
 # start_sshd NAME HOSTKEY: a default-configured sshd (MaxStartups 10:30:100)
 start_sshd() {
@@ -39,11 +51,12 @@ ListenAddress 127.0.0.1
 HostKey $key
 PidFile $T/$name.pid
 AuthorizedKeysFile $T/authorized_keys
-PermitRootLogin prohibit-password
+AllowUsers $TUSER
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
+LogLevel VERBOSE
 EOF
   /usr/sbin/sshd -D -f "$T/$name.conf" -E "$T/$name.log" &
   PIDS+=($!)
@@ -79,7 +92,7 @@ inventory() {
     echo "[hubs:vars]"
     echo "ansible_host=127.0.0.1"
     echo "ansible_port=$port"
-    echo "ansible_user=$(id -un)"
+    echo "ansible_user=$TUSER"
     echo "ansible_ssh_private_key_file=$T/id"
     [ -n "$kh" ] && echo "hubfleet_known_hosts=$kh"
     echo "hubfleet_service=command"
@@ -98,7 +111,7 @@ echo "[127.0.0.1]:$PORT_B $(cut -d' ' -f1,2 "$T/keyA.pub")" >> "$T/kh"   # wrong
 cp "$AGENT" "$T/agent-big"
 head -c $((40 << 20)) /dev/zero >> "$T/agent-big"
 BIGHEX=$(sha256sum "$T/agent-big" | cut -c1-64)
-rm -f "$HOME/.cache/hubfleet/agent-$BIGHEX"
+rm -rf "$CACHE"
 
 # --- 1. cold then warm deploy on 5 hosts ---------------------------------
 inventory "$T/inv5.ini" 5 "$PORT_A" "$T/kh"
@@ -106,7 +119,7 @@ inventory "$T/inv5.ini" 5 "$PORT_A" "$T/kh"
 rc=$?
 check "cold audit exits 0 (rc=$rc)" [ $rc -eq 0 ]
 check "cold audit uploaded the agent" [ "$(jq_ "$T/cold.json" 'd["stats"]["uploads"] >= 1')" = True ]
-check "agent cached under its sha256" [ -x "$HOME/.cache/hubfleet/agent-$BIGHEX" ]
+check "agent cached under its sha256" [ -x "$CACHE/agent-$BIGHEX" ]
 check "cold: 5 audited" [ "$(jq_ "$T/cold.json" 'd["summary"]["audited"]')" = 5 ]
 check "versions folded: 4x 5.2.1 and 1x 4.1.6 (drift)" \
   [ "$(jq_ "$T/cold.json" '(d["versions"]["5.2.1"], d["versions"]["4.1.6"], d["drift"])')" = "(4, 1, True)" ]
@@ -168,7 +181,7 @@ check "sshd really dropped connections (MaxStartups in its log)" grep -q "drop c
 tail -1 "$T/m500.err"; cat "$T/time500"
 
 # --- 4. an upload cut by killing the sshd sessions ---------------------------
-rm -f "$HOME/.cache/hubfleet/agent-$BIGHEX"
+rm -f "$CACHE/agent-$BIGHEX"
 inventory "$T/inv1.ini" 1 "$PORT_A" "$T/kh"
 # Slow the upload down so it can be caught in flight: a 40 MB agent through a
 # throttled loopback would need tc; instead kill the session as soon as the
@@ -177,8 +190,15 @@ inventory "$T/inv1.ini" 1 "$PORT_A" "$T/kh"
 apid=$!
 caught=0
 for _ in $(seq 2000); do
-  if compgen -G "$HOME/.cache/hubfleet/agent-$BIGHEX.tmp.*" > /dev/null; then
-    for c in $(ps -o pid= --ppid "$PID_A"); do kill -9 "$c" 2>/dev/null; done
+  if compgen -G "$CACHE/agent-$BIGHEX.tmp.*" > /dev/null; then
+    # Every process of every session of sshd A (monitor, session, shell,
+    # cat), found by parent pid, killed at once like a crashed host.
+    victims=() todo=("$PID_A")
+    while [ ${#todo[@]} -gt 0 ]; do
+      kids=$(ps -o pid= --ppid "${todo[0]}"); todo=("${todo[@]:1}")
+      for k in $kids; do victims+=("$k"); todo+=("$k"); done
+    done
+    kill -9 "${victims[@]}" 2>/dev/null
     caught=1
     break
   fi
@@ -188,7 +208,7 @@ wait $apid
 rc=$?
 if [ $caught -eq 1 ]; then
   check "cut upload: the host fails (rc=$rc)" [ $rc -eq 1 ]
-  check "cut upload: no runnable agent left behind" [ ! -e "$HOME/.cache/hubfleet/agent-$BIGHEX" ]
+  check "cut upload: no runnable agent left behind" [ ! -e "$CACHE/agent-$BIGHEX" ]
 else
   bad "cut upload: could not catch the upload in flight"
 fi
@@ -197,8 +217,8 @@ rc=$?
 check "next audit uploads again and works (rc=$rc)" [ $rc -eq 0 ]
 check "next audit: one upload" [ "$(jq_ "$T/recut.json" 'd["stats"]["uploads"]')" = 1 ]
 check "agent in place after the re-upload, checksum verified" \
-  [ "$(sha256sum < "$HOME/.cache/hubfleet/agent-$BIGHEX" | cut -c1-64)" = "$BIGHEX" ]
-rm -f "$HOME/.cache/hubfleet/agent-$BIGHEX".tmp.*
+  [ "$(sha256sum < "$CACHE/agent-$BIGHEX" | cut -c1-64)" = "$BIGHEX" ]
+rm -f "$CACHE/agent-$BIGHEX".tmp.*
 
 # --- 5. hostile agents --------------------------------------------------------
 inventory "$T/inv2.ini" 2 "$PORT_A" "$T/kh"
@@ -214,7 +234,7 @@ for m in garbage:protocol huge:protocol silent:timeout version:proto_version; do
   check "hostile $mode: memory bounded (max rss < 50 MB)" \
     [ "$(jq_ "$T/h-$mode.json" 'd["stats"]["maxrss_kb"] < 50*1024')" = True ]
   check "hostile $mode: within the deadline" [ $took -le 12 ]
-  rm -f "$HOME/.cache/hubfleet/agent-$(sha256sum < "$TBUILD/hostile-agent-$mode" | cut -c1-64)"
+  rm -f "$CACHE/agent-$(sha256sum < "$TBUILD/hostile-agent-$mode" | cut -c1-64)"
 done
 jq_ "$T/h-huge.json" 'd["failed"][0]["message"]'
 jq_ "$T/h-version.json" 'd["failed"][0]["message"]'
