@@ -1,5 +1,4 @@
-/* cmd_inventory.c: `hubfleet inventory check|list`: read an inventory the
- * way a rollout would and show what every host resolves to, or why not. */
+/* cmd_inventory.c: `hubfleet inventory check|list`: show what every host resolves to, or why not. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

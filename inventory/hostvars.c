@@ -1,6 +1,6 @@
-/* hostvars.c: a host's merged variables into struct hf_host and the
- * protocol's hub description, validating every value that reaches a remote
- * command, with the error placed where the variable was set. */
+/* hostvars.c: a host's merged variables into struct hf_host and the validated hub description. */
+/* Every value that reaches a remote command is checked here, and the error
+ * is placed where the variable was set. */
 #include <ctype.h>
 #include <pwd.h>
 #include <unistd.h>

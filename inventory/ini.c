@@ -1,5 +1,4 @@
-/* ini.c: Ansible's INI inventory format: sections, host lines with inline
- * variables (shell-like quoting), [g:vars], [g:children], host ranges. */
+/* ini.c: Ansible's INI inventory format: sections, shell-quoted host lines, :vars, :children, ranges. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,5 +1,4 @@
-/* inv_int.h: internals shared by the inventory's readers (INI, JSON), the
- * group/variable resolver and the host-variable checker. Not installed. */
+/* inv_int.h: internals shared by the inventory's readers, resolver and host-variable checker. */
 #ifndef HF_INV_INT_H
 #define HF_INV_INT_H
 

@@ -1,6 +1,4 @@
-/* inventory.c: loading entry points, the group graph (cycles, depth,
- * inherited membership), Ansible's variable precedence, lookup, host
- * patterns and the JSON view of a loaded inventory. */
+/* inventory.c: loading, the group graph, Ansible's variable precedence, lookup, patterns, JSON view. */
 #include <errno.h>
 #include <fnmatch.h>
 #include <regex.h>

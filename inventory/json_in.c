@@ -1,5 +1,4 @@
-/* json_in.c: the JSON that `ansible-inventory --list` (or --list --export)
- * prints: groups with hosts/children/vars, and _meta.hostvars. */
+/* json_in.c: the JSON that `ansible-inventory --list` (or --list --export) prints. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,6 +1,6 @@
-/* pylit.c: the part of Python's ast.literal_eval that Ansible applies to INI
- * values, so an INI file and the JSON ansible-inventory prints for it give
- * the same typed variables (ansible_port=2222 is an int, True a bool). */
+/* pylit.c: the subset of Python's ast.literal_eval that Ansible applies to INI values. */
+/* Typing like Python keeps an INI file and the JSON ansible-inventory prints
+ * for it identical: ansible_port=2222 is an int, True a bool. */
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>

@@ -1,7 +1,7 @@
 #!/bin/sh
-# ansible_equiv.sh HUBFLEET SRCDIR: the real ansible-inventory and hubfleet
-# must read ansible/fleet.ini into the same hosts with the same variables,
-# whether hubfleet reads the INI itself or ansible-inventory's JSON of it.
+# ansible_equiv.sh HUBFLEET SRCDIR: INI read by hubfleet == ansible-inventory's JSON of it.
+# Every ansible/*.ini must give the same hosts with the same variables whether
+# hubfleet reads the INI itself or the --list / --list --export JSON of it.
 set -eu
 HF=$1
 SRC=$2

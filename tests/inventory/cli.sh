@@ -1,6 +1,5 @@
 #!/bin/sh
-# cli.sh HUBFLEET SRCDIR ROOT: `hubfleet inventory` exit codes, the error
-# line format on stderr, --json, and list --limit.
+# cli.sh HUBFLEET SRCDIR ROOT: `hubfleet inventory` exit codes, error format, --json, list.
 set -u
 HF=$1
 SRC=$2

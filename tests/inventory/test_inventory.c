@@ -1,5 +1,4 @@
-/* test_inventory.c: unit tests of the inventory module: data-driven valid/
- * and invalid/ cases, Python-literal typing, host patterns, error format. */
+/* test_inventory.c: inventory unit tests: valid/ and invalid/ cases, literals, patterns, API. */
 #include <dirent.h>
 #include <stdarg.h>
 #include <stdint.h>
