@@ -272,6 +272,13 @@ int hf__svc_status(struct hf_req *r, bool *running, char *state, size_t statelen
     while (*p == ' ' || *p == '\t') p++;
     sscanf(p, "%63s", word);
   }
+  if (r->hub.svc == HF_SVC_SUPERVISORD && out != NULL &&
+      (strstr(out, "no such file") != NULL || strstr(out, "refused connection") != NULL)) {
+    free(out);
+    snprintf(r->msg, sizeof r->msg, "supervisord is not running (supervisorctl cannot reach it)");
+    snprintf(state, statelen, "supervisord-down");
+    return HF_ECMD;
+  }
   free(out);
   snprintf(state, statelen, "%s", word[0] ? word : "unknown");
   switch (r->hub.svc) {

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -1115,6 +1116,14 @@ out:
   return rc;
 }
 
+/* The pid holding the host lock, or 0 when it is free (fd: the open lock file). */
+static int lock_holder(int fd) {
+  char buf[32] = "";
+  ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+  if (n > 0) buf[n] = '\0';
+  return atoi(buf);
+}
+
 /* ---- journal ------------------------------------------------------------------------------------ */
 
 static int op_journal(struct hf_req *r, json_t *data) {
@@ -1141,6 +1150,17 @@ static int op_journal(struct hf_req *r, json_t *data) {
   json_object_set(data, "previous", bk ? json_object_get(json_object_get(bk, "detail"), "previous") : json_null());
   json_object_set(data, "backup", bk ? json_object_get(json_object_get(bk, "detail"), "backup") : json_null());
   json_object_set_new(data, "torn_tail", json_boolean(torn));
+  /* A step begun but not done may still be running in another agent. */
+  {
+    char path[PATH_MAX];
+    int fd, busy = 0;
+    if (hf__pathf(path, sizeof path, "%s/agent.lock", r->hub.state_dir) == 0 &&
+        (fd = open(path, O_RDONLY | O_CLOEXEC)) >= 0) {
+      if (flock(fd, LOCK_SH | LOCK_NB) != 0) busy = lock_holder(fd);
+      close(fd);
+    }
+    json_object_set_new(data, "busy_pid", busy ? json_integer(busy) : json_null());
+  }
   json_decref(recs);
   return 0;
 }
@@ -1153,26 +1173,73 @@ struct op_entry {
   int64_t default_timeout_ms;
   bool needs_rollout;   /* journaled: refused without a rollout id */
   bool needs_target;
+  bool changes;         /* changes the hub: runs under the host lock */
 };
 
 static const struct op_entry ops[] = {
-  { "facts",     op_facts,     1000,   false, false },
-  { "preflight", op_preflight, 120000, false, true },
-  { "backup",    op_backup,    600000, true,  false },
-  { "stop",      op_stop,      60000,  true,  false },
-  { "install",   op_install,   900000, true,  true },
-  { "migrate",   op_migrate,   600000, true,  false },
-  { "start",     op_start,     60000,  true,  false },
-  { "health",    op_health,    60000,  false, true },
-  { "rollback",  op_rollback,  900000, true,  false },
-  { "journal",   op_journal,   5000,   true,  false },
-  { NULL, NULL, 0, false, false },
+  { "facts",     op_facts,     1000,   false, false, false },
+  { "preflight", op_preflight, 120000, false, true,  false },
+  { "backup",    op_backup,    600000, true,  false, true },
+  { "stop",      op_stop,      60000,  true,  false, true },
+  { "install",   op_install,   900000, true,  true,  true },
+  { "migrate",   op_migrate,   600000, true,  false, true },
+  { "start",     op_start,     60000,  true,  false, true },
+  { "health",    op_health,    60000,  false, true,  false },
+  { "rollback",  op_rollback,  900000, true,  false, true },
+  { "journal",   op_journal,   5000,   true,  false, false },
+  { NULL, NULL, 0, false, false, false },
 };
+
+/* One agent at a time changes a hub: a controller that reconnected after a
+ * cut must not start a rollback while the agent it lost is still inside
+ * pip. flock dies with its holder, even under SIGKILL. Waits up to the
+ * op's timeout for the other agent to finish its step. */
+static int host_lock(struct hf_req *r, int *fdp) {
+  char path[PATH_MAX], pid[32];
+  int64_t deadline = hf__now_ms() + r->timeout_ms;
+  bool told = false;
+  int fd;
+  struct stat st;
+
+  *fdp = -1;
+  if (stat(r->hub.state_dir, &st) != 0 && hf__mkdirs(r->hub.state_dir, 0700) != 0) {
+    snprintf(r->msg, sizeof r->msg, "cannot create state directory %s: %s", r->hub.state_dir, strerror(errno));
+    return HF_EJOURNAL;
+  }
+  if (hf__pathf(path, sizeof path, "%s/agent.lock", r->hub.state_dir) != 0) return HF_EBADARG;
+  fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    snprintf(r->msg, sizeof r->msg, "cannot open lock %s: %s", path, strerror(errno));
+    return HF_EJOURNAL;
+  }
+  while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK && errno != EINTR) {
+      close(fd);
+      snprintf(r->msg, sizeof r->msg, "cannot lock %s: %s", path, strerror(errno));
+      return HF_EJOURNAL;
+    }
+    if (!told) {
+      hf__event(r, "warn", "another agent (pid %d) is changing this hub; waiting for it", lock_holder(fd));
+      told = true;
+    }
+    if (hf__now_ms() >= deadline) {
+      snprintf(r->msg, sizeof r->msg, "another agent (pid %d) is still changing this hub; try again later",
+               lock_holder(fd));
+      close(fd);
+      return HF_ESTATE;
+    }
+    usleep(200000);
+  }
+  snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, strlen(pid), 0) < 0) { /* the pid is only informative */ }
+  *fdp = fd;
+  return 0;
+}
 
 int hf__op_dispatch(struct hf_req *r, json_t **data) {
   const struct op_entry *e;
   const json_t *to;
-  int rc;
+  int rc, lockfd = -1;
 
   *data = NULL;
   for (e = ops; e->name; e++)
@@ -1197,8 +1264,12 @@ int hf__op_dispatch(struct hf_req *r, json_t **data) {
   r->timeout_ms = json_is_integer(to) && json_integer_value(to) > 0 ? json_integer_value(to) : e->default_timeout_ms;
   if (r->timeout_ms > 24 * 3600 * 1000) r->timeout_ms = 24 * 3600 * 1000;
   if ((*data = json_object()) == NULL) return HF_ENOMEM;
-  /* Who does the work: lets an operator (or a test) find this process. */
-  if (e->needs_rollout && strcmp(e->name, "journal") != 0)
+  if (e->changes) {
+    /* Who does the work: lets an operator (or a test) find this process. */
     hf__event(r, "debug", "agent pid %d: %s for rollout %s", (int)getpid(), e->name, r->rollout);
-  return e->fn(r, *data);
+    if ((rc = host_lock(r, &lockfd)) != 0) return rc;
+  }
+  rc = e->fn(r, *data);
+  if (lockfd >= 0) close(lockfd); /* releases the lock */
+  return rc;
 }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -548,8 +549,16 @@ static int finish(struct session *s) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* The next result frame, skipping events (new, NULL at EOF). */
+static json_t *next_result(int fd) {
+  json_t *f;
+  while ((f = read_frame(fd)) != NULL && strcmp(json_string_value(json_object_get(f, "type")) ?: "", "event") == 0)
+    json_decref(f);
+  return f;
+}
+
 static void expect_result(int fd, long long id, const char *code) {
-  json_t *f = read_frame(fd);
+  json_t *f = next_result(fd);
   CHECK(f != NULL);
   CHECK_STR(json_string_value(json_object_get(f, "type")), "result");
   CHECK_EQ_INT(json_integer_value(json_object_get(f, "id")), id);
@@ -611,10 +620,30 @@ static void test_loop(void) {
   expect_result(s.from, 7, "bad_state"); /* no backup yet: refused before anything runs */
   snprintf(req, sizeof req, "{\"type\":\"request\",\"id\":8,\"op\":\"journal\",\"args\":{\"hub\":%s,\"rollout\":\"r1\"}}", hub);
   send_json(s.to, req);
-  f = read_frame(s.from);
+  f = next_result(s.from);
   CHECK(json_is_true(json_object_get(f, "ok")));
   CHECK_EQ_INT(json_array_size(json_object_get(json_object_get(f, "data"), "steps")), 0);
   json_decref(f);
+  /* Another agent holds the host lock: a changing op waits, then gives up
+   * with bad_state; journal reports who holds it. */
+  {
+    char lockp[PATH_MAX];
+    int lfd;
+    snprintf(lockp, sizeof lockp, "%s/loopstate/agent.lock", tmpdir);
+    lfd = open(lockp, O_RDWR | O_CREAT, 0600);
+    CHECK(lfd >= 0 && flock(lfd, LOCK_EX) == 0);
+    dprintf(lfd, "%d\n", (int)getpid());
+    snprintf(req, sizeof req, "{\"type\":\"request\",\"id\":9,\"op\":\"backup\",\"args\":{\"hub\":%s,\"rollout\":\"r1\","
+             "\"target\":\"3.1.0\",\"timeout_ms\":300}}", hub);
+    send_json(s.to, req);
+    expect_result(s.from, 9, "bad_state");
+    snprintf(req, sizeof req, "{\"type\":\"request\",\"id\":10,\"op\":\"journal\",\"args\":{\"hub\":%s,\"rollout\":\"r1\"}}", hub);
+    send_json(s.to, req);
+    f = next_result(s.from);
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(f, "data"), "busy_pid")), getpid());
+    json_decref(f);
+    close(lfd);
+  }
   CHECK_EQ_INT(finish(&s), 0);
   CHECK(stat(marker, &st) != 0);
 
