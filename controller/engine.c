@@ -799,8 +799,9 @@ need_upload:
   if (!s->up) { fail_ssh(s, HF_ESSH, "channel"); return -1; }
   s->e->st.uploads++;
   set_state(s, HF_SS_UPOPEN);
-  /* The upload gets its own allowance on top of the phase deadline. */
-  deadline(s, s->e->o.timeout_ms + s->e->agent_len / 50);
+  /* During the upload the deadline means "no progress for that long": it
+   * is re-armed with every chunk the host takes. */
+  deadline(s, s->e->o.timeout_ms);
   return 0;
 }
 
@@ -834,6 +835,7 @@ static int in_upload(struct hf_session *s) {
     s->up_off += (size_t)w;
     e->st.upload_bytes += (uint64_t)w;
     if (w == 0) return 1;
+    deadline(s, e->o.timeout_ms);
   }
   return 1;
 }
