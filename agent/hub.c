@@ -177,7 +177,10 @@ int hf__cmd(struct hf_req *r, struct hf_argv *a, const char *cwd, const char *pa
   else if (rc != 0) {
     /* The last lines of output usually say why. */
     const char *tail = run.out_len > 1500 ? run.out + run.out_len - 1500 : run.out;
+    size_t n;
     snprintf(r->msg, sizeof r->msg, "%s: %s exited with status %d: %s", tag, a->v[0], run.status, tail ? tail : "");
+    n = strlen(r->msg);
+    while (n > 0 && (r->msg[n - 1] == '\n' || r->msg[n - 1] == ' ')) r->msg[--n] = '\0';
   }
   if (out && run.out) { *out = run.out; run.out = NULL; }
   hf_run_free(&run);

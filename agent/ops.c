@@ -862,11 +862,14 @@ static void scan_log(const char *path, int64_t offset, json_t *errors, json_t *d
 
 /* Polls until the hub answers health 200 and /hub/api reports want, or the
  * deadline. Fills data with what it saw; 0 when healthy. */
+/* How long a hub may answer its API while /hub/health fails before that is final. */
+#define HF_HEALTH_SETTLE_MS 5000
+
 static int wait_healthy(struct hf_req *r, const char *want, int64_t timeout_ms, int64_t log_offset, json_t *data) {
   int64_t t0 = hf__now_ms(), deadline = t0 + timeout_ms;
   json_t *errors = json_array(), *deps = json_array(), *ver = NULL;
   int hstatus = 0, astatus = 0, polls = 0;
-  int64_t next_svc = t0 + 2000;
+  int64_t next_svc = t0 + 2000, answering_bad_since = 0;
   bool ok = false, gone = false;
   char svc_state[64] = "";
 
@@ -878,10 +881,23 @@ static int wait_healthy(struct hf_req *r, const char *want, int64_t timeout_ms, 
     polls++;
     hstatus = rc == 0 ? resp.status : rc;
     hf_http_resp_free(&resp);
-    if (rc == 0 && resp.status == 200) {
+    if (rc == 0) {
       json_decref(ver);
       ver = api_version(r->hub.health_url, 1000, &astatus);
-      if (ver != NULL && strcmp(json_string_value(ver), want) == 0) { ok = true; break; }
+      if (resp.status == 200 && ver != NULL && strcmp(json_string_value(ver), want) == 0) { ok = true; break; }
+      /* The hub itself answers (its API reports a version) but calls itself
+       * unhealthy: once that has lasted a few seconds it is not a hub still
+       * starting behind its proxy, and waiting longer only adds downtime. */
+      if (resp.status != 200 && ver != NULL) {
+        if (answering_bad_since == 0) answering_bad_since = hf__now_ms();
+        else if (hf__now_ms() - answering_bad_since >= HF_HEALTH_SETTLE_MS) {
+          gone = true;
+          snprintf(svc_state, sizeof svc_state, "it answers, but /hub/health keeps saying %d", resp.status);
+          break;
+        }
+      } else {
+        answering_bad_since = 0;
+      }
     }
     if (hf__now_ms() + 150 >= deadline) break;
     /* A hub that crashed will not get healthy: ask its supervisor now and
@@ -946,7 +962,15 @@ static int64_t start_log_offset(struct hf_req *r) {
   int64_t off;
   bool torn;
   if (r->rollout == NULL || hf_journal_read(r->hub.state_dir, r->rollout, &recs, &torn) != 0) goto tail;
-  st = jlast(recs, "start", "begin");
+  /* The latest start: a start step, or the start inside a rollback. */
+  {
+    size_t i = json_array_size(recs);
+    st = NULL;
+    while (i-- > 0) {
+      json_t *rec = json_array_get(recs, i);
+      if (json_is_integer(json_object_get(json_object_get(rec, "detail"), "log_offset"))) { st = rec; break; }
+    }
+  }
   if (st == NULL) { json_decref(recs); goto tail; }
   off = json_integer_value(json_object_get(json_object_get(st, "detail"), "log_offset"));
   json_decref(recs);
@@ -1006,6 +1030,7 @@ static int op_rollback(struct hf_req *r, json_t *data) {
   const char *dbf, *dbsha, *cff, *cfsha, *oldver = NULL;
   char sha[HF_SHA256_HEX];
   bool was, hub_was_running;
+  int64_t log_off = -1;
   int rc;
 
   if ((rc = jread(r, &recs)) != 0) { json_decref(restored); return rc; }
@@ -1084,6 +1109,7 @@ static int op_rollback(struct hf_req *r, json_t *data) {
   }
   if (hub_was_running) {
     int64_t off = file_size(r->hub.hub_log);
+    log_off = off < 0 ? 0 : off;
     hf__event(r, "info", "rollback: starting the hub");
     if ((rc = hf__svc_start(r, &was)) != 0) goto fail;
     if (oldver != NULL) {
@@ -1098,6 +1124,7 @@ static int op_rollback(struct hf_req *r, json_t *data) {
   json_object_set(det, "restored_versions", restored);
   json_object_set(det, "db_sha256", json_object_get(data, "db_sha256"));
   json_object_set(det, "api_version", json_object_get(data, "api_version"));
+  if (log_off >= 0) json_object_set_new(det, "log_offset", json_integer(log_off));
   rc = jrec(r, "rollback", "done", det);
   goto out;
 fail:
