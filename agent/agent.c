@@ -144,6 +144,7 @@ int hf_agent_run(int in_fd, int out_fd) {
   char *buf;
   int status = 0;
 
+  hf__cpu_at_start = hf__cpu_us();
   /* A controller that hangs up must not kill the agent mid-step: writes
    * fail instead, and the step still journals its outcome. */
   signal(SIGPIPE, SIG_IGN);

@@ -20,6 +20,11 @@
 #define HF_ARGV_MAX     160   /* elements in one command line we build */
 #define HF_VER_LEN      64    /* longest version string we keep */
 
+/* CPU time (user+system, microseconds) of this process so far; and its value
+ * when hf_agent_run began (CPU a login shell spent before exec'ing the agent
+ * counts in the same process: this separates it out). */
+int64_t hf__cpu_us(void);
+extern int64_t hf__cpu_at_start;
 /* Monotonic milliseconds. */
 int64_t hf__now_ms(void);
 /* Wall-clock time as "2026-11-25T16:30:00.123Z" into out (>= 32 bytes). */

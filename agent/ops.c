@@ -18,10 +18,7 @@
 /* ---- small helpers ------------------------------------------------------------------- */
 
 static int64_t cpu_us(void) {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return (int64_t)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec +
-         (int64_t)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec;
+  return hf__cpu_us();
 }
 
 static int64_t file_size(const char *p) {
@@ -310,7 +307,7 @@ static int op_facts(struct hf_req *r, json_t *data) {
   }
   json_object_set_new(data, "service_manager", svc);
   json_object_set_new(data, "agent_cpu_us", json_integer(cpu_us() - c0));
-  json_object_set_new(data, "process_cpu_us", json_integer(cpu_us()));
+  json_object_set_new(data, "process_cpu_us", json_integer(cpu_us() - hf__cpu_at_start));
   return 0;
 }
 

@@ -305,17 +305,18 @@ def main():
     cpu, proc = [], []
     for s in scale:
         ag = s.agent()
-        for _ in range(3):
+        for i in range(3):
             res, _ = req(ag, 'facts', hub=s.hub)
             if ok(res):
                 cpu.append(res['data']['agent_cpu_us'])
-                proc.append(res['data']['process_cpu_us'])
+                if i == 0:
+                    proc.append(res['data']['process_cpu_us'])
         ag.close()
     if cpu:
         cpu.sort()
         proc.sort()
-        log('facts on %d scale hosts x3: agent_cpu_us median %d max %d; whole process (exec to answer) '
-            'median %d max %d' % (len(scale), cpu[len(cpu) // 2], cpu[-1], proc[len(proc) // 2], proc[-1]))
+        log('facts on %d scale hosts x3: agent_cpu_us median %d max %d; agent process from its start to the '
+            'first answer: median %d max %d' % (len(scale), cpu[len(cpu) // 2], cpu[-1], proc[len(proc) // 2], proc[-1]))
     check(cpu and max(cpu) < 5000, 'f: facts takes < 5 ms of agent CPU on scale hosts')
 
 
