@@ -329,7 +329,9 @@ int hf__svc_stop(struct hf_req *r, bool *was_running) {
   int rc;
 
   if ((rc = hf__svc_status(r, was_running, state, sizeof state)) != 0) return rc;
-  if (!*was_running) return 0;
+  /* supervisord's BACKOFF is "crashed, will retry": a retry in the middle of
+   * a reinstall would start a half-installed hub, so it is stopped too. */
+  if (!*was_running && strcmp(state, "BACKOFF") != 0) return 0;
   if ((rc = svc_argv(r, &a, "stop")) != 0) return rc;
   rc = hf__cmd(r, &a, NULL, NULL, r->timeout_ms, "stop", false, NULL);
   hf_argv_free(&a);

@@ -12,6 +12,7 @@ known_hosts (StrictHostKeyChecking=yes). Cases:
   c  the agent SIGKILLed during install and during migrate; a new agent's
      journal shows the step begun, not done; rollback restores the old hub
   e  hostile arguments refused, nothing runs
+  g  homes backup, a dump command for a non-SQLite database, or a refusal
   f  facts CPU time on scale hosts (< 5 ms)
 The fleet is torn down at the end, also on failure (HF_KEEP_FLEET=1 keeps it).
 """
@@ -300,6 +301,24 @@ def main():
     if b:
         rollback_and_verify(host, b, 'k-migrate', base, 'c: after a kill during migrate')
         b.close()
+
+    # (g) backups beyond the hub's SQLite file: homes (size first, then tar),
+    # an operator dump command for a non-SQLite database, or a refusal
+    a = host.agent()
+    home = os.path.dirname(host.hub['hub_env']) + '/home'
+    res, ev = req(a, 'backup', hub=dict(host.hub, backup_homes=[home]), rollout='homes', target=newer, homes=True)
+    sizes = [e for e in ev if 'home directories hold' in (e.get('text') or '')]
+    check(ok(res) and sizes and os.path.getsize(res['data']['backup']['homes_file']) > 0,
+          'g: homes archived, size reported first (%s)' % (sizes[0]['text'] if sizes else err(res)))
+    pg = dict(host.hub, db='postgresql://hub@127.0.0.1/jupyterhub', db_dump=['/bin/echo', 'CREATE TABLE users;'])
+    res, _ = req(a, 'backup', hub=pg, rollout='pgdump', target=newer)
+    f = ok(res) and res['data']['backup']['db_file']
+    check(ok(res) and open(f).read() == 'CREATE TABLE users;\n' and sha256(f) == res['data']['backup']['db_sha256'],
+          'g: non-SQLite database backed up with the configured dump command')
+    del pg['db_dump']
+    res, _ = req(a, 'backup', hub=pg, rollout='pgnodump', target=newer)
+    check(err(res) == 'unsupported', 'g: non-SQLite database without a dump command refused (%s)' % err(res))
+    a.close()
 
     # (f) facts CPU on scale hosts
     cpu, proc = [], []

@@ -736,6 +736,51 @@ static void test_loop(void) {
   }
 }
 
+/* ---- validators the agent relies on before anything becomes argv ---------------------- */
+
+static void test_validators(void) {
+  static const char *const bad_versions[] = { "3.0.1; touch /tmp/x", "3.0.1 ", "$(id)", "3.0.1\n", "", "-3", "3..0",
+                                              "--index-url=http://x", NULL };
+  static const char *const bad_names[] = { "my package", "a;b", "-rf", "pkg==1", "", "a/b", NULL };
+  static const char *const bad_paths[] = { "relative/x", "/opt/../etc", "/opt/./x", "/a\nb", "", NULL };
+  int i;
+  for (i = 0; bad_versions[i]; i++) CHECK(!hf_valid_version(bad_versions[i]));
+  for (i = 0; bad_names[i]; i++) CHECK(!hf_valid_pkgname(bad_names[i]));
+  for (i = 0; bad_paths[i]; i++) CHECK(!hf_valid_abspath(bad_paths[i]));
+  CHECK(!hf_valid_pkgpin("jupyterhub==3.0.1; touch x"));
+  CHECK(!hf_valid_pkgpin("jupyter hub==3.0.1"));
+  CHECK(!hf_valid_id("../x"));
+  CHECK(!hf_valid_service_name("-x"));
+  CHECK(hf_valid_version("3.1.0.dev1"));
+  CHECK(hf_valid_pkgname("jupyterhub-idle-culler"));
+  CHECK(hf_valid_pkgpin("oauthenticator==16.0.1"));
+  CHECK(hf_valid_abspath("/var/tmp/hub-env"));
+  /* hub descriptions are checked once more by the agent itself */
+  {
+    struct hf_hub h;
+    char err[512];
+    json_t *hub = json_pack("{s:s, s:s, s:s, s:s}", "hub_env", "/opt/hub", "config", "/etc/jupyterhub/jupyterhub_config.py",
+                            "db", "sqlite:////var/lib/jupyterhub/jupyterhub.sqlite", "service", "supervisord:jupyterhub");
+    CHECK_EQ_INT(hf_hub_parse(hub, &h, err, sizeof err), 0);
+    CHECK(h.sqlite);
+    CHECK_STR(h.db_path, "/var/lib/jupyterhub/jupyterhub.sqlite");
+    CHECK_STR(h.config_dir, "/etc/jupyterhub");
+    CHECK_STR(h.svc_name, "jupyterhub");
+    CHECK_STR(h.health_url, "http://127.0.0.1:8000");
+    json_object_set_new(hub, "service", json_string("supervisord:jupyterhub;reboot"));
+    CHECK_EQ_INT(hf_hub_parse(hub, &h, err, sizeof err), HF_EBADARG);
+    json_object_set_new(hub, "service", json_string("command"));
+    CHECK(hf_hub_parse(hub, &h, err, sizeof err) != 0); /* command needs start/stop argv */
+    json_object_set_new(hub, "service", json_string("systemd:jupyterhub"));
+    json_object_set_new(hub, "db_dump", json_pack("[s,s]", "pg_dump", "x"));
+    CHECK(hf_hub_parse(hub, &h, err, sizeof err) != 0); /* argv[0] must be absolute */
+    json_object_del(hub, "db_dump");
+    json_object_set_new(hub, "surprise", json_true());
+    CHECK(hf_hub_parse(hub, &h, err, sizeof err) != 0); /* unknown keys are refused */
+    json_decref(hub);
+  }
+}
+
 int main(void) {
   char tmpl[] = "/tmp/hf-agent-test-XXXXXX";
   signal(SIGPIPE, SIG_IGN);
@@ -750,6 +795,7 @@ int main(void) {
   test_http_live();
   test_run();
   test_loop();
+  test_validators();
   {
     char *argv[] = { (char *)"/bin/rm", (char *)"-rf", tmpdir, NULL };
     struct hf_run r;
