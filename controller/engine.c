@@ -32,7 +32,7 @@
 #define TAIL_MAX 240            /* bytes of remote stderr kept for messages */
 #define DRIVE_MAX_STEPS 64      /* state steps per wakeup: a bound, not a budget */
 #define EP_BUCKETS 1024
-#define ITER_BUDGET_NS (15u * 1000u * 1000u)   /* socket work per loop iteration */
+#define ITER_BUDGET_NS (8u * 1000u * 1000u)   /* socket work per loop iteration */
 
 /* ---- small intrusive queue of sessions ---------------------------------- */
 struct squeue { struct hf_session *head, *tail; };
@@ -129,6 +129,7 @@ struct hf_session {
   hf_close_cb close_cb;
   void *close_ctx;
   bool closing, timer_closed;
+  bool kick;                    /* stopped early with data maybe buffered in libssh: wake up again */
 };
 
 static const char *const state_names[HF_SS__COUNT] = {
@@ -422,6 +423,9 @@ static void rearm(struct hf_session *s) {
       ev |= UV_WRITABLE;
     if (s->state == HF_SS_UPLOAD && s->up && ssh_channel_window_size(s->up) > 0)
       ev |= UV_WRITABLE;
+    /* A connected socket is writable, so this comes back on the next
+     * iteration to read what libssh may already hold. */
+    if (s->kick) ev |= UV_WRITABLE;
   }
   if (ev != s->poll_events) {
     uv_poll_start(s->poll, ev, on_poll);
@@ -842,7 +846,8 @@ static int in_upload(struct hf_session *s) {
 
 static int in_upverify(struct hf_session *s) {
   char buf[512];
-  for (;;) {
+  for (int i = 0;; i++) {
+    if (i == 64) { s->kick = true; return 1; }
     int n = chan_read(s, s->up, buf, sizeof buf);
     if (n == 0) return 1;
     if (n < 0 && n != SSH_EOF) return -1;
@@ -879,7 +884,8 @@ static int in_upverify(struct hf_session *s) {
 static int in_frames(struct hf_session *s) {
   char buf[READ_CHUNK];
   enum hf_sess_state st = s->state;
-  for (;;) {
+  for (int i = 0;; i++) {
+    if (i == 64) { s->kick = true; return 1; }   /* a chatty agent must not hold the loop */
     int n = chan_read(s, s->ch, buf, sizeof buf);
     if (n == 0) return 1;
     if (n == SSH_EOF) {
@@ -983,6 +989,7 @@ static int handle_frame(struct hf_session *s, json_t *msg) {
 /* The dispatcher: runs the current state's handler until one waits. */
 static void drive(struct hf_session *s) {
   struct hf_engine *e = s->e;
+  s->kick = false;
   for (int step = 0; step < DRIVE_MAX_STEPS; step++) {
     if (s->closing) return;
     int r;
@@ -1010,6 +1017,7 @@ static void drive(struct hf_session *s) {
     if (r == 1) { rearm(s); return; }
   }
   /* Bounded: come back on the next loop iteration rather than starve others. */
+  s->kick = true;
   rearm(s);
 }
 
