@@ -36,6 +36,7 @@ static void usage(FILE *f, const char *cmd) {
       "      --max-failures N|P%% failure budget for the whole rollout (default 0);\n"
       "                           an unreachable host counts as a failure\n"
       "      --soak SECONDS       after each stage, wait, then re-check its hosts' health\n"
+      "      --health-timeout S   how long a started hub has to become healthy (default 120)\n"
       "      --confirm            ask before each stage after the first\n"
       "      --dry-run            preflight everywhere, print the plan, change nothing\n"
       "      --no-rehearse        skip the migration rehearsal on a database copy\n"
@@ -86,7 +87,7 @@ static int seconds(const char *opt, const char *s, unsigned *ms) {
 
 static int run(int argc, char **argv, enum hf_rollout_mode mode) {
   enum { O_TO = 256, O_STAGES, O_PARALLEL, O_MAXF, O_SOAK, O_CONFIRM, O_DRY, O_NOREH, O_LIMIT, O_EXCL, O_STATE,
-         O_EVENTS, O_JSON, O_KH, O_ACCEPT, O_AGENT, O_TIMEOUT, O_RECONNECT, O_STATS, O_HOSTS, O_RULES };
+         O_EVENTS, O_JSON, O_KH, O_ACCEPT, O_AGENT, O_TIMEOUT, O_RECONNECT, O_STATS, O_HOSTS, O_RULES, O_HEALTH };
   static const struct option opts[] = {
     { "inventory", required_argument, NULL, 'i' }, { "to", required_argument, NULL, O_TO },
     { "stages", required_argument, NULL, O_STAGES }, { "parallel", required_argument, NULL, O_PARALLEL },
@@ -98,10 +99,11 @@ static int run(int argc, char **argv, enum hf_rollout_mode mode) {
     { "known-hosts", required_argument, NULL, O_KH }, { "accept-new", no_argument, NULL, O_ACCEPT },
     { "agent", required_argument, NULL, O_AGENT }, { "timeout", required_argument, NULL, O_TIMEOUT },
     { "reconnect", required_argument, NULL, O_RECONNECT }, { "stats", no_argument, NULL, O_STATS },
-    { "hosts", required_argument, NULL, O_HOSTS }, { "rules", required_argument, NULL, O_RULES }, { "verbose", no_argument, NULL, 'v' },
+    { "hosts", required_argument, NULL, O_HOSTS }, { "rules", required_argument, NULL, O_RULES },
+    { "health-timeout", required_argument, NULL, O_HEALTH }, { "verbose", no_argument, NULL, 'v' },
     { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
   const char *cmd = argv[0], *inv_path = NULL, *state_path = NULL, *events_path = NULL;
-  struct hf_rollout_opts o = { .mode = mode, .parallel = 10, .rehearse = true, .timeout_ms = 15000,
+  struct hf_rollout_opts o = { .mode = mode, .parallel = 10, .rehearse = true, .timeout_ms = 15000, .health_ms = 120000,
                                .reconnect_ms = 300000 };
   int c;
   optind = 1;
@@ -135,6 +137,7 @@ static int run(int argc, char **argv, enum hf_rollout_mode mode) {
     case O_RECONNECT: if (seconds("--reconnect", optarg, &o.reconnect_ms)) return HF_EXIT_USAGE; break;
     case O_STATS: o.stats = true; break;
     case O_RULES: o.rules_path = optarg; break;
+    case O_HEALTH: if (seconds("--health-timeout", optarg, &o.health_ms)) return HF_EXIT_USAGE; break;
     case O_HOSTS:
       if (mode != HF_RM_ROLLBACK) { fprintf(stderr, "hubfleet %s: --hosts is a rollback option\n", cmd); return HF_EXIT_USAGE; }
       o.hosts = optarg;
@@ -192,6 +195,7 @@ static int run(int argc, char **argv, enum hf_rollout_mode mode) {
       json_t *v;
       if ((v = json_object_get(ro_opts, "parallel")) && json_is_integer(v)) o.parallel = (int)json_integer_value(v);
       if ((v = json_object_get(ro_opts, "soak_ms")) && json_is_integer(v)) o.soak_ms = (unsigned)json_integer_value(v);
+      if ((v = json_object_get(ro_opts, "health_ms")) && json_is_integer(v)) o.health_ms = (unsigned)json_integer_value(v);
       if ((v = json_object_get(ro_opts, "confirm")) && json_is_boolean(v)) o.confirm = json_is_true(v);
       if ((v = json_object_get(ro_opts, "rehearse")) && json_is_boolean(v)) o.rehearse = json_is_true(v);
     }

@@ -38,6 +38,7 @@ struct hf_rollout_opts {
   const char           *hosts;      /* rollback: pattern of hosts to undo, NULL = all */
   int                   parallel;
   unsigned              soak_ms;
+  unsigned              health_ms;  /* health deadline after start */
   bool                  confirm;
   bool                  rehearse;
   bool                  json;       /* final summary as JSON on stdout */

@@ -142,7 +142,10 @@ static void progress_draw(struct rollout *ro) {
 
 static void on_progress_timer(uv_timer_t *t) { progress_draw(t->data); }
 
-/* Appends one NDJSON event (and records it in the state's event log). */
+static void emit_ndjson(struct rollout *ro, const struct rhost *h, const char *event, const char *level,
+                        const char *text);
+
+/* Records an event in the state's event log and appends it to --events. */
 static void emit(struct rollout *ro, const struct rhost *h, const char *event, const char *level,
                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 static void emit(struct rollout *ro, const struct rhost *h, const char *event, const char *level,
@@ -152,8 +155,14 @@ static void emit(struct rollout *ro, const struct rhost *h, const char *event, c
   va_start(ap, fmt);
   vsnprintf(text, sizeof text, fmt, ap);
   va_end(ap);
-  if (ro->o->state && ro->id[0])
+  if (ro->o->state && ro->id[0] && ro->o->mode != HF_RM_DRYRUN)
     hf_state_event(ro->o->state, ro->id, h ? h->host->name : NULL, level, text);
+  emit_ndjson(ro, h, event, level, text);
+}
+
+/* Appends one NDJSON event to --events (nothing without it). */
+static void emit_ndjson(struct rollout *ro, const struct rhost *h, const char *event, const char *level,
+                        const char *text) {
   if (ro->o->events) {
     json_t *ev = json_pack("{s:I,s:s,s:s,s:s,s:s}", "time", (json_int_t)hf_state_now_ms(), "rollout", ro->id,
                            "event", event, "level", level, "text", text);
@@ -196,7 +205,7 @@ static void record_host(struct rhost *h, const char *status, const char *error) 
   struct rollout *ro = h->ro;
   bool was_failure = is_failure(h->status);
   h->status = status;
-  if (error) snprintf(h->error, sizeof h->error, "%s", error);
+  if (error && error != h->error) snprintf(h->error, sizeof h->error, "%s", error);
   if (ro->o->state && ro->o->mode != HF_RM_DRYRUN)
     hf_state_host_set(ro->o->state, ro->id, h->host->name, status,
                       h->step < ST__COUNT ? steps[h->step].name : NULL, error);
@@ -288,7 +297,10 @@ static void on_event(struct hf_session *s, const json_t *ev, void *ctx) {
   if (!text || !level) return;
   if (h->ro->o->verbose || !strcmp(level, "error"))
     say(h->ro, "%s: %s", h->host->name, text);
-  if (h->ro->o->events) emit(h->ro, h, "log", level, "%s", text);
+  /* Warnings and errors go to the state's event log (the report shows a
+   * failed host's last lines); everything goes to --events. */
+  if (!strcmp(level, "warn") || !strcmp(level, "error")) emit(h->ro, h, "log", level, "%s", text);
+  else if (h->ro->o->events) emit_ndjson(h->ro, h, "log", level, text);
 }
 
 /* Records the data a step returned into the host row. */
@@ -547,7 +559,8 @@ static void host_send(struct rhost *h) {
     timeout = steps[ST_HEALTH].timeout_ms;
     cb = on_recheck_result;
     json_object_set_new(args, "target", json_string(ro->target));
-    json_object_set_new(args, "timeout_ms", json_integer(60000));
+    json_object_set_new(args, "timeout_ms", json_integer(ro->o->health_ms));
+    timeout = ro->o->health_ms;
     set_phase(h, HR_RECHECK);
   } else {
     op = steps[h->step].name;
@@ -556,6 +569,7 @@ static void host_send(struct rhost *h) {
     if (h->step == ST_PREFLIGHT || h->step == ST_BACKUP || h->step == ST_INSTALL || h->step == ST_HEALTH)
       json_object_set_new(args, "target", json_string(ro->target));
     if (h->step == ST_PREFLIGHT && !ro->o->rehearse) json_object_set_new(args, "rehearse", json_false());
+    if (h->step == ST_HEALTH) timeout = ro->o->health_ms;
     json_object_set_new(args, "timeout_ms", json_integer(timeout));
     set_phase(h, HR_STEP);
     if (h->step == ST_STOP && !h->t_stop) h->t_stop = hf_state_now_ms();
@@ -798,8 +812,11 @@ static void print_summary(struct rollout *ro) {
     json_decref(doc);
   } else {
     printf("\nrollout %s to %s: %s\n", ro->id, ro->target, ro->final_status ? ro->final_status : "?");
-    printf("  %d upgraded, %d failed, %d rolled back, %d need attention, %d untouched; budget %u, used %d; %.1fs\n",
-           up, failed, rolled, att, untouched, ro->budget, ro->failures, (double)(hf_state_now_ms() - ro->t0) / 1000.0);
+    if (ro->o->mode == HF_RM_ROLLBACK)
+      printf("  %d rolled back, %d need attention; %.1fs\n", rolled, att, (double)(hf_state_now_ms() - ro->t0) / 1000.0);
+    else
+      printf("  %d upgraded, %d failed, %d rolled back, %d need attention, %d untouched; budget %u, used %d; %.1fs\n",
+             up, failed, rolled, att, untouched, ro->budget, ro->failures, (double)(hf_state_now_ms() - ro->t0) / 1000.0);
     printf("  %-24s %-5s %-16s %-9s %s\n", "HOST", "STAGE", "STATUS", "DOWNTIME", "ERROR");
     json_array_foreach(hosts, i, row) {
       char down[32] = "-";
@@ -954,10 +971,10 @@ int hf_rollout_run(const struct hf_rollout_opts *o) {
     }
     for (size_t k = 0; k < nsel; k++) stage_of[k] = ro.hosts[sel_idx[k]].stage;
     if (o->mode == HF_RM_UPGRADE) {
-      json_t *opts = json_pack("{s:s?,s:s?,s:s?,s:s?,s:i,s:I,s:b,s:b}", "stages", o->stages_spec,
+      json_t *opts = json_pack("{s:s?,s:s?,s:s?,s:s?,s:i,s:I,s:I,s:b,s:b}", "stages", o->stages_spec,
                                "max_failures", o->budget_spec, "limit", o->limit, "exclude", o->exclude,
-                               "parallel", o->parallel, "soak_ms", (json_int_t)o->soak_ms, "confirm", o->confirm,
-                               "rehearse", o->rehearse);
+                               "parallel", o->parallel, "soak_ms", (json_int_t)o->soak_ms,
+                               "health_ms", (json_int_t)o->health_ms, "confirm", o->confirm, "rehearse", o->rehearse);
       int r = hf_state_rollout_create(o->state, ro.target, o->inventory_path, opts, ro.nstages, ro.budget,
                                       names, stage_of, nsel, ro.id, sizeof ro.id);
       json_decref(opts);
