@@ -430,10 +430,11 @@ static int op_preflight(struct hf_req *r, json_t *data) {
   json_object_set_new(data, "checks", checks);
   json_object_set_new(data, "envs", envs_json(r, es, true));
   free(es);
-  if (nref > 0) {
-    snprintf(r->msg, sizeof r->msg, "preflight refused the host: %s", refused);
-    return HF_EPREFLIGHT;
-  }
+  /* A refusal is an answer, not a failure of the op: the controller shows
+   * every check (a --dry-run folds them across the fleet) and adds its own. */
+  json_object_set_new(data, "refused", json_boolean(nref > 0));
+  json_object_set_new(data, "reason", nref > 0 ? json_string(refused) : json_null());
+  if (nref > 0) hf__event(r, "warn", "preflight refused the host: %s", refused);
   return 0;
 }
 
