@@ -227,6 +227,7 @@ static void host_done(struct rhost *h, const char *status, const char *error) {
   struct rollout *ro = h->ro;
   close_session(h);
   if (ro->o->mode != HF_RM_DRYRUN || strcmp(status, HF_HOST_UPGRADED)) record_host(h, status, error);
+  else h->status = status; /* a dry run's "ready": nothing to record */
   set_phase(h, HR_DONE);
   if (!strcmp(status, HF_HOST_UPGRADED))
     say(ro, "%s: %s", h->host->name, ro->o->mode == HF_RM_DRYRUN ? "preflight passed" : "upgraded");
