@@ -148,6 +148,8 @@ int hf_agent_run(int in_fd, int out_fd) {
   /* A controller that hangs up must not kill the agent mid-step: writes
    * fail instead, and the step still journals its outcome. */
   signal(SIGPIPE, SIG_IGN);
+  /* Nor a hangup of the session: the step finishes and journals "done". */
+  signal(SIGHUP, SIG_IGN);
   if (uname(&un) != 0) snprintf(un.machine, sizeof un.machine, "unknown");
   send_frame(out_fd, &a.out_dead, hf_msg_hello(HF_VERSION, un.machine));
   if (a.out_dead) return 1;

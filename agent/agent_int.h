@@ -74,14 +74,15 @@ struct hf_run {
 };
 
 /* Runs argv with a minimal, explicit environment and waits for it, streaming
- * each line to on_line (at most HF_RUN_MAX_LINES lines, each cut at
- * HF_RUN_MAX_LINE bytes). Returns 0 when it exited 0; HF_ECMD when it exited
+ * each line to on_line (at most HF_RUN_MAX_LINES lines and HF_RUN_MAX_STREAM
+ * bytes, each line cut at HF_RUN_MAX_LINE bytes). Returns 0 when it exited 0; HF_ECMD when it exited
  * otherwise; HF_ETIMEDOUT when the deadline killed it; HF_EEXEC when it could
  * not be started (errno of execve in r->status); HF_ENOMEM. */
 int  hf_run_exec(struct hf_run *r);
 void hf_run_free(struct hf_run *r);
-#define HF_RUN_MAX_LINES 4000
-#define HF_RUN_MAX_LINE  2000
+#define HF_RUN_MAX_LINES  4000
+#define HF_RUN_MAX_LINE   2000
+#define HF_RUN_MAX_STREAM (1u << 20)  /* bytes of lines streamed per command */
 
 /* ---- journal --------------------------------------------------------------- */
 /* Record on disk: "HFJ1", 4-byte big-endian body length, 32-byte SHA-256 of

@@ -28,6 +28,7 @@ struct stream {
 struct runstate {
   struct hf_run *r;
   size_t lines;
+  size_t streamed;      /* bytes passed to on_line */
   char  *keep;          /* tail buffer, 2 * keep_max */
   size_t keep_len, keep_max;
 };
@@ -50,8 +51,12 @@ static void line_done(struct runstate *s, struct stream *st) {
   keep_bytes(s, st->line, st->len);
   keep_bytes(s, "\n", 1);
   if (s->r->on_line != NULL) {
-    if (s->lines < HF_RUN_MAX_LINES) s->r->on_line(s->r->ud, st->no, st->line);
-    else s->r->lines_dropped++;
+    if (s->lines < HF_RUN_MAX_LINES && s->streamed < HF_RUN_MAX_STREAM) {
+      s->r->on_line(s->r->ud, st->no, st->line);
+      s->streamed += st->len + 1;
+    } else {
+      s->r->lines_dropped++;
+    }
   }
   s->lines++;
   st->len = 0;
@@ -100,7 +105,9 @@ static void child(const struct hf_run *r, int out_w, int err_w, int exec_w, char
    * beside the rollback a new agent starts. */
   setpgid(0, 0);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
+  /* The agent ignores these; ignored dispositions survive execve. */
   signal(SIGPIPE, SIG_DFL);
+  signal(SIGHUP, SIG_DFL);
   devnull = open("/dev/null", O_RDONLY);
   if (devnull >= 0) { dup2(devnull, 0); close(devnull); }
   dup2(r->stdout_fd >= 0 ? r->stdout_fd : out_w, 1);

@@ -13,6 +13,7 @@ known_hosts (StrictHostKeyChecking=yes). Cases:
      journal shows the step begun, not done; rollback restores the old hub
   e  hostile arguments refused, nothing runs
   g  homes backup, a dump command for a non-SQLite database, or a refusal
+  h  a hub whose service is operator commands (start/stop argv)
   f  facts CPU time on scale hosts (< 5 ms)
 The fleet is torn down at the end, also on failure (HF_KEEP_FLEET=1 keeps it).
 """
@@ -33,6 +34,7 @@ FID = os.environ.get('HF_AGENT_FLEET_ID', 'ag')
 SCALE = int(os.environ.get('HF_AGENT_SCALE', '20'))
 REMOTE = '.hubfleet-agent-test'
 MARKER = '/tmp/hubfleet-agent-marker'
+AGENT_BYTES = b''
 failures = []
 checks = 0
 
@@ -88,8 +90,7 @@ class Host:
         self.db_path = self.hub['db'][len('sqlite:///'):]
 
     def deploy(self):
-        with open(AGENT, 'rb') as f:
-            data = f.read()
+        data = AGENT_BYTES
         cmd = 'cat > %s.tmp && chmod 0755 %s.tmp && mv -f %s.tmp %s' % (REMOTE, REMOTE, REMOTE, REMOTE)
         subprocess.run(self.ssh + ['--', cmd], input=data, check=True, timeout=120)
 
@@ -216,6 +217,11 @@ def kill_during(host, rollout, target, op, before_ops):
 
 
 def main():
+    global AGENT_BYTES
+    # Read once, before anything slow: a rebuild during the run cannot hand
+    # the hosts a half-written binary.
+    with open(AGENT, 'rb') as f:
+        AGENT_BYTES = f.read()
     versions = {}
     log('fleet up --hubs 1 --scale %d (id %s)' % (SCALE, FID))
     fleet('up', '--hubs', '1', '--scale', str(SCALE), capture=False)
@@ -320,6 +326,20 @@ def main():
     del pg['db_dump']
     res, _ = req(a, 'backup', hub=pg, rollout='pgnodump', target=newer)
     check(err(res) == 'unsupported', 'g: non-SQLite database without a dump command refused (%s)' % err(res))
+    a.close()
+
+    # (h) a hub run by operator commands: stop/start confirmed through its URL
+    a = host.agent()
+    ctl = ['/usr/bin/supervisorctl', '-c', host.hub['supervisor_config']]
+    cmd = dict(host.hub, service='command', start=ctl + ['start', 'jupyterhub'], stop=ctl + ['stop', 'jupyterhub'])
+    del cmd['supervisor_config']
+    res, _ = req(a, 'backup', hub=cmd, rollout='cmd', target=base)
+    r1, _ = req(a, 'stop', hub=cmd, rollout='cmd')
+    down = state(host, a)
+    r2, _ = req(a, 'start', hub=cmd, rollout='cmd')
+    r3, _ = req(a, 'health', hub=cmd, rollout='cmd', target=base, timeout_ms=60000)
+    check(ok(res) and ok(r1) and r1['data']['was_running'] and not down['running'] and ok(r2) and ok(r3),
+          'h: service "command": stop confirmed (hub down), start and health ok (%s %s %s)' % (err(r1), err(r2), err(r3)))
     a.close()
 
     # (f) facts CPU on scale hosts
