@@ -49,6 +49,8 @@ struct authkey {
   char path[];
 };
 
+struct jump;
+
 struct hf_engine {
   uv_loop_t *loop;
   struct hf_engine_opts o;
@@ -71,6 +73,7 @@ struct hf_engine {
   bool metrics;
   uint64_t rng;
   int live;                     /* sessions not yet freed */
+  struct jump *jumps;           /* bastions in use (ProxyJump), by spec */
   struct hf_engine_stats st;
 };
 
@@ -130,6 +133,37 @@ struct hf_session {
   void *close_ctx;
   bool closing, timer_closed;
   bool kick;                    /* stopped early with data maybe buffered in libssh: wake up again */
+
+  /* ProxyJump. A bare session is a bastion's own connection: it stops
+   * after authentication and carries the forwarded channels of the hosts
+   * behind it. A host behind a bastion has jump set; its SSH session runs
+   * over one end of a socketpair, pumped to and from its forward channel. */
+  bool bare;
+  struct jump *jump;            /* the bastion (bare: the one it serves) */
+  struct hf_session *jnext, *jprev; /* in jump->users */
+  bool jlinked;
+  ssh_channel fwd;              /* direct-tcpip channel on the bastion's session */
+  bool fwd_open;
+  int pfd;                      /* our end of the socketpair, -1 when none */
+  uv_poll_t *ppoll;             /* poll of pfd */
+  int ppoll_events;
+  char *pin, *pout;             /* bastion->host and host->bastion bytes in transit (new) */
+  size_t pin_len, pin_off, pout_len, pout_off;
+  bool pin_eof, pout_eof;
+};
+
+/* A bastion shared by every host whose hubfleet_jump names it. */
+struct jump {
+  struct jump *next;
+  struct hf_engine *e;
+  struct hf_host host;          /* synthesised: address, port, user, key, known_hosts */
+  struct hf_session *sess;      /* its bare session, NULL when not connected */
+  enum { J_IDLE, J_CONNECTING, J_READY, J_FAILED } st;
+  char err[600];
+  int errcode;
+  struct hf_session *users;     /* hosts waiting for it or forwarding through it */
+  int nusers;
+  char spec[];
 };
 
 static const char *const state_names[HF_SS__COUNT] = {
@@ -199,7 +233,10 @@ static void err_add_tail(struct hf_session *s) {
 }
 
 /* Stops polling and frees libssh objects (closes the socket). */
+static void jump_detach(struct hf_session *s);
+
 static void teardown_ssh(struct hf_session *s) {
+  jump_detach(s);
   if (s->poll) {
     /* uv_close stops the poll at once (epoll entry removed) so libssh may
      * close the fd right after; the handle memory goes in its close cb. */
@@ -337,6 +374,7 @@ static const char *phase_words(enum hf_sess_state st) {
 
 static void slots_refill(struct hf_engine *e);
 static void sess_begin(struct hf_session *s);
+static void jump_closed_cb(struct hf_session *js, void *ctx);
 
 /* Waits for a handshake slot of the session's endpoint (no deadline: the
  * wait is local), or connects at once when one is free. */
@@ -351,7 +389,11 @@ static void on_timer(uv_timer_t *t) {
   if (s->closing) return;
   switch (s->state) {
   case HF_SS_QUEUED:
-    if (s->slot_held) sess_begin(s);   /* a slot was given to it */
+    if (s->slot_held || s->bare) sess_begin(s);   /* a slot was given to it */
+    return;
+  case HF_SS_READY:
+    /* A bastion's linger after its last host: close it. */
+    if (s->bare && s->jump && !s->jump->nusers) hf_session_close(s, jump_closed_cb, s->jump);
     return;
   case HF_SS_WAITSLOT:
     if (s->hs_held) start_connect(s);  /* a handshake slot was given to it */
@@ -426,9 +468,14 @@ static void rearm(struct hf_session *s) {
     /* A connected socket is writable, so this comes back on the next
      * iteration to read what libssh may already hold. */
     if (s->kick) ev |= UV_WRITABLE;
+    /* An idle bastion connection (lingering without hosts) has nobody to
+     * read for: do not spin on it. */
+    if (s->bare && s->state == HF_SS_READY && s->jump && !s->jump->nusers)
+      ev &= ~UV_READABLE;
   }
   if (ev != s->poll_events) {
-    uv_poll_start(s->poll, ev, on_poll);
+    if (ev) uv_poll_start(s->poll, ev, on_poll);
+    else uv_poll_stop(s->poll);
     s->poll_events = ev;
   }
 }
@@ -463,9 +510,9 @@ static void sess_begin(struct hf_session *s) {
   hf_endpoint_key(h->address, h->port, h->jump, key, sizeof key);
   s->ep = endpoint_get(e, key);
   if (!s->ep) { failf(s, HF_ENOMEM, "%s: out of memory", h->name); return; }
-  if (h->jump && *h->jump) {
-    failf(s, HF_EUNSUPPORTED, "%s: hubfleet_jump (ProxyJump via %s) is not supported by this "
-          "build yet; reach the host directly or through an SSH tunnel", h->name, h->jump);
+  if (h->jump && *h->jump && !s->bare) {
+    /* The bastion resolves and connects to the host; we only need a slot. */
+    hs_wait(s);
     return;
   }
   /* Numeric addresses skip the thread pool. */
@@ -491,8 +538,11 @@ static void sess_begin(struct hf_session *s) {
   hs_wait(s);
 }
 
+static void jump_attach(struct hf_session *s);
+
 static void start_connect(struct hf_session *s) {
   struct hf_engine *e = s->e;
+  if (s->host->jump && *s->host->jump && !s->bare) { jump_attach(s); return; }
   if (s->addr.ss_family == AF_INET) ((struct sockaddr_in *)&s->addr)->sin_port = htons((uint16_t)s->host->port);
   else ((struct sockaddr_in6 *)&s->addr)->sin6_port = htons((uint16_t)s->host->port);
   int fd = socket(s->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -654,6 +704,14 @@ static int in_auth(struct hf_session *s) {
     if (rc == SSH_AUTH_AGAIN) return 1;
     if (rc == SSH_AUTH_SUCCESS) {
       hs_release(s);
+      if (s->bare) {
+        /* A bastion's connection is ready once authenticated. */
+        deadline(s, 0);
+        set_state(s, HF_SS_READY);
+        s->ready_fired = true;
+        s->ready_cb(s, 0, s->ctx);
+        return s->closing || s->state != HF_SS_READY ? -1 : 0;
+      }
       s->ch = ssh_channel_new(s->ssh);
       if (!s->ch) { fail_ssh(s, HF_ESSH, "channel"); return -1; }
       set_state(s, HF_SS_CHANOPEN);
@@ -986,6 +1044,8 @@ static int handle_frame(struct hf_session *s, json_t *msg) {
   return -1;
 }
 
+static int jump_service(struct jump *j);
+
 /* The dispatcher: runs the current state's handler until one waits. */
 static void drive(struct hf_session *s) {
   struct hf_engine *e = s->e;
@@ -1004,8 +1064,8 @@ static void drive(struct hf_session *s) {
     case HF_SS_UPEXEC:     r = in_exec(s, s->up, e->cmd_upload, HF_SS_UPLOAD); break;
     case HF_SS_UPLOAD:     r = in_upload(s); break;
     case HF_SS_UPVERIFY:   r = in_upverify(s); break;
-    case HF_SS_HELLO:
-    case HF_SS_READY:      r = in_frames(s); break;
+    case HF_SS_HELLO:      r = in_frames(s); break;
+    case HF_SS_READY:      r = s->bare ? jump_service(s->jump) : in_frames(s); break;
     case HF_SS_BUSY:
       r = pump_out(s);
       if (r == 0) r = in_frames(s);
@@ -1019,6 +1079,347 @@ static void drive(struct hf_session *s) {
   /* Bounded: come back on the next loop iteration rather than starve others. */
   s->kick = true;
   rearm(s);
+}
+
+
+/* ---- ProxyJump ------------------------------------------------------------
+ * libssh 0.10 has no ProxyJump: the bastion gets a bare session of its own,
+ * each host behind it a direct-tcpip channel on it, and the host's SSH
+ * session runs over a socketpair whose other end is pumped to that channel.
+ * The bastion connection is shared, and closed a moment after its last host
+ * is done. */
+#define PUMP_BUF 16384u
+#define JUMP_LINGER_MS 2000u
+
+static void plan_auth(struct hf_session *s);
+static void jump_ready_cb(struct hf_session *js, int status, void *ctx);
+static void jump_lost_cb(struct hf_session *js, int status, void *ctx);
+static void child_pump(struct hf_session *u);
+
+static char *xstrdup(const char *p) { return p ? strdup(p) : NULL; }
+
+/* The bastion named by host's hubfleet_jump ("[user@]host[:port]"),
+ * created on first use. NULL on out-of-memory or a malformed spec. */
+static struct jump *jump_get(struct hf_engine *e, const struct hf_host *h) {
+  for (struct jump *j = e->jumps; j; j = j->next)
+    if (!strcmp(j->spec, h->jump)) return j;
+  size_t n = strlen(h->jump);
+  struct jump *j = calloc(1, sizeof *j + n + 1);
+  if (!j) return NULL;
+  memcpy(j->spec, h->jump, n + 1);
+  j->e = e;
+  char tmp[512];
+  snprintf(tmp, sizeof tmp, "%s", h->jump);
+  char *hostpart = tmp, *at = strchr(tmp, '@');
+  if (at) { *at = 0; hostpart = at + 1; j->host.user = xstrdup(tmp); }
+  else j->host.user = xstrdup(h->user);
+  j->host.port = 22;
+  char *colon = strrchr(hostpart, ':');
+  if (colon && !strchr(colon, ']')) {
+    long port;
+    *colon = 0;
+    if (hf_parse_uint(colon + 1, 1, 65535, &port) == 0) j->host.port = (int)port;
+    else j->host.port = -1;
+  }
+  if (*hostpart == '[' && hostpart[strlen(hostpart) - 1] == ']') {
+    hostpart[strlen(hostpart) - 1] = 0;
+    hostpart++;
+  }
+  j->host.address = xstrdup(hostpart);
+  j->host.name = xstrdup(h->jump);
+  j->host.key_file = xstrdup(h->key_file);
+  j->host.known_hosts = xstrdup(h->known_hosts);
+  j->next = e->jumps;
+  e->jumps = j;
+  if (j->host.port < 0 || !*j->host.address) {
+    j->st = J_FAILED;
+    j->errcode = HF_EINVENTORY;
+    snprintf(j->err, sizeof j->err, "hubfleet_jump '%s' is not [user@]host[:port]", h->jump);
+  }
+  return j;
+}
+
+static void jump_free_all(struct hf_engine *e) {
+  for (struct jump *j = e->jumps, *n; j; j = n) {
+    n = j->next;
+    free(j->host.user); free(j->host.address); free(j->host.name);
+    free(j->host.key_file); free(j->host.known_hosts);
+    free(j);
+  }
+  e->jumps = NULL;
+}
+
+static void jump_closed_cb(struct hf_session *js, void *ctx) {
+  struct jump *j = ctx;
+  if (j->sess == js) {
+    j->sess = NULL;
+    if (j->st != J_FAILED) j->st = J_IDLE;
+  }
+}
+
+/* Starts the bastion's bare session (outside the --parallel slots). */
+static int jump_connect(struct jump *j) {
+  struct hf_engine *e = j->e;
+  struct hf_session *js = calloc(1, sizeof *js);
+  if (!js) return HF_ENOMEM;
+  js->e = e;
+  js->host = &j->host;
+  js->ready_cb = jump_ready_cb;
+  js->lost_cb = jump_lost_cb;
+  js->ctx = j;
+  js->fd = js->pfd = -1;
+  js->bare = true;
+  js->jump = j;
+  hf_frame_decoder_init(&js->dec, 0);
+  if (!hf_known_hosts_path(j->host.known_hosts, e->o.known_hosts, e->home, js->kh_file,
+                           sizeof js->kh_file)) {
+    free(js);
+    return HF_EINVAL;
+  }
+  plan_auth(js);
+  uv_timer_init(e->loop, &js->timer);
+  js->timer.data = js;
+  e->live++;
+  js->state = HF_SS_QUEUED;
+  j->sess = js;
+  j->st = J_CONNECTING;
+  uv_timer_start(&js->timer, on_timer, 0, 0);
+  return 0;
+}
+
+static void jump_link(struct jump *j, struct hf_session *u) {
+  u->jump = j;
+  u->jprev = NULL;
+  u->jnext = j->users;
+  if (j->users) j->users->jprev = u;
+  j->users = u;
+  u->jlinked = true;
+  j->nusers++;
+}
+
+/* Hosts behind j, as a snapshot: callbacks may close sessions while we walk. */
+static struct hf_session **jump_snapshot(struct jump *j, int *n) {
+  struct hf_session **v = calloc((size_t)j->nusers + 1, sizeof *v);
+  *n = 0;
+  if (!v) return NULL;
+  for (struct hf_session *u = j->users; u; u = u->jnext) v[(*n)++] = u;
+  return v;
+}
+
+static void child_start_fwd(struct hf_session *u) {
+  struct jump *j = u->jump;
+  u->fwd = ssh_channel_new(j->sess->ssh);
+  if (!u->fwd) { failf(u, HF_ESSH, "%s: cannot open a channel on the jump host %s", u->host->name, j->spec); return; }
+  child_pump(u);
+}
+
+static void jump_attach(struct hf_session *s) {
+  struct hf_engine *e = s->e;
+  struct jump *j = jump_get(e, s->host);
+  if (!j) { failf(s, HF_ENOMEM, "%s: out of memory", s->host->name); return; }
+  set_state(s, HF_SS_CONNECTING);
+  deadline(s, e->o.timeout_ms);
+  if (j->st == J_FAILED) {
+    failf(s, j->errcode ? j->errcode : HF_EUNREACH, "%s: jump host %s: %s", s->host->name, j->spec, j->err);
+    return;
+  }
+  jump_link(j, s);
+  if (j->st == J_IDLE) {
+    int r = jump_connect(j);
+    if (r < 0) { failf(s, r, "%s: cannot start the jump host %s session", s->host->name, j->spec); return; }
+  } else if (j->st == J_READY) {
+    deadline(j->sess, 0);   /* no longer lingering */
+    child_start_fwd(s);
+  }
+}
+
+/* Unlinks s from its bastion and frees the forwarding state. */
+static void jump_detach(struct hf_session *s) {
+  if (s->bare || !s->jump) return;
+  struct jump *j = s->jump;
+  if (s->ppoll) { uv_close((uv_handle_t *)s->ppoll, (uv_close_cb)free); s->ppoll = NULL; }
+  s->ppoll_events = 0;
+  if (s->pfd >= 0) { close(s->pfd); s->pfd = -1; }
+  if (s->fwd) { ssh_channel_free(s->fwd); s->fwd = NULL; }
+  s->fwd_open = s->pin_eof = s->pout_eof = false;
+  free(s->pin); free(s->pout);
+  s->pin = s->pout = NULL;
+  s->pin_len = s->pin_off = s->pout_len = s->pout_off = 0;
+  if (s->jlinked) {
+    if (s->jprev) s->jprev->jnext = s->jnext; else j->users = s->jnext;
+    if (s->jnext) s->jnext->jprev = s->jprev;
+    s->jnext = s->jprev = NULL;
+    s->jlinked = false;
+    j->nusers--;
+    if (!j->nusers && j->sess && j->st == J_READY && !j->sess->closing) {
+      deadline(j->sess, JUMP_LINGER_MS);
+      rearm(j->sess);
+    }
+  }
+  s->jump = NULL;
+}
+
+static void jump_ready_cb(struct hf_session *js, int status, void *ctx) {
+  struct jump *j = ctx;
+  if (status == HF_ECANCELED) return;
+  int n;
+  struct hf_session **v = jump_snapshot(j, &n);
+  if (status == 0) {
+    j->st = J_READY;
+    for (int i = 0; i < n; i++)
+      if (v[i]->jump == j && !v[i]->closing && !v[i]->fwd && v[i]->state == HF_SS_CONNECTING)
+        child_start_fwd(v[i]);
+    if (!j->nusers && j->sess && !j->sess->closing) deadline(j->sess, JUMP_LINGER_MS);
+  } else {
+    /* Not retried per host: a refused bastion would be refused 1000 times. */
+    j->st = J_FAILED;
+    j->errcode = status;
+    snprintf(j->err, sizeof j->err, "%s", hf_session_error(js));
+    for (int i = 0; i < n; i++)
+      if (v[i]->jump == j && !v[i]->closing)
+        failf(v[i], status, "%s: jump host %s: %s", v[i]->host->name, j->spec, j->err);
+    hf_session_close(js, jump_closed_cb, j);
+  }
+  free(v);
+}
+
+static void jump_lost_cb(struct hf_session *js, int status, void *ctx) {
+  struct jump *j = ctx;
+  int n;
+  struct hf_session **v = jump_snapshot(j, &n);
+  j->st = J_IDLE;   /* a later host may connect it again */
+  /* ssh_free of the bastion session freed every forward channel. */
+  for (int i = 0; i < n; i++) v[i]->fwd = NULL;
+  for (int i = 0; i < n; i++)
+    if (v[i]->jump == j && !v[i]->closing)
+      failf(v[i], HF_EUNREACH, "%s: lost the jump host %s: %s", v[i]->host->name, j->spec,
+            hf_session_error(js));
+  free(v);
+  hf_session_close(js, jump_closed_cb, j);
+}
+
+static void on_pump(uv_poll_t *p, int status, int events) {
+  struct hf_session *u = p->data;
+  if (status < 0) u->ppoll_events = 0;   /* libuv stopped it */
+  child_pump(u);
+}
+
+/* Moves bytes between the host's forward channel and our socketpair end;
+ * opens the channel first. Backpressure: at most one buffer each way. */
+static void child_pump(struct hf_session *u) {
+  struct jump *j = u->jump;
+  if (!j || !u->fwd || u->closing || !j->sess || !j->sess->ssh) return;
+  struct hf_engine *e = u->e;
+  if (!u->fwd_open) {
+    int rc = ssh_channel_open_forward(u->fwd, u->host->address, u->host->port, "127.0.0.1", 22);
+    if (rc == SSH_AGAIN) { rearm(j->sess); return; }
+    if (rc != SSH_OK) {
+      failf(u, HF_EUNREACH, "%s: jump host %s cannot reach %s port %d: %s", u->host->name, j->spec,
+            u->host->address, u->host->port, ssh_get_error(j->sess->ssh));
+      return;
+    }
+    u->fwd_open = true;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) {
+      failf(u, HF_EIO, "%s: socketpair: %s", u->host->name, strerror(errno));
+      return;
+    }
+    u->pfd = sv[0];
+    u->fd = sv[1];
+    u->pin = malloc(PUMP_BUF);
+    u->pout = malloc(PUMP_BUF);
+    u->ppoll = malloc(sizeof *u->ppoll);
+    u->poll = malloc(sizeof *u->poll);
+    if (!u->pin || !u->pout || !u->ppoll || !u->poll ||
+        uv_poll_init_socket(e->loop, u->ppoll, sv[0]) < 0) {
+      free(u->ppoll); u->ppoll = NULL;
+      free(u->poll); u->poll = NULL;
+      failf(u, HF_ENOMEM, "%s: out of memory", u->host->name);
+      return;
+    }
+    u->ppoll->data = u;
+    if (uv_poll_init_socket(e->loop, u->poll, sv[1]) < 0) {
+      free(u->poll); u->poll = NULL;
+      failf(u, HF_EIO, "%s: cannot poll the forward socket", u->host->name);
+      return;
+    }
+    u->poll->data = u;
+    u->poll_events = 0;
+    /* The socketpair is connected: on to the SSH handshake, whose banner
+     * the pump below carries to the host. */
+    drive(u);
+    if (u->closing || u->state == HF_SS_FAILED || !u->fwd) return;
+  }
+  for (int i = 0; i < 16; i++) {        /* bastion -> host */
+    if (u->pin_off == u->pin_len && !u->pin_eof) {
+      int n = ssh_channel_read_nonblocking(u->fwd, u->pin, PUMP_BUF, 0);
+      if (n == SSH_EOF) { u->pin_eof = true; shutdown(u->pfd, SHUT_WR); break; }
+      if (n < 0) {
+        failf(u, HF_EIO, "%s: forward channel through %s: %s", u->host->name, j->spec,
+              ssh_get_error(j->sess->ssh));
+        return;
+      }
+      if (n == 0) break;
+      u->pin_len = (size_t)n;
+      u->pin_off = 0;
+    }
+    if (u->pin_off >= u->pin_len) break;
+    ssize_t w = write(u->pfd, u->pin + u->pin_off, u->pin_len - u->pin_off);
+    if (w < 0) {
+      if (errno == EAGAIN || errno == EINTR) break;
+      failf(u, HF_EIO, "%s: forward socket: %s", u->host->name, strerror(errno));
+      return;
+    }
+    u->pin_off += (size_t)w;
+  }
+  for (int i = 0; i < 16; i++) {        /* host -> bastion */
+    if (u->pout_off == u->pout_len && !u->pout_eof) {
+      uint32_t win = ssh_channel_window_size(u->fwd);
+      if (win == 0) break;
+      ssize_t n = read(u->pfd, u->pout, win < PUMP_BUF ? win : PUMP_BUF);
+      if (n == 0) { u->pout_eof = true; ssh_channel_send_eof(u->fwd); break; }
+      if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) break;
+        failf(u, HF_EIO, "%s: forward socket: %s", u->host->name, strerror(errno));
+        return;
+      }
+      u->pout_len = (size_t)n;
+      u->pout_off = 0;
+    }
+    if (u->pout_off >= u->pout_len) break;
+    if (ssh_get_poll_flags(j->sess->ssh) & SSH_WRITE_PENDING) break;   /* bastion socket busy */
+    int w = ssh_channel_write(u->fwd, u->pout + u->pout_off, (uint32_t)(u->pout_len - u->pout_off));
+    if (w < 0) {
+      failf(u, HF_EIO, "%s: forward channel through %s: %s", u->host->name, j->spec,
+            ssh_get_error(j->sess->ssh));
+      return;
+    }
+    if (w == 0) break;
+    u->pout_off += (size_t)w;
+  }
+  int ev = 0;
+  if (u->pin_off < u->pin_len) ev |= UV_WRITABLE;
+  if (u->pout_off == u->pout_len && !u->pout_eof && ssh_channel_window_size(u->fwd) > 0)
+    ev |= UV_READABLE;
+  if (u->ppoll && ev != u->ppoll_events) {
+    if (ev) uv_poll_start(u->ppoll, ev, on_pump);
+    else uv_poll_stop(u->ppoll);
+    u->ppoll_events = ev;
+  }
+  rearm(j->sess);
+}
+
+/* The bastion's socket woke up: every host behind it gets its bytes. */
+static int jump_service(struct jump *j) {
+  struct hf_session *js = j->sess;
+  int n;
+  struct hf_session **v = jump_snapshot(j, &n);
+  if (!v) return 1;
+  for (int i = 0; i < n; i++)
+    if (v[i]->jump == j && !v[i]->closing && v[i]->fwd) child_pump(v[i]);
+  free(v);
+  if (!js || js->closing || js->state != HF_SS_READY) return -1;
+  return 1;
 }
 
 /* ---- engine -------------------------------------------------------------- */
@@ -1141,6 +1542,7 @@ void hf_engine_free(struct hf_engine *e) {
   for (struct authkey *k = e->keys, *n; k; k = n) { n = k->next; ssh_key_free(k->key); free(k); }
   free(e->agent);
   e->agent = NULL;
+  jump_free_all(e);
   /* e is freed in its check handle's close callback, like any libuv handle. */
 }
 
@@ -1220,6 +1622,7 @@ int hf_session_open(struct hf_engine *e, const struct hf_host *host,
   s->lost_cb = lost;
   s->ctx = ctx;
   s->fd = -1;
+  s->pfd = -1;
   s->next_id = 1;
   hf_frame_decoder_init(&s->dec, 0);
   if (!hf_known_hosts_path(host->known_hosts, e->o.known_hosts, e->home, s->kh_file,

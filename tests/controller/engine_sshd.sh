@@ -43,7 +43,7 @@ chmod 644 "$T/authorized_keys"
 
 # start_sshd NAME HOSTKEY: a default-configured sshd (MaxStartups 10:30:100)
 start_sshd() {
-  local name=$1 key=$2 port
+  local name=$1 key=$2 extra=${3:-} port
   port=$(free_port)
   cat > "$T/$name.conf" <<EOF
 Port $port
@@ -57,6 +57,7 @@ KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
 LogLevel VERBOSE
+$extra
 EOF
   /usr/sbin/sshd -D -f "$T/$name.conf" -E "$T/$name.log" &
   PIDS+=($!)
@@ -69,6 +70,7 @@ EOF
 }
 start_sshd A "$T/keyA"
 start_sshd B "$T/keyB"
+start_sshd C "$T/keyA" "AllowTcpForwarding no"   # a bastion that refuses to forward
 
 # Environment trees the agent reads (dist-info metadata, as pip writes it).
 mkenv() {   # mkenv DIR VERSION
@@ -263,6 +265,30 @@ check "silent sshd: exit 1 (rc=$rc)" [ $rc -eq 1 ]
 check "silent sshd: that host timed out, the 4 others audited" \
   [ "$(jq_ "$T/bh.json" '(d["summary"]["audited"], [f["code"] for f in d["failed"]])')" = "(4, ['timeout'])" ]
 check "silent sshd: within the deadline (${took}s)" [ $took -le 8 ]
+
+# --- 7. ProxyJump: hosts on sshd B reached through sshd A as the bastion ----
+{
+  echo "[127.0.0.1]:$PORT_A $(cut -d' ' -f1,2 "$T/keyA.pub")"
+  echo "[127.0.0.1]:$PORT_B $(cut -d' ' -f1,2 "$T/keyB.pub")"
+  echo "[127.0.0.1]:$PORT_C $(cut -d' ' -f1,2 "$T/keyA.pub")"
+} > "$T/kh3"
+inventory "$T/invJ.ini" 6 "$PORT_B" "$T/kh3"
+sed -i "s/^\[hubs:vars\]$/[hubs:vars]\nhubfleet_jump=$TUSER@127.0.0.1:$PORT_A/" "$T/invJ.ini"
+"$HUBFLEET" audit -i "$T/invJ.ini" --agent "$T/agent-big" --json --stats > "$T/jump.json" 2> "$T/jump.err"
+rc=$?
+check "ProxyJump: 6 hosts audited through the bastion (rc=$rc)" \
+  [ "$(jq_ "$T/jump.json" 'd["summary"]["audited"]')" = 6 -a $rc -eq 0 ]
+sed -i "s/^hubfleet_jump=.*/hubfleet_jump=$TUSER@127.0.0.1:$PORT_C/" "$T/invJ.ini"
+"$HUBFLEET" audit -i "$T/invJ.ini" --agent "$T/agent-big" --json > "$T/jumpno.json" 2>/dev/null
+rc=$?
+check "ProxyJump: a bastion that refuses forwarding fails every host behind it (rc=$rc)" \
+  [ "$(jq_ "$T/jumpno.json" '(d["summary"]["failed"], "cannot reach" in d["failed"][0]["message"])')" = "(6, True)" ]
+jq_ "$T/jumpno.json" 'd["failed"][0]["message"]'
+grep -v "^\[127.0.0.1\]:$PORT_A" "$T/kh3" > "$T/kh4"
+sed -i "s/^hubfleet_jump=.*/hubfleet_jump=$TUSER@127.0.0.1:$PORT_A/; s|^hubfleet_known_hosts=.*|hubfleet_known_hosts=$T/kh4|" "$T/invJ.ini"
+"$HUBFLEET" audit -i "$T/invJ.ini" --agent "$T/agent-big" --json > "$T/jumpkey.json" 2>/dev/null
+check "ProxyJump: an unknown bastion key refuses the hosts behind it" \
+  [ "$(jq_ "$T/jumpkey.json" '(d["summary"]["failed"], all(f["code"] == "host_key" and "jump host" in f["message"] for f in d["failed"]))')" = "(6, True)" ]
 
 echo "$fails failures"
 [ $fails -eq 0 ]
