@@ -146,7 +146,7 @@ static void fold_add(json_t *fold, const char *key, const char *host) {
 }
 
 /* "hub 3.0.0 · user 3.0.0" from preflight envs (before) or install data (after). */
-static void versions_key(const json_t *v, char *buf, size_t len) {
+static void versions_key(json_t *v, char *buf, size_t len) {
   size_t off = 0, i;
   json_t *e;
   const char *k;
@@ -159,7 +159,7 @@ static void versions_key(const json_t *v, char *buf, size_t len) {
       off += (size_t)n;
     }
   } else if (json_is_object(v)) {
-    json_object_foreach((json_t *)v, k, e) {
+    json_object_foreach(v, k, e) {
       const char *ver = jstr(e, "jupyterhub");
       int n = snprintf(buf + off, len - off, "%s%s %s", off ? " · " : "", k, ver[0] ? ver : "none");
       if (n < 0 || (size_t)n >= len - off) return;
@@ -257,11 +257,23 @@ static int report_rollout(FILE *f, struct hf_state *st, const char *id) {
   json_t *before = json_object(), *after = json_object();
   json_array_foreach(hosts, i, h) {
     char key[1024];
-    versions_key(json_object_get(h, "before"), key, sizeof key);
+    if (json_object_get(h, "before")) versions_key(json_object_get(h, "before"), key, sizeof key);
+    else snprintf(key, sizeof key, "not reached (untouched)");
     fold_add(before, key, jstr(h, "host"));
-    json_t *a = json_object_get(h, "after");
-    if (!strcmp(jstr(h, "status"), HF_HOST_UPGRADED) && a) versions_key(a, key, sizeof key);
-    else if (strcmp(jstr(h, "status"), HF_HOST_UPGRADED)) versions_key(json_object_get(h, "before"), key, sizeof key);
+    json_t *a = json_object_get(h, "after"), *b = json_object_get(h, "before");
+    if (!strcmp(jstr(h, "status"), HF_HOST_UPGRADED) && json_is_object(a) && json_is_array(b)) {
+      /* install data is keyed by prefix: name each environment by its role, as before */
+      json_t *roles = json_array();
+      size_t j;
+      json_t *e;
+      json_array_foreach(b, j, e) {
+        json_t *pk = json_object_get(a, jstr(e, "prefix"));
+        json_array_append_new(roles, json_pack("{s:s,s:s}", "role", jstr(e, "role"), "jupyterhub",
+                                               pk ? jstr(pk, "jupyterhub") : jstr(e, "jupyterhub")));
+      }
+      versions_key(roles, key, sizeof key);
+      json_decref(roles);
+    } else if (!b) snprintf(key, sizeof key, "not reached (untouched)");
     fold_add(after, key, jstr(h, "host"));
   }
   fold_table(f, "Before", before);
@@ -306,7 +318,13 @@ static int report_rollout(FILE *f, struct hf_state *st, const char *id) {
 }
 
 /* An audit document (hubfleet audit --json): versions by host and group, drift highlighted. */
-static int report_audit(FILE *f, json_t *doc) {
+/* The host's name in an audit document ("name"; older documents: "host"). */
+static const char *host_name(const json_t *h) {
+  const char *n = jstr(h, "name");
+  return n[0] ? n : jstr(h, "host");
+}
+
+static int report_audit(FILE *f, json_t *doc, const struct hf_inventory *inv) {
   fprintf(f, page_head, "hubfleet audit");
   fputs("<h1>Audit</h1>\n", f);
   json_t *hosts = json_object_get(doc, "hosts");
@@ -316,16 +334,15 @@ static int report_audit(FILE *f, json_t *doc) {
   json_t *fold = json_object(), *groups = json_object();
   int unreachable = 0;
   json_array_foreach(hosts, i, h) {
-    const char *name = jstr(h, "host");
+    const char *name = host_name(h);
     if (!json_is_true(json_object_get(h, "ok"))) { unreachable++; continue; }
     char key[1024];
     versions_key(json_object_get(json_object_get(h, "facts"), "envs"), key, sizeof key);
     fold_add(fold, key, name);
-    size_t g;
-    json_t *gn;
-    json_array_foreach(json_object_get(h, "groups"), g, gn) {
-      json_t *gf = json_object_get(groups, json_string_value(gn));
-      if (!gf) { gf = json_object(); json_object_set_new(groups, json_string_value(gn), gf); }
+    const struct hf_host *ih = inv ? hf_inv_find(inv, name) : NULL;
+    for (size_t g = 0; ih && g < ih->ngroups; g++) {
+      json_t *gf = json_object_get(groups, ih->groups[g]);
+      if (!gf) { gf = json_object(); json_object_set_new(groups, ih->groups[g], gf); }
       fold_add(gf, key, name);
     }
   }
@@ -335,7 +352,8 @@ static int report_audit(FILE *f, json_t *doc) {
   fold_table(f, "All hosts", fold);
   const char *g;
   json_t *gf;
-  fputs("<h2>By group</h2>\n", f);
+  if (!inv) fputs("<p class=\"meta\">Groups: pass the inventory with -i to see versions by group.</p>\n", f);
+  else fputs("<h2>By group</h2>\n", f);
   json_object_foreach(groups, g, gf) {
     char t[300];
     snprintf(t, sizeof t, "group %s", g);
@@ -353,7 +371,7 @@ static int report_audit(FILE *f, json_t *doc) {
     json_t *facts = json_object_get(h, "facts");
     if (facts) versions_key(json_object_get(facts, "envs"), key, sizeof key);
     fprintf(f, "<tr%s><td>", json_object_size(fold) > 1 ? " class=\"drift\"" : "");
-    esc(f, jstr(h, "host"));
+    esc(f, host_name(h));
     fputs("</td><td>", f);
     esc(f, key);
     fputs("</td><td>", f);
@@ -370,25 +388,28 @@ static int report_audit(FILE *f, json_t *doc) {
 
 static void usage(FILE *f) {
   fputs("usage: hubfleet report [ROLLOUT] -o FILE.html [--state FILE]\n"
-        "       hubfleet report --audit AUDIT.json -o FILE.html\n\n"
+        "       hubfleet report --audit AUDIT.json [-i INVENTORY] -o FILE.html\n\n"
         "Writes one self-contained HTML page (no external assets): for a rollout\n"
         "(default: the latest) a timeline of every host's steps with downtime\n"
         "marked, stage summary, failure budget, versions before and after folded\n"
         "by identical answers, and each failed host's error and last log lines;\n"
         "for an audit document ('hubfleet audit --json' output), versions by host\n"
-        "and group with drift highlighted. The file is written atomically.\n\n"
+        "and group (groups from -i INVENTORY) with drift highlighted. The file is\n"
+        "written atomically.\n\n"
         "Exit codes: 0 written, 2 bad arguments or unknown rollout, 70 error.\n", f);
 }
 
 int hf_cmd_report(int argc, char **argv) {
   static const struct option opts[] = {
     { "output", required_argument, NULL, 'o' }, { "state", required_argument, NULL, 's' },
-    { "audit", required_argument, NULL, 'a' }, { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
-  const char *out = NULL, *state = NULL, *audit = NULL, *id = NULL;
+    { "audit", required_argument, NULL, 'a' }, { "inventory", required_argument, NULL, 'i' },
+    { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
+  const char *out = NULL, *state = NULL, *audit = NULL, *id = NULL, *inv_path = NULL;
   int c;
   optind = 1;
-  while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "o:i:h", opts, NULL)) != -1) {
     switch (c) {
+    case 'i': inv_path = optarg; break;
     case 'o': out = optarg; break;
     case 's': state = optarg; break;
     case 'a': audit = optarg; break;
@@ -409,7 +430,18 @@ int hf_cmd_report(int argc, char **argv) {
     json_error_t je;
     json_t *doc = !strcmp(audit, "-") ? json_loadf(stdin, 0, &je) : json_load_file(audit, 0, &je);
     if (!doc) { fprintf(stderr, "hubfleet report: %s:%d: %s\n", audit, je.line, je.text); rc = HF_EXIT_USAGE; goto out; }
-    r = report_audit(f, doc);
+    struct hf_inventory *inv = NULL;
+    struct hf_inv_error ierr;
+    if (inv_path && hf_inv_load(inv_path, &inv, &ierr) != 0) {
+      char msg[1400];
+      hf_inv_error_format(&ierr, msg, sizeof msg);
+      fprintf(stderr, "hubfleet report: %s\n", msg);
+      json_decref(doc);
+      rc = HF_EXIT_USAGE;
+      goto out;
+    }
+    r = report_audit(f, doc, inv);
+    hf_inv_free(inv);
     json_decref(doc);
     if (r) { fprintf(stderr, "hubfleet report: %s: not an audit document (expected \"hosts\": [...])\n", audit); rc = HF_EXIT_USAGE; goto out; }
   } else {

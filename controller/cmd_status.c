@@ -73,18 +73,18 @@ static void print_rollout(FILE *f, json_t *r, json_t *hosts) {
 static void usage_status(FILE *f) {
   fprintf(f,
     "usage: hubfleet status [ROLLOUT] [--state FILE] [--json] [--steps]\n"
-    "       hubfleet history [--state FILE] [--json]\n\n"
+    "       hubfleet history [--state FILE] [--json | --ids]\n\n"
     "status shows one rollout (default: the latest): per stage and per host, the\n"
     "status, the last step, downtime and error. It reads the state file only and\n"
     "can run while the rollout does. --steps adds every recorded step.\n"
-    "history lists every rollout, newest first.\n\n"
+    "history lists every rollout, newest first (--ids: the ids only).\n\n"
     "Exit codes: 0 shown, 2 bad arguments or no such rollout, 70 state file error.\n");
 }
 
 /* Shared option parsing: returns 0, or an exit code to return. */
-static int parse(int argc, char **argv, const char **state, bool *json, bool *steps, const char **rollout) {
+static int parse(int argc, char **argv, const char **state, bool *json, bool *steps, const char **rollout, bool *ids) {
   static const struct option opts[] = {
-    { "state", required_argument, NULL, 's' }, { "json", no_argument, NULL, 'j' },
+    { "state", required_argument, NULL, 's' }, { "json", no_argument, NULL, 'j' }, { "ids", no_argument, NULL, 'I' },
     { "steps", no_argument, NULL, 'S' }, { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
   int c;
   optind = 1;
@@ -93,6 +93,7 @@ static int parse(int argc, char **argv, const char **state, bool *json, bool *st
     case 's': *state = optarg; break;
     case 'j': *json = true; break;
     case 'S': *steps = true; break;
+    case 'I': *ids = true; break;
     case 'h': usage_status(stdout); return -1;
     default: usage_status(stderr); return HF_EXIT_USAGE;
     }
@@ -105,8 +106,8 @@ static int parse(int argc, char **argv, const char **state, bool *json, bool *st
 
 int hf_cmd_status(int argc, char **argv) {
   const char *state = NULL, *rollout = NULL;
-  bool json = false, steps = false;
-  int r = parse(argc, argv, &state, &json, &steps, &rollout);
+  bool json = false, steps = false, ids = false;
+  int r = parse(argc, argv, &state, &json, &steps, &rollout, &ids);
   if (r) return r < 0 ? 0 : r;
   char err[512], latest[64];
   struct hf_state *st;
@@ -154,14 +155,18 @@ int hf_cmd_status(int argc, char **argv) {
 
 int hf_cmd_history(int argc, char **argv) {
   const char *state = NULL, *rollout = NULL;
-  bool json = false, steps = false;
-  int r = parse(argc, argv, &state, &json, &steps, &rollout);
+  bool json = false, steps = false, ids = false;
+  int r = parse(argc, argv, &state, &json, &steps, &rollout, &ids);
   if (r) return r < 0 ? 0 : r;
   char err[512];
   struct hf_state *st;
   if (hf_state_open(state, &st, err, sizeof err) != 0) { fprintf(stderr, "hubfleet history: %s\n", err); return HF_EXIT_INTERNAL; }
   json_t *list = hf_state_rollout_list(st);
-  if (json) {
+  if (ids) {
+    size_t i;
+    json_t *ro;
+    json_array_foreach(list, i, ro) printf("%s\n", str(ro, "id"));
+  } else if (json) {
     json_dumpf(list, stdout, JSON_INDENT(2));
     fputc('\n', stdout);
   } else {

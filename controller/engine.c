@@ -97,8 +97,11 @@ struct hf_session {
   uv_timer_t timer;
   uv_getaddrinfo_t gai;
   bool gai_active;
-  struct sockaddr_storage addr;
+  struct sockaddr_storage addr; /* the address being tried */
   socklen_t addrlen;
+  struct sockaddr_storage alt[3]; /* further addresses of the name, tried in turn */
+  socklen_t altlen[3];
+  int nalt, alt_idx;
   int fd;                       /* ours until handed to libssh */
   uv_poll_t *poll;              /* one per connection attempt, freed in its close cb */
   int poll_events;
@@ -416,6 +419,7 @@ static void on_timer(uv_timer_t *t) {
 
 /* ---- polling ------------------------------------------------------------ */
 static void retry_later(struct hf_session *s);
+static bool next_address(struct hf_session *s);
 
 static void on_poll(uv_poll_t *p, int status, int events) {
   struct hf_session *s = p->data;
@@ -427,7 +431,9 @@ static void on_poll(uv_poll_t *p, int status, int events) {
     socklen_t sl = sizeof soerr;
     if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0) soerr = EBADF;
     if (soerr == 0) { drive(s); return; }
-    if (s->state == HF_SS_CONNECTING && soerr != ECONNRESET) {
+    if (s->state == HF_SS_CONNECTING && soerr != ECONNRESET && next_address(s)) {
+      return;
+    } else if (s->state == HF_SS_CONNECTING && soerr != ECONNRESET) {
       failf(s, HF_EUNREACH, "%s: connect to %s port %d: %s", s->host->name, s->host->address,
             s->host->port, strerror(soerr));
     } else if ((s->state == HF_SS_CONNECTING || s->state == HF_SS_HANDSHAKE) &&
@@ -499,6 +505,12 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
   }
   memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
   s->addrlen = res->ai_addrlen;
+  s->nalt = s->alt_idx = 0;
+  for (struct addrinfo *ai = res->ai_next; ai && s->nalt < 3; ai = ai->ai_next) {
+    if (ai->ai_addrlen > sizeof s->alt[0]) continue;
+    memcpy(&s->alt[s->nalt], ai->ai_addr, ai->ai_addrlen);
+    s->altlen[s->nalt++] = ai->ai_addrlen;
+  }
   uv_freeaddrinfo(res);
   hs_wait(s);
 }
@@ -569,6 +581,19 @@ static void start_connect(struct hf_session *s) {
   rearm(s);
 }
 
+/* A name with several addresses (IPv6 and IPv4, say): when connecting to
+ * one fails, tries the next. Returns false when none is left. */
+static bool next_address(struct hf_session *s) {
+  if (s->alt_idx >= s->nalt) return false;
+  if (s->poll) { uv_close((uv_handle_t *)s->poll, (uv_close_cb)free); s->poll = NULL; s->poll_events = 0; }
+  if (s->fd >= 0) { close(s->fd); s->fd = -1; }
+  memcpy(&s->addr, &s->alt[s->alt_idx], s->altlen[s->alt_idx]);
+  s->addrlen = s->altlen[s->alt_idx];
+  s->alt_idx++;
+  start_connect(s);
+  return true;
+}
+
 /* ---- per-state handlers: each returns 1 to wait for I/O, 0 to go on ------ */
 
 static int in_connecting(struct hf_session *s) {
@@ -581,6 +606,7 @@ static int in_connecting(struct hf_session *s) {
     retry_later(s);   /* accepted by the kernel, then dropped by sshd */
     return 1;
   }
+  if (soerr && next_address(s)) return 1;
   if (soerr) {
     failf(s, HF_EUNREACH, "%s: connect to %s port %d: %s", s->host->name, s->host->address,
           s->host->port, strerror(soerr));
@@ -1475,6 +1501,10 @@ int hf_engine_find_agent(const char *explicit_path, char *buf, size_t len) {
     if (slash) {
       *slash = 0;
       snprintf(buf, len, "%s/../agent/hubfleet-agent", exe);
+      if (access(buf, R_OK) == 0) return 0;
+      /* installed: PREFIX/bin/hubfleet and PREFIX/libexec/hubfleet/hubfleet-agent,
+       * also when the tree was moved or installed with DESTDIR */
+      snprintf(buf, len, "%s/../libexec/hubfleet/hubfleet-agent", exe);
       if (access(buf, R_OK) == 0) return 0;
     }
   }

@@ -86,6 +86,9 @@ int hf_rules_find(const char *explicit_path, char *buf, size_t len) {
       /* build tree: BUILD/controller/hubfleet; the data file sits in the source tree, copied next to it by meson */
       snprintf(buf, len, "%s/upgrade-rules.json", exe);
       if (access(buf, R_OK) == 0) return 0;
+      /* installed: PREFIX/bin/hubfleet and PREFIX/share/hubfleet/upgrade-rules.json */
+      snprintf(buf, len, "%s/../share/hubfleet/upgrade-rules.json", exe);
+      if (access(buf, R_OK) == 0) return 0;
     }
   }
   snprintf(buf, len, "%s", HF_RULES_INSTALLED_PATH);
