@@ -15,16 +15,20 @@ TUSER=hfctl-test
 THOME=/var/tmp/hfctl-test
 if ! id -u "$TUSER" > /dev/null 2>&1; then
   useradd -M -U -d "$THOME" -s /bin/sh -p '*' "$TUSER" || { echo "cannot create $TUSER"; exit 1; }
+  CREATED_USER=1
 fi
 mkdir -p "$THOME"
 chown "$TUSER:" "$THOME"
 chmod 700 "$THOME"
 CACHE=$THOME/.cache/hubfleet
 PIDS=()
+CREATED_USER=
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  [ -n "${AGENT_PID:-}" ] && kill "$AGENT_PID" 2>/dev/null
   rm -rf "$CACHE"
   rm -rf "$T"
+  if [ -n "$CREATED_USER" ]; then sleep 0.5; userdel "$TUSER" 2>/dev/null; rm -rf "$THOME"; fi
 }
 trap cleanup EXIT
 fails=0
@@ -265,6 +269,25 @@ check "silent sshd: exit 1 (rc=$rc)" [ $rc -eq 1 ]
 check "silent sshd: that host timed out, the 4 others audited" \
   [ "$(jq_ "$T/bh.json" '(d["summary"]["audited"], [f["code"] for f in d["failed"]])')" = "(4, ['timeout'])" ]
 check "silent sshd: within the deadline (${took}s)" [ $took -le 8 ]
+
+# --- 6b. authentication: a refused key is reported and never retried; ----
+# ssh-agent; names resolved through uv_getaddrinfo
+ssh-keygen -q -t ed25519 -N '' -f "$T/wrong"
+sed "s|^ansible_ssh_private_key_file=.*|ansible_ssh_private_key_file=$T/wrong|" "$T/inv1.ini" > "$T/invW.ini"
+"$HUBFLEET" audit -i "$T/invW.ini" --agent "$T/agent-big" --json --stats > "$T/auth.json" 2>/dev/null
+check "refused key: auth error naming the user and what was tried, no retry" \
+  [ "$(jq_ "$T/auth.json" '(d["failed"][0]["code"], "authentication refused for user" in d["failed"][0]["message"], d["stats"]["retries"])')" = "('auth', True, 0)" ]
+eval "$(ssh-agent -s)" > /dev/null
+AGENT_PID=$SSH_AGENT_PID
+ssh-add -q "$T/id" 2> /dev/null
+sed '/^ansible_ssh_private_key_file=/d; s/^ansible_host=127.0.0.1$/ansible_host=localhost/' "$T/inv5.ini" > "$T/invAg.ini"
+sed -i "s/^\[hubs:vars\]$/[hubs:vars]/" "$T/invAg.ini"
+echo "[localhost]:$PORT_A $(cut -d' ' -f1,2 "$T/keyA.pub")" >> "$T/kh"
+HOME=$T/nohome "$HUBFLEET" audit -i "$T/invAg.ini" --agent "$T/agent-big" --json > "$T/agentauth.json" 2> "$T/agentauth.err"
+rc=$?
+check "ssh-agent auth and a resolved host name (localhost): audited (rc=$rc)" \
+  [ "$(jq_ "$T/agentauth.json" 'd["summary"]["audited"]')" = 5 -a $rc -eq 0 ]
+kill "$AGENT_PID" 2>/dev/null; unset SSH_AUTH_SOCK AGENT_PID
 
 # --- 7. ProxyJump: hosts on sshd B reached through sshd A as the bastion ----
 {
