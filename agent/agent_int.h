@@ -215,8 +215,14 @@ struct hf_req {
   const char   *rollout;      /* borrowed; NULL when absent */
   const char   *target;       /* borrowed; NULL when absent */
   int64_t       timeout_ms;   /* args.timeout_ms or the op's default */
+  int64_t       deadline_ms;  /* hf__now_ms() when the op started + timeout_ms */
   char          msg[4096];    /* message of an error result */
 };
+
+/* Milliseconds left before the request's deadline, at least 1000: every
+ * sub-step of an op (stop, install, start, health inside a rollback) shares
+ * the one deadline the caller gave, and the last one still gets a chance. */
+int64_t hf__left_ms(const struct hf_req *r);
 
 /* Sends one frame (msg stolen). Errors mark the output dead and are dropped:
  * the step goes on to journal its outcome even when the controller is gone. */

@@ -325,7 +325,7 @@ static int svc_wait(struct hf_req *r, bool want, int64_t deadline, char *state, 
 int hf__svc_stop(struct hf_req *r, bool *was_running) {
   struct hf_argv a;
   char state[64];
-  int64_t deadline = hf__now_ms() + r->timeout_ms;
+  int64_t deadline = hf__now_ms() + hf__left_ms(r);
   int rc;
 
   if ((rc = hf__svc_status(r, was_running, state, sizeof state)) != 0) return rc;
@@ -333,7 +333,7 @@ int hf__svc_stop(struct hf_req *r, bool *was_running) {
    * a reinstall would start a half-installed hub, so it is stopped too. */
   if (!*was_running && strcmp(state, "BACKOFF") != 0) return 0;
   if ((rc = svc_argv(r, &a, "stop")) != 0) return rc;
-  rc = hf__cmd(r, &a, NULL, NULL, r->timeout_ms, "stop", false, NULL);
+  rc = hf__cmd(r, &a, NULL, NULL, hf__left_ms(r), "stop", false, NULL);
   hf_argv_free(&a);
   if (rc != 0 && rc != HF_ECMD) return rc;
   /* A failed stop command may still have stopped it (or it was already
@@ -349,13 +349,13 @@ int hf__svc_stop(struct hf_req *r, bool *was_running) {
 int hf__svc_start(struct hf_req *r, bool *was_running) {
   struct hf_argv a;
   char state[64];
-  int64_t deadline = hf__now_ms() + r->timeout_ms;
+  int64_t deadline = hf__now_ms() + hf__left_ms(r);
   int rc;
 
   if ((rc = hf__svc_status(r, was_running, state, sizeof state)) != 0) return rc;
   if (*was_running) return 0;
   if ((rc = svc_argv(r, &a, "start")) != 0) return rc;
-  rc = hf__cmd(r, &a, NULL, NULL, r->timeout_ms, "start", false, NULL);
+  rc = hf__cmd(r, &a, NULL, NULL, hf__left_ms(r), "start", false, NULL);
   hf_argv_free(&a);
   if (rc != 0) {
     char keep[sizeof r->msg];

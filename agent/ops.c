@@ -17,6 +17,11 @@
 
 /* ---- small helpers ------------------------------------------------------------------- */
 
+int64_t hf__left_ms(const struct hf_req *r) {
+  int64_t left = r->deadline_ms - hf__now_ms();
+  return left > 1000 ? left : 1000;
+}
+
 static int64_t cpu_us(void) {
   return hf__cpu_us();
 }
@@ -413,7 +418,7 @@ static int op_preflight(struct hf_req *r, json_t *data) {
     hf_argv_pushf(&a, "jupyterhub==%s", r->target);
     for (k = 0; k < json_array_size(r->hub.extra_packages); k++)
       hf_argv_push(&a, json_string_value(json_array_get(r->hub.extra_packages, k)));
-    rc = hf__cmd(r, &a, NULL, NULL, r->timeout_ms, "preflight", true, NULL);
+    rc = hf__cmd(r, &a, NULL, NULL, hf__left_ms(r), "preflight", true, NULL);
     hf_argv_free(&a);
     if (rc != 0) check(r, checks, name, "refuse", "jupyterhub==%s is not installable: %s", r->target, r->msg);
     else check(r, checks, name, "pass", "pip can install jupyterhub==%s", r->target);
@@ -552,7 +557,7 @@ static int op_backup(struct hf_req *r, json_t *data) {
     hf_argv_init(&a);
     for (k = 0; k < json_array_size(r->hub.db_dump); k++) hf_argv_push(&a, json_string_value(json_array_get(r->hub.db_dump, k)));
     memset(&run, 0, sizeof run);
-    run.argv = a.v; run.stdout_fd = fd; run.timeout_ms = r->timeout_ms;
+    run.argv = a.v; run.stdout_fd = fd; run.timeout_ms = hf__left_ms(r);
     rc = hf_argv_error(&a) ? hf_argv_error(&a) : hf_run_exec(&run);
     if (rc == 0 && fsync(fd) != 0) rc = HF_EIO;
     close(fd);
@@ -588,7 +593,7 @@ static int op_backup(struct hf_req *r, json_t *data) {
     hf_argv_push(&a, "--");
     for (k = 0; k < json_array_size(r->hub.backup_homes); k++)
       hf_argv_push(&a, json_string_value(json_array_get(r->hub.backup_homes, k)) + 1);
-    rc = hf__cmd(r, &a, NULL, NULL, r->timeout_ms, "backup", false, NULL);
+    rc = hf__cmd(r, &a, NULL, NULL, hf__left_ms(r), "backup", false, NULL);
     hf_argv_free(&a);
     if (rc != 0) goto fail;
     json_object_set_new(bk, "homes_file", json_string(tar));
@@ -694,7 +699,7 @@ static int install_envs(struct hf_req *r, const char *step, json_t *want, json_t
       if (strcmp(vers[k], json_string_value(json_object_get(pins, names[k]))) != 0) same = false;
     if (!same) {
       hf__event(r, "info", "%s: %s environment %s", step, es->role[i], e->prefix);
-      if ((rc = env_install(r, e, pinv, n, r->timeout_ms)) != 0) break;
+      if ((rc = env_install(r, e, pinv, n, hf__left_ms(r))) != 0) break;
       /* Trust the files, not the installer's exit code. */
       hf_env_inspect(e->prefix, r->hub.installer, e);
       hf_env_versions(e, names, n, vers);
@@ -781,7 +786,7 @@ static int op_migrate(struct hf_req *r, json_t *data) {
   hf_argv_push(&a, "upgrade-db");
   hf_argv_pushf(&a, "--config=%s", r->hub.config);
   /* In the config's directory: relative paths in the config resolve as the hub sees them. */
-  rc = hf__cmd(r, &a, r->hub.config_dir, bin, r->timeout_ms, "migrate", false, NULL);
+  rc = hf__cmd(r, &a, r->hub.config_dir, bin, hf__left_ms(r), "migrate", false, NULL);
   hf_argv_free(&a);
   if (rc != 0) return fail_step(r, "migrate", rc);
   if (r->hub.sqlite && hf_db_info(r->hub.db_path, after, sizeof after, &users, err, sizeof err) != 0) {
@@ -980,7 +985,7 @@ tail:
 }
 
 static int op_health(struct hf_req *r, json_t *data) {
-  int rc = wait_healthy(r, r->target, r->timeout_ms, start_log_offset(r), data);
+  int rc = wait_healthy(r, r->target, hf__left_ms(r), start_log_offset(r), data);
   size_t k;
   for (k = 0; k < json_array_size(json_object_get(data, "log_errors")); k++)
     hf__event(r, "warn", "hub log: %s", json_string_value(json_array_get(json_object_get(data, "log_errors"), k)));
@@ -1112,7 +1117,7 @@ static int op_rollback(struct hf_req *r, json_t *data) {
     if ((rc = hf__svc_start(r, &was)) != 0) goto fail;
     if (oldver != NULL) {
       hdata = json_object();
-      if ((rc = wait_healthy(r, oldver, r->timeout_ms, off < 0 ? 0 : off, hdata)) != 0) goto fail;
+      if ((rc = wait_healthy(r, oldver, hf__left_ms(r), off < 0 ? 0 : off, hdata)) != 0) goto fail;
       json_object_set(data, "api_version", json_object_get(hdata, "api_version"));
     }
   }
@@ -1221,7 +1226,7 @@ static const struct op_entry ops[] = {
  * op's timeout for the other agent to finish its step. */
 static int host_lock(struct hf_req *r, int *fdp) {
   char path[PATH_MAX], pid[32];
-  int64_t deadline = hf__now_ms() + r->timeout_ms;
+  int64_t deadline = hf__now_ms() + hf__left_ms(r);
   bool told = false;
   int fd;
   struct stat st;
@@ -1288,6 +1293,7 @@ int hf__op_dispatch(struct hf_req *r, json_t **data) {
   to = json_object_get(r->args, "timeout_ms");
   r->timeout_ms = json_is_integer(to) && json_integer_value(to) > 0 ? json_integer_value(to) : e->default_timeout_ms;
   if (r->timeout_ms > 24 * 3600 * 1000) r->timeout_ms = 24 * 3600 * 1000;
+  r->deadline_ms = hf__now_ms() + r->timeout_ms;
   if ((*data = json_object()) == NULL) return HF_ENOMEM;
   if (e->changes) {
     /* Who does the work: lets an operator (or a test) find this process. */

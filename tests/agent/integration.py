@@ -361,11 +361,19 @@ def main():
     check(cpu and max(cpu) < 5000, 'f: facts takes < 5 ms of agent CPU on scale hosts')
 
 
+def on_signal(signum, frame):
+    # meson's timeout sends SIGTERM: turn it into an exception so the
+    # fleet is still torn down in the finally below.
+    raise SystemExit('killed by signal %d' % signum)
+
+
 if __name__ == '__main__':
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     rc = 0
     try:
         main()
-    except Exception as e:  # report, then tear down
+    except (Exception, SystemExit) as e:  # report, then tear down
         import traceback
         traceback.print_exc()
         failures.append('exception: %r' % e)
