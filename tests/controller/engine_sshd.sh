@@ -28,7 +28,17 @@ cleanup() {
   [ -n "${AGENT_PID:-}" ] && kill "$AGENT_PID" 2>/dev/null
   rm -rf "$CACHE"
   rm -rf "$T"
-  if [ -n "$CREATED_USER" ]; then sleep 0.5; userdel "$TUSER" 2>/dev/null; rm -rf "$THOME"; fi
+  if [ -n "$CREATED_USER" ]; then
+    # Leftovers of killed sessions run as the test user: stop them by pid.
+    for _ in $(seq 20); do
+      left=$(ps -o pid= -u "$TUSER" 2>/dev/null)
+      [ -z "$left" ] && break
+      kill $left 2>/dev/null
+      sleep 0.25
+    done
+    userdel "$TUSER" 2>/dev/null || echo "note: could not remove user $TUSER"
+    rm -rf "$THOME"
+  fi
 }
 trap cleanup EXIT
 fails=0
