@@ -61,7 +61,7 @@ struct hf_run {
   const char  *cwd;         /* borrowed; NULL = inherit */
   const char  *path_prefix; /* borrowed; directory put first on the child's PATH, or NULL */
   int64_t      timeout_ms;  /* > 0: SIGTERM to the child's group at the deadline, SIGKILL 3 s later */
-  int          stdout_fd;   /* >= 0: the child's stdout goes there and is not captured */
+  int          stdout_fd;   /* > 0: the child's stdout goes there and is not captured (0 or -1: captured; fd 0 is the protocol's input, never a target) */
   hf_line_cb   on_line;     /* may be NULL */
   void        *ud;
   size_t       keep_max;    /* tail bytes of output kept in out (0 = 16 KiB) */

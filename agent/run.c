@@ -110,7 +110,7 @@ static void child(const struct hf_run *r, int out_w, int err_w, int exec_w, char
   signal(SIGHUP, SIG_DFL);
   devnull = open("/dev/null", O_RDONLY);
   if (devnull >= 0) { dup2(devnull, 0); close(devnull); }
-  dup2(r->stdout_fd >= 0 ? r->stdout_fd : out_w, 1);
+  dup2(r->stdout_fd > 0 ? r->stdout_fd : out_w, 1);
   dup2(err_w, 2);
   if (r->cwd != NULL && chdir(r->cwd) != 0) goto fail;
   execve(r->argv[0], r->argv, envp);
