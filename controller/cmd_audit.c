@@ -55,6 +55,7 @@ struct audit_run {
   uv_timer_t progress;
   bool tty;
   unsigned timeout_ms;
+  int parallel;
 };
 
 struct host_ctx { struct audit_run *run; size_t idx; };
@@ -108,8 +109,9 @@ static void on_ready(struct hf_session *s, int status, void *ctx) {
 
 static void on_progress(uv_timer_t *t) {
   struct audit_run *r = t->data;
-  fprintf(stderr, "\r\033[Kaudit: %zu/%zu hosts done, %zu failed, %d in flight",
-          r->done, r->nhosts, r->failed, r->inflight);
+  int active = r->inflight < r->parallel ? r->inflight : r->parallel;
+  fprintf(stderr, "\r\033[Kaudit: %zu/%zu hosts done, %zu failed, %d in progress, %d waiting",
+          r->done, r->nhosts, r->failed, active, r->inflight - active);
   fflush(stderr);
 }
 
@@ -178,6 +180,7 @@ int hf_cmd_audit(int argc, char **argv) {
 
   struct audit_run r = { 0 };
   r.timeout_ms = eo.timeout_ms;
+  r.parallel = eo.parallel > 0 ? eo.parallel : 50;
   struct hf_inv_error ierr;
   if (hf_inv_load(inv_path, &r.inv, &ierr) < 0) {
     char buf[1400];
