@@ -652,17 +652,67 @@ static int op_stop(struct hf_req *r, json_t *data) {
   return 0;
 }
 
+static void scan_log(const char *path, int64_t offset, json_t *errors, json_t *deprecations);
+
+/* After the supervisor says "running": waits until the hub answers HTTP at
+ * its health URL (any status; health judges it), so that "started" means
+ * something a user could reach. Fails early when the hub's log shows it
+ * crashed, or its supervisor says it is gone. */
+static int wait_answering(struct hf_req *r, int64_t log_offset, int64_t *ms) {
+  int64_t t0 = hf__now_ms(), next_check = t0 + 2000;
+  for (;;) {
+    struct hf_http_resp resp;
+    int rc = hf_http_get(r->hub.health_url, "/hub/health", 1000, &resp);
+    hf_http_resp_free(&resp);
+    *ms = hf__now_ms() - t0;
+    if (rc == 0) return 0;
+    if (hf__now_ms() >= r->deadline_ms) {
+      snprintf(r->msg, sizeof r->msg, "hub started but did not answer at %s within %lld ms (%s)", r->hub.health_url,
+               (long long)*ms, hf_err_code(rc));
+      return HF_ETIMEDOUT;
+    }
+    if (hf__now_ms() >= next_check) {
+      json_t *errs = json_array(), *deps = json_array();
+      char state[64];
+      bool running = true;
+      size_t k;
+      scan_log(r->hub.hub_log, log_offset, errs, deps);
+      for (k = 0; k < json_array_size(errs); k++) {
+        const char *l = json_string_value(json_array_get(errs, k));
+        if (strstr(l, "Traceback") || strncmp(l, "[C ", 3) == 0) running = false;
+      }
+      if (running && r->hub.svc != HF_SVC_COMMAND && hf__svc_status(r, &running, state, sizeof state) != 0)
+        running = true; /* cannot tell: keep waiting until the deadline */
+      if (!running) {
+        const char *last = json_string_value(json_array_get(errs, json_array_size(errs) - 1));
+        snprintf(r->msg, sizeof r->msg, "hub crashed while starting%s%s", last ? ": " : "", last ? last : "");
+        json_decref(errs);
+        json_decref(deps);
+        return HF_ECMD;
+      }
+      json_decref(errs);
+      json_decref(deps);
+      r->msg[0] = '\0';
+      next_check = hf__now_ms() + 2000;
+    }
+    usleep(150000);
+  }
+}
+
 static int op_start(struct hf_req *r, json_t *data) {
   bool was;
-  int64_t off = file_size(r->hub.hub_log);
+  int64_t off = file_size(r->hub.hub_log), ms = 0;
   json_t *det = json_object();
   int rc;
   /* Health scans the log from here: what this start wrote. */
   json_object_set_new(det, "log_offset", json_integer(off < 0 ? 0 : off));
   if ((rc = jrec(r, "start", "begin", det)) != 0) return rc;
   if ((rc = hf__svc_start(r, &was)) != 0) return fail_step(r, "start", rc);
+  if ((rc = wait_answering(r, off < 0 ? 0 : off, &ms)) != 0) return fail_step(r, "start", rc);
   det = json_object();
   json_object_set_new(det, "was_running", json_boolean(was));
+  json_object_set_new(det, "answering_after_ms", json_integer(ms));
+  json_object_set_new(data, "answering_after_ms", json_integer(ms));
   if ((rc = jrec(r, "start", "done", det)) != 0) return rc;
   json_object_set_new(data, "running", json_true());
   json_object_set_new(data, "was_running", json_boolean(was));
