@@ -1,0 +1,95 @@
+# tests/upgrade/lib.sh: sourced by the upgrade integration tests.  Brings up a
+# private fleet of 8 hubs (tests/fleet/lib.sh tears it down on exit, whatever
+# happened), and gives helpers that read the truth without hubfleet: the
+# envs' dist-info, the sqlite files, /hub/api from inside each namespace, the
+# agents' journals, the hub processes' start times.
+# usage (from a test): . lib.sh HUBFLEET AGENT
+HUBFLEET=${1:-${HUBFLEET:-}}
+AGENT=${2:-${HUBFLEET_AGENT:-}}
+HERE_UP=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [ -z "$HUBFLEET" ] || [ -z "$AGENT" ]; then
+  HUBFLEET=${HUBFLEET:-$HERE_UP/../../build/controller/hubfleet}
+  AGENT=${AGENT:-$HERE_UP/../../build/agent/hubfleet-agent}
+fi
+HUBFLEET=$(realpath "$HUBFLEET"); AGENT=$(realpath "$AGENT")
+export HUBFLEET_AGENT=$AGENT
+. "$HERE_UP/../fleet/lib.sh"
+set +e +o pipefail   # every step is checked explicitly
+CHECK="$PY $HERE_UP/check.py"
+NHUBS=${HF_TEST_HUBS:-8}
+
+# up_fleet: the fleet, its inventory and a private state file.
+up_fleet() {
+  step "fleet up --hubs $NHUBS (fleet $HF_TEST_ID)"
+  fleet up --hubs "$NHUBS" > /dev/null || { echo "FAIL - fleet up"; exit 1; }
+  W=$(fleet path state)/upgrade-test
+  mkdir -p "$W"
+  export XDG_STATE_HOME=$W/xdg     # never the operator's own state
+  STATE=$W/state.db
+  INV=$W/inv.ini
+  fleet inventory > "$INV"
+  fleet inventory --json > "$W/inv.json"
+  mapfile -t HUBLIST < <(hosts_of hubs)
+  ver() { fleet versions --long | awk -v k="$1" '$1 == k { print $2 }'; }
+  rev() { fleet versions --long | awk -v k="$1" '$1 == k { print $3 }'; }
+  BASE=$(ver baseline); BASEREV=$(rev baseline)
+  NEW=$(ver newer); NEWREV=$(rev newer)
+  BADSTART=$(ver bad-start); BADHEALTH=$(ver bad-health)
+  check "fleet has $NHUBS hubs" test "${#HUBLIST[@]}" -eq "$NHUBS"
+}
+
+hf() { "$HUBFLEET" "$@"; }
+# jq_ FILE EXPR: a python expression over the JSON document d
+jq_() { $PY -c "import json,sys; d=json.load(open(sys.argv[1])); r=eval(sys.argv[2]); print(json.dumps(r) if isinstance(r,(dict,list)) else r)" "$@"; }
+
+# api HOST: /hub/api as seen from inside the host's own namespace
+api() {
+  local url
+  url=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["_meta"]["hostvars"][sys.argv[2]]["hubfleet_health_url"])' "$W/inv.json" "$1")
+  fleet exec "$1" -- curl -sf -m 5 --noproxy '*' "$url/hub/api"
+}
+health_code() {
+  local url
+  url=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["_meta"]["hostvars"][sys.argv[2]]["hubfleet_health_url"])' "$W/inv.json" "$1")
+  fleet exec "$1" -- curl -s -m 5 --noproxy '*' -o /dev/null -w '%{http_code}' "$url/hub/health"
+}
+api_is() { [ "$(api "$1" 2>/dev/null)" = "{\"version\": \"$2\"}" ]; }
+healthy_on() { api_is "$1" "$2" && [ "$(health_code "$1")" = 200 ]; }
+
+# truth: $W/truth.json, per hub, read from disk (see check.py)
+truth() { $CHECK truth "$W/inv.json" > "$W/truth.json"; }
+# on_disk HOST VERSION REV: both envs hold exactly VERSION, the db is at REV and holds its users
+on_disk() {
+  $PY - "$W/truth.json" "$@" <<'EOF'
+import json, sys
+t = json.load(open(sys.argv[1]))[sys.argv[2]]
+want, rev = sys.argv[3], sys.argv[4]
+ok = t["hub"] == [want] and t["user"] and all(u == [want] for u in t["user"]) \
+     and t.get("alembic") == rev and t.get("users", 0) >= 3
+if not ok:
+    print("%s on disk: %s" % (sys.argv[2], json.dumps(t)), file=sys.stderr)
+sys.exit(0 if ok else 1)
+EOF
+}
+# journal HOST ROLLOUT: the agent journal's records as JSON
+journal() { $CHECK journal "$W/inv.json" "$1" "$2"; }
+journal_empty() { [ "$(journal "$1" "$2")" = "[]" ]; }
+
+# hub_proc HOST: "PID STARTTIME" of the hub process (supervisord's child)
+hub_proc() {
+  local conf pid
+  conf=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["_meta"]["hostvars"][sys.argv[2]]["hubfleet_supervisor_config"])' "$W/inv.json" "$1")
+  pid=$(fleet ssh "$1" -- supervisorctl -c "$conf" pid jupyterhub 2>/dev/null)
+  case $pid in ''|*[!0-9]*|0) echo "none"; return ;; esac
+  echo "$pid $(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$pid/stat" 2>/dev/null)"
+}
+procs_snapshot() { for h in "${HUBLIST[@]}"; do echo "$h $(hub_proc "$h")"; done; }
+
+# status_json [ROLLOUT] > FILE
+status_json() { hf status --state "$STATE" --json "$@"; }
+host_status() { jq_ "$1" "[h['status'] for h in d['hosts'] if h['host']=='$2'][0]"; }
+
+finish() {
+  echo "# $fails failure(s)"
+  [ "$fails" -eq 0 ]
+}
