@@ -559,8 +559,15 @@ static void start_connect(struct hf_session *s) {
   else ((struct sockaddr_in6 *)&s->addr)->sin6_port = htons((uint16_t)s->host->port);
   int fd = socket(s->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) { failf(s, HF_EIO, "%s: socket: %s", s->host->name, strerror(errno)); return; }
-  int one = 1;
+  int one = 1, idle = 20, intvl = 5, cnt = 3;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  /* A session may sit idle between requests (a rollout's soak): kernel
+   * keepalives turn a dead link into a socket error within ~35 s, which
+   * fails the session and fires its lost callback. */
+  setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
   s->fd = fd;
   set_state(s, HF_SS_CONNECTING);
   if (connect(fd, (struct sockaddr *)&s->addr, s->addrlen) < 0 && errno != EINPROGRESS) {

@@ -13,8 +13,10 @@
  *   to on_event, then exactly one on_result.
  *   hf_session_close() when done (always, also after a failure); the session
  *   is freed after its close callback.
- * A connection lost while idle fires cbs.lost once; the session stays
- * failed until closed. To reconnect, close it and open a new one.
+ * A connection lost while idle fires cbs.lost once (the agent exited, the
+ * peer closed, or TCP keepalives found the link dead: within ~35 s); the
+ * session stays failed until closed. To reconnect, close it and open a new
+ * one.
  *
  * libuv contract: a call that returns an error never fires its callback.
  * Callbacks are never called from inside the call that starts them

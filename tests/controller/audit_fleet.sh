@@ -4,8 +4,8 @@
 # hosts against their trees on disk, default MaxStartups with 500 hosts at
 # --parallel 200, changed and unknown host keys, links cut before and during
 # the audit, an upload cut by a link cut and by killed sessions.
-# usage: audit_fleet.sh HUBFLEET AGENT
-HUBFLEET=$1 AGENT=$2
+# usage: audit_fleet.sh HUBFLEET AGENT SESSION_CYCLE
+HUBFLEET=$1 AGENT=$2 CYCLE=${3:-}
 export HF_TEST_ID=${HF_TEST_ID:-ct}
 . "$(dirname "$0")/../fleet/lib.sh"
 set +e +o pipefail   # every step is checked explicitly below
@@ -154,6 +154,24 @@ check "killed sessions: no runnable agent left on hub02" not fleet ssh hub02 -- 
 "$HUBFLEET" audit -i "$W/inv.ini" --limit hub02 --agent "$W/agent-big" --json --stats > "$W/rekill.json" 2>/dev/null
 check "after the kill: the next audit uploads again and works" \
   test "$(jq_ "$W/rekill.json" '(d["summary"]["audited"], d["stats"]["uploads"])')" = "(1, 1)"
+
+if [ -n "$CYCLE" ]; then
+  step "engine API: two requests on one agent, link dies while idle, reconnect"
+  "$CYCLE" "$W/inv.ini" hub01 "$AGENT" > "$W/cycle.out" 2> "$W/cycle.err" &
+  cpid=$!
+  wait_for 60 grep -q '^IDLE' "$W/cycle.out"
+  fleet fault cut hub01
+  wait_for 90 grep -q '^LOST' "$W/cycle.out"
+  fleet fault restore hub01
+  wait $cpid
+  rc=$?
+  cat "$W/cycle.out"
+  check "session cycle: exit 0 (rc=$rc)" test $rc -eq 0
+  check "session cycle: two results in sequence on one session" grep -q '^RESULT 2 ' "$W/cycle.out"
+  check "session cycle: the dead link reported through the lost callback" grep -q '^LOST ' "$W/cycle.out"
+  check "session cycle: a new session after the restore answers" grep -q '^RECONNECTED' "$W/cycle.out"
+  check "session cycle: the loop closed clean" grep -q '^LOOP-CLOSE 0' "$W/cycle.out"
+fi
 
 echo "# $fails failure(s)"
 [ "$fails" -eq 0 ]
