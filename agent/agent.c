@@ -44,8 +44,21 @@ static int write_all(int fd, const char *p, size_t n) {
 static void send_frame(int fd, bool *dead, json_t *msg) {
   char *buf = NULL;
   size_t len = 0;
+  int rc;
   if (msg == NULL) return;
-  if (!*dead && hf_frame_encode(msg, &buf, &len) == 0 && write_all(fd, buf, len) != 0) *dead = true;
+  if (*dead) { json_decref(msg); return; }
+  rc = hf_frame_encode(msg, &buf, &len);
+  if (rc != 0 && strcmp(json_string_value(json_object_get(msg, "type")) ?: "", "result") == 0) {
+    /* A result must always arrive, or the controller waits for nothing:
+     * one too big to frame becomes an error result. */
+    json_t *e = hf_msg_result_err((uint64_t)json_integer_value(json_object_get(msg, "id")), rc,
+                                  "the result is larger than the protocol's frame limit");
+    free(buf);
+    buf = NULL;
+    rc = e ? hf_frame_encode(e, &buf, &len) : HF_ENOMEM;
+    json_decref(e);
+  }
+  if (rc == 0 && write_all(fd, buf, len) != 0) *dead = true;
   free(buf);
   json_decref(msg);
 }

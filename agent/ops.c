@@ -661,14 +661,15 @@ static void scan_log(const char *path, int64_t offset, json_t *errors, json_t *d
 static int wait_answering(struct hf_req *r, int64_t log_offset, int64_t *ms) {
   int64_t t0 = hf__now_ms(), next_check = t0 + 2000;
   for (;;) {
-    struct hf_http_resp resp;
-    int rc = hf_http_get(r->hub.health_url, "/hub/health", 1000, &resp);
-    hf_http_resp_free(&resp);
+    int st = 0;
+    /* The hub's own API, not just its proxy (which answers 503 for a hub
+     * that is not registered yet). */
+    json_t *v = api_version(r->hub.health_url, 1000, &st);
     *ms = hf__now_ms() - t0;
-    if (rc == 0) return 0;
+    if (v != NULL) { json_decref(v); return 0; }
     if (hf__now_ms() >= r->deadline_ms) {
-      snprintf(r->msg, sizeof r->msg, "hub started but did not answer at %s within %lld ms (%s)", r->hub.health_url,
-               (long long)*ms, hf_err_code(rc));
+      snprintf(r->msg, sizeof r->msg, "hub started but its API did not answer at %s within %lld ms (last: %s%d)",
+               r->hub.health_url, (long long)*ms, st > 0 ? "HTTP " : "", st);
       return HF_ETIMEDOUT;
     }
     if (hf__now_ms() >= next_check) {
@@ -1042,7 +1043,17 @@ static int op_health(struct hf_req *r, json_t *data) {
   for (k = 0; k < json_array_size(json_object_get(data, "deprecations")); k++)
     hf__event(r, "info", "hub log deprecation: %s", json_string_value(json_array_get(json_object_get(data, "deprecations"), k)));
   if (r->rollout) {
-    json_t *det = json_deep_copy(data);
+    /* The journal keeps the verdict and a few lines, not the whole scan. */
+    json_t *det = json_deep_copy(data), *a;
+    if ((a = json_object_get(det, "log_errors")) != NULL) {
+      json_object_set_new(det, "log_error_count", json_integer((json_int_t)json_array_size(a)));
+      while (json_array_size(a) > 5) json_array_remove(a, 0);
+    }
+    if ((a = json_object_get(det, "deprecations")) != NULL) {
+      json_object_set_new(det, "deprecation_count", json_integer((json_int_t)json_array_size(a)));
+      while (json_array_size(a) > 5) json_array_remove(a, 5);
+    }
+    if (rc != 0) json_object_set_new(det, "error", json_string(r->msg));
     int jr = jrec(r, "health", rc == 0 ? "done" : "failed", det);
     if (jr != 0 && rc == 0) rc = jr;
   }
@@ -1216,7 +1227,11 @@ static int op_journal(struct hf_req *r, json_t *data) {
     snprintf(r->msg, sizeof r->msg, "journal %s/journal-%s is damaged or unreadable", r->hub.state_dir, r->rollout);
     return HF_EJOURNAL;
   }
-  for (i = 0; i < json_array_size(recs); i++) {
+  /* Bounded answer: the newest 500 records (a journal is tens of records;
+   * a loop of retries must not make the result unframeable). */
+  i = json_array_size(recs) > 500 ? json_array_size(recs) - 500 : 0;
+  json_object_set_new(data, "records_skipped", json_integer((json_int_t)i));
+  for (; i < json_array_size(recs); i++) {
     json_t *rec = json_array_get(recs, i), *s = json_object();
     json_object_set(s, "step", json_object_get(rec, "step"));
     json_object_set(s, "state", json_object_get(rec, "state"));

@@ -152,7 +152,8 @@ def upgrade(host, agent, rollout, target, twice=False):
             res2, ev2 = req(agent, op, **step_args(host, rollout, target, op))
             after = state(host, agent)
             check(ok(res2), 'a/d: %s run twice succeeds' % op)
-            check(before == after, 'a/d: %s run twice leaves the same end state' % op)
+            check(before == after, 'a/d: %s run twice leaves the same end state%s'
+                  % (op, '' if before == after else ' (%s / %s)' % (before, after)))
             if op == 'install':
                 ran = [e for e in ev2 if ': run ' in (e.get('text') or '')]
                 check(not ran, 'a/d: second install runs no installer')
