@@ -97,8 +97,15 @@ static void timeline(FILE *f, json_t *hosts, json_t *steps, int64_t t0) {
     int y = top + (int)k * row_h;
     fprintf(f, "<g class=\"host-row\" data-host=\"");
     esc(f, name);
-    fprintf(f, "\" data-status=\"%s\">\n<text x=\"4\" y=\"%d\">", jstr(h, "status"), y + 17);
+    fprintf(f, "\" data-status=\"%s\">\n<text x=\"4\" y=\"%d\"><title>", jstr(h, "status"), y + 17);
     esc(f, name);
+    fputs("</title>", f);
+    /* long names are cut to the label column (whole UTF-8 characters); the title holds all of it */
+    size_t cut = 0, chars = 0;
+    while (name[cut] && chars < 24) { cut++; while (((unsigned char)name[cut] & 0xC0) == 0x80) cut++; chars++; }
+    char label[128];
+    snprintf(label, sizeof label, "%.*s%s", (int)(cut < 100 ? cut : 100), name, name[cut] ? "…" : "");
+    esc(f, label);
     fputs("</text>\n", f);
     int64_t stop_at = 0, up_at = 0;
     json_array_foreach(steps, i, s) {

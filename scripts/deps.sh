@@ -5,7 +5,7 @@ HF_PACKAGES="build-essential pkgconf meson ninja-build file
   clang libclang-rt-14-dev valgrind
   openssh-server openssh-client sudo iproute2 procps psmisc curl
   supervisor jupyterhub node-configurable-http-proxy python3-venv python3-pip python3-wheel python3-setuptools python3-packaging
-  ansible-core pdsh time"
+  ansible-core pdsh time chromium prometheus"
 
 hf_deps() {
   local missing=() p
