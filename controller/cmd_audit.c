@@ -11,6 +11,7 @@
 #include "hf_controller.h"
 #include "hf_engine.h"
 #include "hf_audit.h"
+#include "hf_prom.h"
 #include "hf_ctl_util.h"
 
 static const char usage_text[] =
@@ -30,6 +31,7 @@ static const char usage_text[] =
   "  -t, --timeout SECONDS    deadline of each phase: connect, handshake, agent start, facts (default 15)\n"
   "      --expect VERSION     exit 1 unless every environment of every host runs VERSION\n"
   "      --json               one JSON document on stdout instead of the table\n"
+  "      --prometheus FILE    also write node_exporter textfile metrics to FILE (atomically)\n"
   "      --accept-new         trust and record unknown host keys (never changed ones)\n"
   "      --known-hosts FILE   known_hosts for hosts without hubfleet_known_hosts\n"
   "                           (default ~/.ssh/known_hosts)\n"
@@ -126,6 +128,7 @@ int hf_cmd_audit(int argc, char **argv) {
     { "timeout", required_argument, NULL, 't' },
     { "expect", required_argument, NULL, 'e' },
     { "json", no_argument, NULL, 'j' },
+    { "prometheus", required_argument, NULL, 'P' },
     { "accept-new", no_argument, NULL, 'a' },
     { "known-hosts", required_argument, NULL, 'k' },
     { "agent", required_argument, NULL, 'A' },
@@ -134,7 +137,7 @@ int hf_cmd_audit(int argc, char **argv) {
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
-  const char *inv_path = NULL, *limit = NULL, *expect = NULL, *agent_opt = NULL;
+  const char *inv_path = NULL, *limit = NULL, *expect = NULL, *agent_opt = NULL, *prom_path = NULL;
   struct hf_engine_opts eo = { .max_retries = -1 };
   bool json_out = false, stats = false;
   long v, timeout_s = 15;
@@ -157,6 +160,7 @@ int hf_cmd_audit(int argc, char **argv) {
       expect = optarg;
       break;
     case 'j': json_out = true; break;
+    case 'P': prom_path = optarg; break;
     case 'a': eo.accept_new = true; break;
     case 'k': eo.known_hosts = optarg; break;
     case 'A': agent_opt = optarg; break;
@@ -275,6 +279,13 @@ int hf_cmd_audit(int argc, char **argv) {
         "uploads", (json_int_t)st.uploads, "upload_bytes", (json_int_t)st.upload_bytes,
         "reused", (json_int_t)st.reused, "maxrss_kb", (json_int_t)st.maxrss_kb,
         "peak_handshakes", st.peak_handshakes, "deferred", (json_int_t)st.deferred));
+  }
+  if (prom_path) {
+    char perr[512];
+    if (hf_prom_write_audit(prom_path, doc, r.inv, (double)wall_ns / 1e9, perr, sizeof perr) != 0) {
+      fprintf(stderr, "hubfleet audit: --prometheus: %s\n", perr);
+      exit_code = HF_EXIT_INTERNAL;
+    }
   }
   if (json_out) {
     json_dumpf(doc, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
