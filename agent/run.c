@@ -15,6 +15,9 @@
 
 /* Grace between SIGTERM and SIGKILL when the deadline passes. */
 #define HF_RUN_KILL_GRACE_MS 3000
+/* How long output is still read after the child exited (daemons it left
+ * behind may keep the pipes open). */
+#define HF_RUN_DRAIN_MS 1000
 
 /* One output stream of the child being read: its pipe and the partial line. */
 struct stream {
@@ -126,9 +129,9 @@ int hf_run_exec(struct hf_run *r) {
   struct runstate s;
   char *envp[16], path[PATH_MAX + 128], home[PATH_MAX + 8];
   pid_t pid;
-  int64_t deadline, killat = 0;
+  int64_t deadline, killat = 0, drain_until = 0;
   int rc = 0, wst = 0, exec_errno = 0, open_streams;
-  bool termed = false;
+  bool termed = false, reaped = false;
 
   r->out = NULL; r->out_len = 0; r->status = -1; r->timed_out = false; r->lines_dropped = 0;
   if (r->argv == NULL || r->argv[0] == NULL || r->argv[0][0] != '/') return HF_EINVAL;
@@ -163,36 +166,33 @@ int hf_run_exec(struct hf_run *r) {
   open_streams = 2;
   deadline = r->timeout_ms > 0 ? hf__now_ms() + r->timeout_ms : 0;
 
-  /* Bounded: every pass either reads, or waits at most until the deadline /
-   * kill time; after SIGKILL the pipes close as soon as the group is gone. */
+  /* Bounded: every pass waits at most 200 ms. The child is reaped as soon as
+   * it exits; its output is then drained for at most HF_RUN_DRAIN_MS, since
+   * a daemon it started (an operator's start command) may hold the pipes
+   * forever and must neither hang the runner nor be killed by it. After the
+   * child is reaped its pid may be reused: no signal is sent any more. */
   while (open_streams > 0) {
     struct pollfd pfd[2];
     struct stream *sv[2];
-    int np = 0, wait_ms = -1, i, pr;
+    int np = 0, wait_ms = 200, i, pr;
     int64_t now = hf__now_ms();
+    if (!reaped) {
+      pid_t w = waitpid(pid, &wst, WNOHANG);
+      if (w == pid) { reaped = true; drain_until = now + HF_RUN_DRAIN_MS; }
+    }
+    if (reaped && now >= drain_until) break;
+    if (!reaped && deadline > 0 && !termed && now >= deadline) {
+      r->timed_out = true;
+      termed = true;
+      kill(-pid, SIGTERM);
+      killat = now + HF_RUN_KILL_GRACE_MS;
+    }
+    if (!reaped && termed && killat > 0 && now >= killat) {
+      kill(-pid, SIGKILL);
+      killat = 0;
+    }
     if (so.fd >= 0) { pfd[np].fd = so.fd; pfd[np].events = POLLIN; sv[np++] = &so; }
     if (se.fd >= 0) { pfd[np].fd = se.fd; pfd[np].events = POLLIN; sv[np++] = &se; }
-    if (deadline > 0 && !termed) {
-      if (now >= deadline) {
-        r->timed_out = true;
-        termed = true;
-        kill(-pid, SIGTERM);
-        killat = now + HF_RUN_KILL_GRACE_MS;
-      } else {
-        wait_ms = (int)(deadline - now);
-      }
-    }
-    if (termed) {
-      now = hf__now_ms();
-      if (killat > 0 && now >= killat) {
-        kill(-pid, SIGKILL);
-        killat = 0;
-        /* A grandchild that escaped the group may still hold the pipes:
-         * stop reading them so the runner cannot hang. */
-        break;
-      }
-      wait_ms = killat > 0 ? (int)(killat - now) : 100;
-    }
     pr = poll(pfd, (nfds_t)np, wait_ms);
     if (pr < 0) {
       if (errno == EINTR) continue;
@@ -215,18 +215,22 @@ int hf_run_exec(struct hf_run *r) {
   if (se.fd >= 0) { if (se.len) line_done(&s, &se); close(se.fd); se.fd = -1; }
   po[0] = pe[0] = -1;
 
-  /* Pipes closed: the child exited or closed them. Reap it, still bounded. */
-  for (;;) {
-    pid_t w = waitpid(pid, &wst, deadline > 0 && !termed ? WNOHANG : 0);
-    if (w == pid) break;
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) { wst = 0; break; }
-    /* Still running with its pipes closed: wait until the deadline. */
-    if (hf__now_ms() >= deadline) {
+  /* Pipes closed but the child still running (it closed them itself): wait
+   * for it, still under the deadline. */
+  while (!reaped) {
+    pid_t w = waitpid(pid, &wst, WNOHANG);
+    int64_t now = hf__now_ms();
+    if (w == pid) { reaped = true; break; }
+    if (w < 0 && errno != EINTR) { wst = 0; break; }
+    if (deadline > 0 && !termed && now >= deadline) {
       r->timed_out = true;
       termed = true;
+      kill(-pid, SIGTERM);
+      killat = now + HF_RUN_KILL_GRACE_MS;
+    }
+    if (termed && killat > 0 && now >= killat) {
       kill(-pid, SIGKILL);
-      continue;
+      killat = 0;
     }
     usleep(20000);
   }

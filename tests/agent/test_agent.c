@@ -524,6 +524,29 @@ static void test_run(void) {
     CHECK(strstr(r.out, "line5999\n") != NULL);
     hf_run_free(&r);
   }
+  /* A start command that leaves a daemon holding its stdout: the runner
+   * returns when the command exits (not at the deadline) and leaves the
+   * daemon alone. */
+  {
+    char pidf[PATH_MAX], cmd[PATH_MAX + 128];
+    char *argv[] = { (char *)"/bin/sh", (char *)"-c", cmd, NULL };
+    FILE *f;
+    int dpid = 0;
+    snprintf(pidf, sizeof pidf, "%s/daemon.pid", tmpdir);
+    snprintf(cmd, sizeof cmd, "sleep 30 & echo $! > %s; echo started", pidf);
+    memset(&r, 0, sizeof r); memset(&l, 0, sizeof l);
+    r.argv = argv; r.stdout_fd = -1; r.on_line = collect; r.ud = &l; r.timeout_ms = 20000;
+    t0 = hf__now_ms();
+    CHECK_EQ_INT(hf_run_exec(&r), 0);
+    CHECK(hf__now_ms() - t0 < 5000);
+    CHECK_STR(l.last, "started");
+    f = fopen(pidf, "r");
+    CHECK(f != NULL && fscanf(f, "%d", &dpid) == 1);
+    if (f) fclose(f);
+    CHECK(dpid > 0 && kill(dpid, 0) == 0);
+    if (dpid > 0) kill(dpid, SIGKILL);
+    hf_run_free(&r);
+  }
   /* Missing program, relative program, bad cwd. */
   {
     char *argv[] = { (char *)"/nonexistent/prog", NULL };
