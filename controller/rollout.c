@@ -496,6 +496,17 @@ static bool journal_rolled_back(const json_t *data) {
   return true;
 }
 
+/* A done step's result rebuilt from the journal (new reference, or NULL): the
+ * detail of its last record, which the agent writes in the shape of the
+ * step's answer ({backup, previous}, {installed}, {alembic_before, ...}). */
+static json_t *journal_step_data(const json_t *data, int step) {
+  long at;
+  journal_state_at(data, steps[step].name, &at);
+  if (at < 0) return NULL;
+  json_t *detail = json_object_get(json_array_get(json_object_get(data, "steps"), (size_t)at), "detail");
+  return json_is_object(detail) ? json_incref(detail) : NULL;
+}
+
 static void on_journal_result(struct hf_session *s, int status, const json_t *data, const char *message, void *ctx) {
   struct rhost *h = ctx;
   struct rollout *ro = h->ro;
@@ -523,9 +534,14 @@ static void on_journal_result(struct hf_session *s, int status, const json_t *da
       if (h->step == ST_PREFLIGHT || !js || strcmp(js, "done")) break;
       emit(ro, h, "journal", "info", "journal: %s already done", steps[h->step].name);
       if (ro->o->state) {
+        /* What the step returned, as the journal kept it, so the host row
+         * still holds the backup and the installed versions after a kill. */
+        json_t *jd = journal_step_data(data, h->step);
         int64_t id;
+        keep_step_data(h, jd);
         if (hf_state_step_begin(ro->o->state, ro->id, h->host->name, steps[h->step].name, &id) == 0)
-          hf_state_step_end(ro->o->state, id, "ok", NULL, "reconciled from the host's journal");
+          hf_state_step_end(ro->o->state, id, "ok", jd, "reconciled from the host's journal");
+        json_decref(jd);
       }
       if (h->step == ST_HEALTH) { host_done(h, HF_HOST_UPGRADED, NULL); return; }
       h->step++;

@@ -37,7 +37,7 @@ status_json "$RID" > "$W/bs.json"
 check "rollout halted" test "$(jq_ "$W/bs.json" 'd["rollout"]["status"]')" = halted
 check "budget 0, used 1" test "$(jq_ "$W/bs.json" '[d["rollout"]["budget"], d["rollout"]["failures"]]')" = "[0, 1]"
 check "canary hub01 rolled_back" test "$(host_status "$W/bs.json" hub01)" = rolled_back
-check "its error names start or health" bash -c 'grep -E "^  hub01 .*(start|health) failed" "$1"' _ "$W/bs.out"
+check "its error names start or health" grep -qE "^  hub01 .*(start|health) failed" "$W/bs.out"
 check "7 others pending" test "$(jq_ "$W/bs.json" 'sum(h["status"]=="pending" for h in d["hosts"])')" = 7
 check "no step recorded for any other host" test "$(jq_ "$W/bs.json" 'sorted({s["host"] for s in d["steps"]})')" = '["hub01"]'
 truth

@@ -1,12 +1,16 @@
 #!/bin/bash
-# A host's link cut while its `install` runs and restored ~20 s later (a second
-# host upgrades beside it): that host ends upgraded or rolled back, never half,
-# `status` says which, and the disk, /hub/api and audit agree with it.
+# A host's link cut while its `install` runs and restored ~20 s later (other
+# hosts upgrade beside it): that host ends upgraded or rolled back, never half,
+# `status` says which, and the disk, /hub/api and audit agree with it.  A
+# second host of a later stage gets the same cut plus its sshd sessions killed
+# while cut, so its session is surely lost: the controller must reconnect and
+# reconcile with the agent's journal.
 # usage: test-link-cut.sh HUBFLEET AGENT
 . "$(dirname "$0")/lib.sh"
 HF_TEST_HUBS=${HF_TEST_HUBS:-8}
 up_fleet
 CUT=${HF_CUT_HOST:-hub02}
+CUT2=${HF_CUT_HOST2:-hub06}
 CUT_FOR=${HF_CUT_SECONDS:-20}
 truth
 users_before=$(jq_ "$W/truth.json" '{h: v["users"] for h, v in d.items()}')
@@ -18,16 +22,24 @@ step "upgrade to $NEW; cut $CUT's link when it reaches install"
 pid=$!
 # The host is in install once the agent reports it (its debug line "install
 # for rollout", carried in the NDJSON with step "install").
-in_install() { grep -q "\"host\":\"$CUT\".*\"step\":\"install\"" "$W/ev.ndjson"; }
-wait_for 600 in_install
-check "$CUT reached install" in_install
+in_install() { grep -q "\"host\":\"$1\".*\"step\":\"install\"" "$W/ev.ndjson"; }
+wait_for 600 in_install "$CUT"
+check "$CUT reached install" in_install "$CUT"
 fleet fault cut "$CUT"
 t_cut=$SECONDS
 echo "# cut $CUT"
-# while cut: the host's hub env must not be left half by us; just wait
 sleep "$CUT_FOR"
 fleet fault restore "$CUT"
 echo "# restored $CUT after $((SECONDS - t_cut))s"
+wait_for 900 in_install "$CUT2"
+check "$CUT2 reached install" in_install "$CUT2"
+fleet fault cut "$CUT2"
+t_cut=$SECONDS
+fleet fault kill-sessions "$CUT2"
+echo "# cut $CUT2 and killed its sshd sessions"
+sleep "$CUT_FOR"
+fleet fault restore "$CUT2"
+echo "# restored $CUT2 after $((SECONDS - t_cut))s"
 end=$((SECONDS + 1500))
 while [ $SECONDS -lt $end ] && kill -0 "$pid" 2>/dev/null; do sleep 1; done
 if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; bad "the rollout did not end within 1500s"; fi
@@ -35,21 +47,25 @@ wait "$pid"; rc=$?
 check "upgrade ended (rc=$rc: 0 upgraded or 3 rolled back)" test $rc -eq 0 -o $rc -eq 3
 RID=$(hf history --state "$STATE" --ids | head -1)
 status_json "$RID" > "$W/st.json"
-cs=$(host_status "$W/st.json" "$CUT")
-echo "# $CUT ended: $cs"
-check "$CUT is upgraded or rolled_back, never half (status: $cs)" test "$cs" = upgraded -o "$cs" = rolled_back
 hf status "$RID" --state "$STATE" > "$W/status.txt"
-check "status says which" grep -qE "^  $CUT +[0-9]+ +$cs " "$W/status.txt"
-grep -E "$CUT: (lost|reconnected)" "$W/up.out" | sed 's/^/# /'
-
 truth
-if [ "$cs" = upgraded ]; then want=$NEW wrev=$NEWREV; else want=$BASE wrev=$BASEREV; fi
-check "$CUT: on disk $want in both envs, alembic $wrev" on_disk "$CUT" "$want" "$wrev"
-check "$CUT: /hub/api $want, /hub/health 200" healthy_on "$CUT" "$want"
-hf audit -i "$INV" --limit "$CUT" --expect "$want" --json > "$W/audit.json" 2>/dev/null
-check "audit --limit $CUT --expect $want exits 0" test $? -eq 0
+for c in "$CUT" "$CUT2"; do
+  cs=$(host_status "$W/st.json" "$c")
+  echo "# $c ended: $cs"
+  check "$c is upgraded or rolled_back, never half (status: $cs)" test "$cs" = upgraded -o "$cs" = rolled_back
+  check "$c: status says which" grep -qE "^  $c +[0-9]+ +$cs " "$W/status.txt"
+  grep -E "$c: (lost|reconnected|rolling)" "$W/up.out" | sed 's/^/# /'
+  if [ "$cs" = upgraded ]; then want=$NEW wrev=$NEWREV; else want=$BASE wrev=$BASEREV; fi
+  check "$c: on disk $want in both envs, alembic $wrev" on_disk "$c" "$want" "$wrev"
+  check "$c: /hub/api $want, /hub/health 200" healthy_on "$c" "$want"
+  hf audit -i "$INV" --limit "$c" --expect "$want" --json > "$W/audit-$c.json" 2>/dev/null
+  check "$c: audit --limit $c --expect $want exits 0" test $? -eq 0
+done
+check "$CUT2: the controller saw its session lost and reconnected" \
+  eval 'grep -q "^$CUT2: lost during" "$W/up.out" && grep -q "^$CUT2: reconnected" "$W/up.out"'
+grep "\"host\":\"$CUT2\"" "$W/ev.ndjson" | grep -E '"event":"(host|journal|step)"' | cut -c1-220 | sed 's/^/# /'
 for h in "${HUBLIST[@]}"; do
-  [ "$h" = "$CUT" ] && continue
+  [ "$h" = "$CUT" ] || [ "$h" = "$CUT2" ] && continue
   s=$(host_status "$W/st.json" "$h")
   if [ "$s" = upgraded ]; then
     check "$h: upgraded, on disk $NEW, /hub/api $NEW" eval 'on_disk "$h" "$NEW" "$NEWREV" && healthy_on "$h" "$NEW"'
