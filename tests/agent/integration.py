@@ -3,7 +3,8 @@
 
 Usage: integration.py AGENT_BINARY FLEET_SCRIPT
 
-Brings up its own fleet (id "ag", or $HF_AGENT_FLEET_ID): one hub host and
+Brings up its own fleet (id "ag" + 3 hex digits of a hash of this checkout's
+path, or $HF_AGENT_FLEET_ID): one hub host and
 twenty scale hosts; copies the agent to the hosts with ssh; drives it with
 protocol frames (tests/agent/client.py) through `ssh` with the fleet's key and
 known_hosts (StrictHostKeyChecking=yes). Cases:
@@ -30,7 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from client import Agent  # noqa: E402
 
 AGENT, FLEET = sys.argv[1], sys.argv[2]
-FID = os.environ.get('HF_AGENT_FLEET_ID', 'ag')
+# One fleet per checkout: a CI run from another clone on the same machine
+# must not tear down this one's fleet (ids of up to 5 [a-z0-9] are used as is).
+FID = os.environ.get('HF_AGENT_FLEET_ID') or \
+    'ag' + hashlib.sha1(os.path.realpath(FLEET).encode()).hexdigest()[:3]
 SCALE = int(os.environ.get('HF_AGENT_SCALE', '20'))
 REMOTE = '.hubfleet-agent-test'
 MARKER = '/tmp/hubfleet-agent-marker'
