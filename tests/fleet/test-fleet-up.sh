@@ -130,8 +130,10 @@ fleet down
 check "no namespace left" bash -c '! ip netns list | grep -q "^hf-$1-"' _ "$HF_TEST_ID"
 check "no link left" bash -c '! ip -o link show | grep -q ": hf$1-"' _ "$sid"
 check "no user left" bash -c 'for u in $1; do ! getent passwd "$u" >/dev/null || exit 1; done' _ "$users"
-check "no process left (pids)" bash -c 'for p in $1; do ! kill -0 "$p" 2>/dev/null || exit 1; done' _ "$pids"
-check "no process of the fleet users left" bash -c 'for u in $1; do [ -z "$(ps -o pid= -u "$u" 2>/dev/null)" ] || exit 1; done' _ "$uids"
+# (zombies do not count: they are gone, only not yet reaped by this container's pid 1)
+live() { ps -o stat= "$@" 2>/dev/null | grep -vq '^Z'; }
+check "no process left (pids)" bash -c "$(declare -f live)"'; for p in $1; do ! live -p "$p" || { ps -o pid,user,stat,args -p "$p" >&2; exit 1; }; done' _ "$pids"
+check "no process of the fleet users left" bash -c "$(declare -f live)"'; for u in $1; do ! live -u "$u" || { ps -o pid,user,stat,args -u "$u" >&2; exit 1; }; done' _ "$uids"
 check "no mount left" bash -c '! grep -q " $1" /proc/self/mounts' _ "$STATE"
 check "no state dir left" test ! -e "$STATE"
 check "no sudoers file left" test ! -e "/etc/sudoers.d/hubfleet-fleet-$sid"
