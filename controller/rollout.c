@@ -66,6 +66,7 @@ struct rhost {
   int64_t                  t_step;      /* when the current step began (ms) */
   int64_t                  t_stop;      /* hub stopped at (ms, 0 = not stopped in this run) */
   int64_t                  reconnect_deadline;
+  int64_t                  busy_deadline; /* waiting for an older agent to let go of the host (0 = not) */
   uv_timer_t               timer;
   bool                     journal_first; /* ask the journal before the next step */
   bool                     selected;    /* part of this run */
@@ -520,6 +521,29 @@ static void on_journal_result(struct hf_session *s, int status, const json_t *da
     else host_done(h, HF_HOST_FAILED, why);
     return;
   }
+  /* An older agent (of a controller that was killed or lost) still holds
+   * the host lock: it is inside a step. Re-sending now would leave a second
+   * agent queued on the lock, which runs its step whenever it gets the lock,
+   * even after this controller moved on (and even if this controller dies):
+   * a stale stop after the hub's health, say. Ask again once it let go,
+   * bounded by the longest step's deadline. */
+  json_t *busy = json_object_get(data, "busy_pid");
+  int64_t now = hf_state_now_ms();
+  if (json_is_integer(busy) && (h->goal == G_STEPS || h->goal == G_ROLLBACK) &&
+      (h->busy_deadline == 0 || now < h->busy_deadline)) {
+    if (h->busy_deadline == 0) {
+      h->busy_deadline = now + ROLLBACK_TIMEOUT_MS;
+      say(ro, "%s: an earlier agent (pid %" PRId64 ") is still changing the hub; waiting for it to finish",
+          h->host->name, (int64_t)json_integer_value(busy));
+      emit(ro, h, "journal", "info", "journal: agent pid %" PRId64 " still busy", (int64_t)json_integer_value(busy));
+    }
+    close_session(h);
+    set_phase(h, HR_WAIT);
+    h->journal_first = true;
+    uv_timer_start(&h->timer, on_reconnect_timer, 2000, 0);
+    return;
+  }
+  h->busy_deadline = 0;
   /* A rollback the journal shows finished needs no second run. */
   if (h->goal == G_ROLLBACK && journal_rolled_back(data)) {
     emit(ro, h, "journal", "info", "journal: rollback already done");
@@ -593,7 +617,10 @@ static void host_send(struct rhost *h) {
   }
   if (ro->o->state && ro->o->mode != HF_RM_DRYRUN && cb != on_journal_result) {
     hf_state_step_begin(ro->o->state, ro->id, h->host->name, op, &h->step_id);
-    if (cb == on_step_result) hf_state_host_set(ro->o->state, ro->id, h->host->name, HF_HOST_RUNNING, op, NULL);
+    if (cb == on_step_result) {
+      hf_state_host_set(ro->o->state, ro->id, h->host->name, HF_HOST_RUNNING, op, NULL);
+      h->status = HF_HOST_RUNNING; /* as recorded: --events said "pending" for a running host */
+    }
   }
   h->t_step = hf_state_now_ms();
   int r = hf_session_request(h->sess, op, args, timeout + RESULT_GRACE_MS, on_event, cb, h);

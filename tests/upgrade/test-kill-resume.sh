@@ -35,6 +35,20 @@ run_for() {
 }
 ro_status() { hf status --state "$STATE" --json 2>/dev/null | $PY -c 'import json,sys; print(json.load(sys.stdin)["rollout"]["status"])' 2>/dev/null; }
 
+# dump_host HOST: its journal and its steps in the state, side by side in time
+dump_host() {
+  $PY - "$W/j-$1.json" "$W/st.json" "$1" <<'EOF'
+import datetime, json, sys
+for r in json.load(open(sys.argv[1])):
+    print("#   journal %s %-9s %-5s pid %s" % (r["time"], r["step"], r["state"], r["pid"]))
+for s in json.load(open(sys.argv[2]))["steps"]:
+    if s["host"] == sys.argv[3]:
+        t = lambda ms: datetime.datetime.utcfromtimestamp(ms / 1000).strftime("%H:%M:%S.%f")[:-3] if ms else "-"
+        print("#   state   %s-%s %-9s %s %s" % (t(s["started"]), t(s.get("finished")), s["step"], s["outcome"], s.get("error") or ""))
+EOF
+  grep -E "^(hubfleet|rollout|$1)" "$W/ctl.out" | tail -n 60 | sed 's/^/#   ctl: /'
+}
+
 step "upgrade to $NEW with up to $KILLS SIGKILLs"
 t0=$SECONDS
 kills=0 i=0
@@ -113,6 +127,7 @@ hd = [i for i, r in enumerate(recs) if r["step"] == "health" and r["state"] == "
 if not hd or hd[0] != len(recs) - 1 - sum(1 for r in recs[hd[0] + 1:] if r["step"] == "health"):
     sys.exit("steps after health done: %s" % [(r["step"], r["state"]) for r in recs[hd[0] + 1:]] if hd else "no health done")
 EOF
+  [ $? -eq 0 ] || dump_host "$h"
 done
 check "users kept on every hub" test "$(jq_ "$W/truth.json" '{h: v["users"] for h, v in d.items()}')" = "$users_before"
 finish
