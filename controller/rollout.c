@@ -1097,6 +1097,13 @@ int hf_rollout_run(const struct hf_rollout_opts *o) {
     ro.stage = first;
     while (ro.next < ro.nhosts && ro.hosts[ro.order[ro.next]].stage < first) ro.next++;
     hf_state_rollout_set_status(o->state, ro.id, HF_ROLLOUT_RUNNING);
+    /* Killed after the budget was exceeded but before it halted: finish the
+     * hosts in flight, start no new one. */
+    if ((unsigned)ro.failures > ro.budget) {
+      ro.halting = true;
+      say(&ro, "failure budget already exceeded (%d failed, budget %u): finishing the hosts in flight only",
+          ro.failures, ro.budget);
+    }
   }
   if (o->mode == HF_RM_ROLLBACK) hf_state_rollout_set_status(o->state, ro.id, HF_ROLLOUT_RUNNING);
   launch_more(&ro);
