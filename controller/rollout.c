@@ -730,11 +730,15 @@ static void launch_more(struct rollout *ro) {
     if (ro->active == 0 && ro->next >= ro->nhosts) finish(ro, ro->o->mode == HF_RM_ROLLBACK ? HF_ROLLOUT_ROLLEDBACK : "done");
     return;
   }
-  while (!ro->halting && ro->active < ro->o->parallel && ro->next < ro->nhosts) {
+  while (ro->active < ro->o->parallel && ro->next < ro->nhosts) {
     struct rhost *h = &ro->hosts[ro->order[ro->next]];
     if (h->stage != ro->stage) break;
     ro->next++;
-    if (h->selected && h->phase == HR_PENDING) host_launch(h);
+    if (!h->selected || h->phase != HR_PENDING) continue;
+    /* Halting: untouched hosts stay untouched; a host a killed controller
+     * left mid-upgrade (resume) is still finished. */
+    if (ro->halting && strcmp(h->status, HF_HOST_RUNNING)) continue;
+    host_launch(h);
   }
   if (ro->active > 0 || ro->rechecks > 0) return;
   if (ro->halting) { finish(ro, HF_ROLLOUT_HALTED); return; }
