@@ -60,6 +60,7 @@ struct hf_run {
   char *const *argv;        /* borrowed; argv[0] an absolute path, run as is (no PATH search) */
   const char  *cwd;         /* borrowed; NULL = inherit */
   const char  *path_prefix; /* borrowed; directory put first on the child's PATH, or NULL */
+  char *const *extra_env;   /* borrowed; NULL-terminated "K=V" added to the fixed environment (<= 8), or NULL */
   int64_t      timeout_ms;  /* > 0: SIGTERM to the child's group at the deadline, SIGKILL 3 s later */
   int          stdout_fd;   /* > 0: the child's stdout goes there and is not captured (0 or -1: captured; fd 0 is the protocol's input, never a target) */
   hf_line_cb   on_line;     /* may be NULL */
@@ -157,6 +158,9 @@ int hf_db_info(const char *path, char *alembic, size_t alen, int64_t *users, cha
 /* Online-backup copy of a possibly live database src to dst (replaced
  * atomically), then PRAGMA integrity_check on the copy and its SHA-256. */
 int hf_db_backup(const char *src, const char *dst, char sha[HF_SHA256_HEX], char *err, size_t errlen);
+/* PRAGMA integrity_check on the database at path (read-only). 0,
+ * HF_EINTEGRITY when it reports damage, HF_EDB when it cannot run. */
+int hf_db_integrity(const char *path, char *err, size_t errlen);
 /* Copies src to a temporary file beside dst, fsyncs, checks its SHA-256 equals
  * expect_sha (when not NULL), renames it over dst and fsyncs the directory.
  * sha receives the digest of what was written. HF_EINTEGRITY on mismatch. */

@@ -199,3 +199,29 @@ out:
   if (r != 0) unlink(tmp);
   return r;
 }
+
+int hf_db_integrity(const char *path, char *err, size_t errlen) {
+  sqlite3 *db = NULL;
+  sqlite3_stmt *st = NULL;
+  int r = HF_EDB;
+  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+    snprintf(err, errlen, "open %s: %s", path, db ? sqlite3_errmsg(db) : "out of memory");
+    goto out;
+  }
+  sqlite3_busy_timeout(db, 2000);
+  if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
+    snprintf(err, errlen, "integrity check of %s: %s", path, sqlite3_errmsg(db));
+    goto out;
+  }
+  if (sqlite3_column_text(st, 0) == NULL || strcmp((const char *)sqlite3_column_text(st, 0), "ok") != 0) {
+    snprintf(err, errlen, "integrity check of %s: %s", path,
+             sqlite3_column_text(st, 0) ? (const char *)sqlite3_column_text(st, 0) : "no answer");
+    r = HF_EINTEGRITY;
+    goto out;
+  }
+  r = 0;
+out:
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return r;
+}

@@ -137,8 +137,8 @@ static void on_line(void *ud, int stream, const char *line) {
   hf__event(c->r, stream == 2 ? "warn" : "info", "%s: %s", c->tag, line);
 }
 
-int hf__cmd(struct hf_req *r, struct hf_argv *a, const char *cwd, const char *path_prefix, int64_t timeout_ms,
-            const char *tag, bool quiet, char **out) {
+int hf__cmd(struct hf_req *r, struct hf_argv *a, const char *cwd, const char *path_prefix,
+            char *const *extra_env, int64_t timeout_ms, const char *tag, bool quiet, char **out) {
   struct hf_run run;
   struct line_ctx c = { r, tag, quiet };
   char shown[1024];
@@ -163,6 +163,7 @@ int hf__cmd(struct hf_req *r, struct hf_argv *a, const char *cwd, const char *pa
   run.argv = a->v;
   run.cwd = cwd;
   run.path_prefix = path_prefix;
+  run.extra_env = extra_env;
   run.timeout_ms = timeout_ms;
   run.stdout_fd = -1;
   run.on_line = on_line;
@@ -262,7 +263,7 @@ int hf__svc_status(struct hf_req *r, bool *running, char *state, size_t statelen
     return 0;
   }
   if ((rc = svc_argv(r, &a, "status")) != 0) return rc;
-  rc = hf__cmd(r, &a, NULL, NULL, 15000, "status", true, &out);
+  rc = hf__cmd(r, &a, NULL, NULL, NULL, 15000, "status", true, &out);
   hf_argv_free(&a);
   if (rc == HF_EEXEC || rc == HF_ETIMEDOUT) { free(out); return rc; }
   r->msg[0] = '\0';
@@ -333,7 +334,7 @@ int hf__svc_stop(struct hf_req *r, bool *was_running) {
    * a reinstall would start a half-installed hub, so it is stopped too. */
   if (!*was_running && strcmp(state, "BACKOFF") != 0) return 0;
   if ((rc = svc_argv(r, &a, "stop")) != 0) return rc;
-  rc = hf__cmd(r, &a, NULL, NULL, hf__left_ms(r), "stop", false, NULL);
+  rc = hf__cmd(r, &a, NULL, NULL, NULL, hf__left_ms(r), "stop", false, NULL);
   hf_argv_free(&a);
   if (rc != 0 && rc != HF_ECMD) return rc;
   /* A failed stop command may still have stopped it (or it was already
@@ -355,7 +356,7 @@ int hf__svc_start(struct hf_req *r, bool *was_running) {
   if ((rc = hf__svc_status(r, was_running, state, sizeof state)) != 0) return rc;
   if (*was_running) return 0;
   if ((rc = svc_argv(r, &a, "start")) != 0) return rc;
-  rc = hf__cmd(r, &a, NULL, NULL, hf__left_ms(r), "start", false, NULL);
+  rc = hf__cmd(r, &a, NULL, NULL, NULL, hf__left_ms(r), "start", false, NULL);
   hf_argv_free(&a);
   if (rc != 0) {
     char keep[sizeof r->msg];

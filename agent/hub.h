@@ -9,11 +9,13 @@
 const char *hf__which(const char *prog, char *out, size_t outlen);
 /* Starts an argv for r: "sudo -n --" first when the hub asks for become. */
 void hf__argv_start(struct hf_req *r, struct hf_argv *a);
-/* Runs a (borrowed), streaming its lines as events tagged tag (unless quiet).
+/* Runs a (borrowed), streaming its lines as events tagged tag (unless quiet);
+ * extra_env (borrowed, NULL-terminated "K=V", may be NULL) is added to the
+ * child's fixed environment.
  * On failure r->msg says what ran and how it failed (with the output's tail).
  * *out (new, may be NULL) gets the kept output when out is not NULL. */
-int hf__cmd(struct hf_req *r, struct hf_argv *a, const char *cwd, const char *path_prefix, int64_t timeout_ms,
-            const char *tag, bool quiet, char **out);
+int hf__cmd(struct hf_req *r, struct hf_argv *a, const char *cwd, const char *path_prefix,
+            char *const *extra_env, int64_t timeout_ms, const char *tag, bool quiet, char **out);
 const char *hf__svc_kind_name(enum hf_svc_kind k);
 /* Is the hub running, per its supervisor; state gets the supervisor's word. */
 int hf__svc_status(struct hf_req *r, bool *running, char *state, size_t statelen);

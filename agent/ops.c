@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -223,7 +224,7 @@ static int env_install(struct hf_req *r, const struct hf_env *e, const char *con
     }
     hf_argv_push(&a, pins[i]);
   }
-  rc = hf__cmd(r, &a, NULL, NULL, timeout, "install", false, NULL);
+  rc = hf__cmd(r, &a, NULL, NULL, NULL, timeout, "install", false, NULL);
   hf_argv_free(&a);
   return rc;
 }
@@ -334,6 +335,142 @@ static void check(struct hf_req *r, json_t *checks, const char *name, const char
   hf__event(r, strcmp(outcome, "pass") == 0 ? "info" : "warn", "preflight %s: %s: %s", name, outcome, detail);
 }
 
+/* The last line of a Python program's output that names an exception
+ * ("...Error: ...", "...Exception: ..."), cut at 300 bytes; NULL when none.
+ * Points into a static buffer. */
+static const char *last_error_line(const char *out) {
+  static char line[320];
+  const char *p = out, *best = NULL;
+  size_t bestlen = 0;
+  while (p != NULL && *p) {
+    const char *eol = strchr(p, '\n');
+    size_t len = eol ? (size_t)(eol - p) : strlen(p);
+    const char *colon = memchr(p, ':', len);
+    /* The wrapper of a failed child (alembic) says only that it failed. */
+    bool wrapper = strncmp(p + strspn(p, " \t"), "subprocess.CalledProcessError", 29) == 0;
+    if (!wrapper && colon != NULL && colon - p >= 5 && (memcmp(colon - 5, "Error", 5) == 0 ||
+        (colon - p >= 9 && memcmp(colon - 9, "Exception", 9) == 0))) {
+      best = p;
+      bestlen = len;
+    }
+    p = eol ? eol + 1 : NULL;
+  }
+  if (best == NULL) return NULL;
+  while (bestlen > 0 && (*best == ' ' || *best == '\t')) { best++; bestlen--; }
+  if (bestlen >= sizeof line - 1) bestlen = 300;
+  memcpy(line, best, bestlen);
+  line[bestlen] = '\0';
+  return line;
+}
+
+/* nftw callback: removes everything below (and including) the walk's root. */
+static int rm_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+  (void)st; (void)ftw;
+  if (type == FTW_DP) rmdir(path);
+  else unlink(path);
+  return 0;
+}
+
+/* Removes a directory tree the agent made (never follows symlinks). */
+static void rm_tree(const char *dir) {
+  nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* The migration proven on a copy before any downtime (issue 7): a consistent
+ * copy of the live database, the target release made importable beside the
+ * hub environment without touching it (pip --no-deps --target a private
+ * folder, first on PYTHONPATH), upgrade-db against the copy, its revision
+ * and integrity checked, and everything removed again.
+ * upgrade-db runs without the hub's config file, in an empty directory: a
+ * db_url in jupyterhub_config.py would win over the command line and the
+ * "rehearsal" would migrate the live database. Adds a check and returns the
+ * rehearsal object (new). */
+static json_t *rehearse(struct hf_req *r, json_t *checks, const struct hf_env *hub) {
+  char tmp[PATH_MAX], copy[PATH_MAX], pkgs[PATH_MAX], cwd[PATH_MAX], sha[HF_SHA256_HEX], err[1024] = "";
+  char before[128] = "", after[128] = "", pyp[PATH_MAX + 16], bin[PATH_MAX];
+  char *env[2] = { pyp, NULL }, *out = NULL;
+  json_t *o = json_object();
+  struct hf_argv a;
+  int64_t users, t0 = hf__now_ms();
+  int rc;
+
+  if (!r->hub.sqlite || strcmp(hub->installer, "pip") != 0 || !hub->exists) {
+    json_object_set_new(o, "skipped", json_string(!r->hub.sqlite ? "not a SQLite database" :
+                                                  !hub->exists ? "no hub environment" : "conda environments are not rehearsed yet"));
+    check(r, checks, "rehearsal", "warn", "migration not rehearsed: %s", json_string_value(json_object_get(o, "skipped")));
+    return o;
+  }
+  if (hf__pathf(tmp, sizeof tmp, "%s/rehearsal-%d", r->hub.state_dir, (int)getpid()) != 0 ||
+      hf__pathf(copy, sizeof copy, "%s/jupyterhub.sqlite", tmp) != 0 ||
+      hf__pathf(pkgs, sizeof pkgs, "%s/pkgs", tmp) != 0 || hf__pathf(cwd, sizeof cwd, "%s/run", tmp) != 0 ||
+      hf__pathf(pyp, sizeof pyp, "PYTHONPATH=%s", pkgs) != 0 || hf__pathf(bin, sizeof bin, "%s/bin", hub->prefix) != 0) {
+    check(r, checks, "rehearsal", "refuse", "paths too long for a rehearsal");
+    return o;
+  }
+  rm_tree(tmp);
+  if (hf__mkdirs(cwd, 0700) != 0) {
+    check(r, checks, "rehearsal", "refuse", "cannot create %s: %s", tmp, strerror(errno));
+    return o;
+  }
+  hf__event(r, "info", "rehearsal: migrating a copy of %s with jupyterhub %s", r->hub.db_path, r->target);
+  if ((rc = hf_db_backup(r->hub.db_path, copy, sha, err, sizeof err)) != 0) goto fail;
+  hf_db_info(copy, before, sizeof before, &users, err, sizeof err);
+  hf_argv_init(&a);
+  hf_argv_pushf(&a, "%s/python", bin);
+  hf_argv_push(&a, "-m");
+  hf_argv_push(&a, "pip");
+  hf_argv_push(&a, "install");
+  hf_argv_push(&a, "--no-deps");
+  hf_argv_push(&a, "--no-input");
+  hf_argv_push(&a, "--disable-pip-version-check");
+  hf_argv_push(&a, "--target");
+  hf_argv_push(&a, pkgs);
+  if (r->hub.find_links) { hf_argv_push(&a, "--no-index"); hf_argv_push(&a, "--find-links"); hf_argv_push(&a, r->hub.find_links); }
+  else if (r->hub.index_url) { hf_argv_push(&a, "--index-url"); hf_argv_push(&a, r->hub.index_url); }
+  hf_argv_pushf(&a, "jupyterhub==%s", r->target);
+  rc = hf__cmd(r, &a, cwd, NULL, NULL, hf__left_ms(r), "rehearsal", true, NULL);
+  hf_argv_free(&a);
+  if (rc != 0) { snprintf(err, sizeof err, "%s", r->msg); goto fail; }
+  hf_argv_init(&a);
+  hf_argv_pushf(&a, "%s/python", bin);
+  hf_argv_push(&a, "-m");
+  hf_argv_push(&a, "jupyterhub");
+  hf_argv_push(&a, "upgrade-db");
+  hf_argv_pushf(&a, "--JupyterHub.db_url=sqlite:///%s", copy);
+  rc = hf__cmd(r, &a, cwd, bin, env, hf__left_ms(r), "rehearsal", true, &out);
+  hf_argv_free(&a);
+  if (rc != 0) {
+    /* The exception line says why ("...IntegrityError: NOT NULL constraint
+     * failed: ..."), the lines before it are SQL and stack. */
+    const char *why = last_error_line(out);
+    snprintf(err, sizeof err, "%s", why ? why : r->msg);
+    free(out);
+    goto fail;
+  }
+  free(out);
+  if ((rc = hf_db_info(copy, after, sizeof after, &users, err, sizeof err)) != 0) goto fail;
+  if ((rc = hf_db_integrity(copy, err, sizeof err)) != 0) goto fail;
+  json_object_set_new(o, "ok", json_true());
+  json_object_set_new(o, "alembic_before", before[0] ? json_string(before) : json_null());
+  json_object_set_new(o, "alembic_after", after[0] ? json_string(after) : json_null());
+  json_object_set_new(o, "elapsed_ms", json_integer(hf__now_ms() - t0));
+  check(r, checks, "rehearsal", "pass", "upgrade-db to %s on a copy: alembic %s -> %s, integrity ok", r->target,
+        before[0] ? before : "(none)", after[0] ? after : "(none)");
+  rm_tree(tmp);
+  r->msg[0] = '\0';
+  return o;
+fail:
+  json_object_set_new(o, "ok", json_false());
+  json_object_set_new(o, "alembic_before", before[0] ? json_string(before) : json_null());
+  json_object_set_new(o, "alembic_after", json_null());
+  json_object_set_new(o, "error", json_string(err));
+  json_object_set_new(o, "elapsed_ms", json_integer(hf__now_ms() - t0));
+  check(r, checks, "rehearsal", "refuse", "upgrade-db to %s failed on a copy of the database: %s", r->target, err);
+  rm_tree(tmp);
+  r->msg[0] = '\0';
+  return o;
+}
+
 static int op_preflight(struct hf_req *r, json_t *data) {
   struct envset *es = malloc(sizeof *es);
   json_t *checks = json_array();
@@ -418,11 +555,19 @@ static int op_preflight(struct hf_req *r, json_t *data) {
     hf_argv_pushf(&a, "jupyterhub==%s", r->target);
     for (k = 0; k < json_array_size(r->hub.extra_packages); k++)
       hf_argv_push(&a, json_string_value(json_array_get(r->hub.extra_packages, k)));
-    rc = hf__cmd(r, &a, NULL, NULL, hf__left_ms(r), "preflight", true, NULL);
+    rc = hf__cmd(r, &a, NULL, NULL, NULL, hf__left_ms(r), "preflight", true, NULL);
     hf_argv_free(&a);
     if (rc != 0) check(r, checks, name, "refuse", "jupyterhub==%s is not installable: %s", r->target, r->msg);
     else check(r, checks, name, "pass", "pip can install jupyterhub==%s", r->target);
     r->msg[0] = '\0';
+  }
+  /* The rehearsal only when everything it needs passed: it costs seconds. */
+  if (!json_is_false(json_object_get(r->args, "rehearse"))) {
+    bool any_refused = false;
+    for (k = 0; k < json_array_size(checks); k++)
+      if (strcmp(json_string_value(json_object_get(json_array_get(checks, k), "outcome")), "refuse") == 0) any_refused = true;
+    if (!any_refused) json_object_set_new(data, "rehearsal", rehearse(r, checks, &es->env[0]));
+    else json_object_set_new(data, "rehearsal", json_pack("{s:s}", "skipped", "another check refused the host"));
   }
   for (k = 0; k < json_array_size(checks); k++) {
     json_t *c = json_array_get(checks, k);
@@ -593,7 +738,7 @@ static int op_backup(struct hf_req *r, json_t *data) {
     hf_argv_push(&a, "--");
     for (k = 0; k < json_array_size(r->hub.backup_homes); k++)
       hf_argv_push(&a, json_string_value(json_array_get(r->hub.backup_homes, k)) + 1);
-    rc = hf__cmd(r, &a, NULL, NULL, hf__left_ms(r), "backup", false, NULL);
+    rc = hf__cmd(r, &a, NULL, NULL, NULL, hf__left_ms(r), "backup", false, NULL);
     hf_argv_free(&a);
     if (rc != 0) goto fail;
     json_object_set_new(bk, "homes_file", json_string(tar));
@@ -837,7 +982,7 @@ static int op_migrate(struct hf_req *r, json_t *data) {
   hf_argv_push(&a, "upgrade-db");
   hf_argv_pushf(&a, "--config=%s", r->hub.config);
   /* In the config's directory: relative paths in the config resolve as the hub sees them. */
-  rc = hf__cmd(r, &a, r->hub.config_dir, bin, hf__left_ms(r), "migrate", false, NULL);
+  rc = hf__cmd(r, &a, r->hub.config_dir, bin, NULL, hf__left_ms(r), "migrate", false, NULL);
   hf_argv_free(&a);
   if (rc != 0) return fail_step(r, "migrate", rc);
   if (r->hub.sqlite && hf_db_info(r->hub.db_path, after, sizeof after, &users, err, sizeof err) != 0) {

@@ -97,8 +97,8 @@ static void build_env(const struct hf_run *r, char *envbuf[], size_t n, char pat
   envbuf[i++] = (char *)"PIP_CONFIG_FILE=/dev/null"; /* no user or site pip config */
   envbuf[i++] = (char *)"PYTHONNOUSERSITE=1";
   envbuf[i++] = (char *)"PYTHONDONTWRITEBYTECODE=1";
+  for (size_t k = 0; r->extra_env != NULL && r->extra_env[k] != NULL && i + 1 < n; k++) envbuf[i++] = r->extra_env[k];
   envbuf[i] = NULL;
-  (void)n;
 }
 
 static void child(const struct hf_run *r, int out_w, int err_w, int exec_w, char *const envp[]) {
@@ -127,7 +127,7 @@ int hf_run_exec(struct hf_run *r) {
   int po[2] = {-1, -1}, pe[2] = {-1, -1}, px[2] = {-1, -1};
   struct stream so, se;
   struct runstate s;
-  char *envp[16], path[PATH_MAX + 128], home[PATH_MAX + 8];
+  char *envp[24], path[PATH_MAX + 128], home[PATH_MAX + 8];
   pid_t pid;
   int64_t deadline, killat = 0, drain_until = 0;
   int rc = 0, wst = 0, exec_errno = 0, open_streams;
@@ -139,7 +139,7 @@ int hf_run_exec(struct hf_run *r) {
   s.r = r;
   s.keep_max = r->keep_max ? r->keep_max : 16384;
   if ((s.keep = malloc(2 * s.keep_max + 1)) == NULL) return HF_ENOMEM;
-  build_env(r, envp, 16, path, sizeof path, home, sizeof home);
+  build_env(r, envp, 24, path, sizeof path, home, sizeof home);
 
   if (pipe2(po, O_CLOEXEC) != 0 || pipe2(pe, O_CLOEXEC) != 0 || pipe2(px, O_CLOEXEC) != 0) {
     rc = HF_EEXEC;

@@ -15,6 +15,8 @@ known_hosts (StrictHostKeyChecking=yes). Cases:
   e  hostile arguments refused, nothing runs
   g  homes backup, a dump command for a non-SQLite database, or a refusal
   h  a hub whose service is operator commands (start/stop argv)
+  i  preflight rehearses the migration on a copy: bad-migration refused with
+     the live hub untouched; newer passes with the revision the real one gets
   f  facts CPU time on scale hosts (< 5 ms)
 The fleet is torn down at the end, also on failure (HF_KEEP_FLEET=1 keeps it).
 """
@@ -276,6 +278,26 @@ def main():
     check(ok(res) and res['data']['refused'] is True and any(n.startswith('installable:') for n in refused),
           'preflight refuses an uninstallable 99.0.0 (%s)' % refused)
 
+    # (i) the migration rehearsed on a copy before any downtime
+    if 'bad-migration' in versions:
+        sha0 = sha256(host.db_path)
+        res, _ = req(a, 'preflight', hub=host.hub, target=versions['bad-migration'])
+        reh = res['data'].get('rehearsal') or {} if ok(res) else {}
+        st = state(host, a)
+        check(ok(res) and res['data']['refused'] and reh.get('ok') is False,
+              'i: rehearsal refuses bad-migration before any downtime (%s)' % (reh.get('error') or '')[:160])
+        check(sha256(host.db_path) == sha0 and st['api'] == base and st['alembic'] == st0['alembic'],
+              'i: the live database and hub untouched by the rehearsal')
+        res, _ = req(a, 'preflight', hub=host.hub, target=newer)
+        reh = res['data'].get('rehearsal') or {} if ok(res) else {}
+        check(reh.get('ok') is True and reh.get('alembic_after') not in (None, st0['alembic']),
+              'i: rehearsal of %s passes: alembic %s -> %s' % (newer, reh.get('alembic_before'), reh.get('alembic_after')))
+        rehearsed_rev = reh.get('alembic_after')
+        check(not [n for n in os.listdir(host.hub['state_dir']) if n.startswith('rehearsal-')],
+              'i: the rehearsal removed everything it made')
+    else:
+        rehearsed_rev = None
+
     # (a)+(d) full upgrade, every op twice
     failed, res = upgrade(host, a, 'up1', newer, twice=True)
     check(failed is None, 'a: upgrade %s -> %s completes' % (base, newer))
@@ -284,6 +306,8 @@ def main():
     check(st['api'] == newer, 'a: /hub/api reports %s (%s)' % (newer, st['api']))
     check(st['alembic'] not in (None, st0['alembic']), 'a: alembic revision moved %s -> %s' % (st0['alembic'], st['alembic']))
     check(st['users'] == st0['users'], 'a: users kept (%s)' % st['users'])
+    if rehearsed_rev:
+        check(st['alembic'] == rehearsed_rev, 'i: the real migration reached the rehearsed revision')
     steps, _ = journal_steps(host, a, 'up1')
     check(all((s, 'begin') in steps and (s, 'done') in steps for s in UPGRADE if s != 'health')
           and ('health', 'done') in steps, 'a: the journal shows every step begun and done')

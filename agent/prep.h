@@ -1,0 +1,48 @@
+/* prep.h: what the agent prepares before a hub goes down — database facts for the version-aware
+ * preflight, the host-local package cache, installs side by side (internal to agent/). */
+#ifndef HF_AGENT_PREP_H
+#define HF_AGENT_PREP_H
+
+#include "agent_int.h"
+
+/* Running single-user servers in the hub database at path (read-only):
+ * spawner rows holding a server. *n = -1 when the schema has no spawners
+ * table (unknown, not zero). 0, or HF_EDB with err set. */
+int hf_db_running_servers(const char *path, int64_t *n, char *err, size_t errlen);
+
+/* Removes a directory tree the agent made, depth first, never following a
+ * symlink out of it. path must be absolute; errors are ignored (best effort). */
+void hf__rm_tree(const char *path);
+
+/* The line of a failed command's output (text borrowed) that says why: the
+ * last one naming an error, else the last non-empty one; into out. */
+void hf__why_line(const char *text, char *out, size_t outlen);
+
+/* Pushes pip's package source onto a: the configured one (hub.find_links
+ * with --no-index, or hub.index_url), preceded by the host-local cache of
+ * r->target when hf__cache_fetch completed it. Without r->target (a
+ * rollback's old versions) only the configured source. */
+void hf__pip_source(struct hf_req *r, struct hf_argv *a);
+
+/* Fetches jupyterhub==r->target and the extra pins (pip download --no-deps,
+ * with the hub environment's pip, from the configured source) into
+ * STATE_DIR/cache/jupyterhub-TARGET-KEY (0700; KEY from the pins), through
+ * a temporary folder renamed into place with a marker, so a cut fetch never
+ * counts. Idempotent: a complete cache is reused. Fills out (borrowed) with
+ * {dir, already, elapsed_ms}. 0, or an HF_E* code with r->msg set. */
+int hf__cache_fetch(struct hf_req *r, const struct hf_env *hub, json_t *out);
+
+/* Before a sequential install loop over envs[0..nenv): when two or more
+ * environments need a change and all of them are separate pip environments
+ * (no conda, no prefix inside another), runs their `pip install --upgrade`
+ * side by side (one forked agent process per environment, each its own
+ * runner, deadline r->deadline_ms), each logging to
+ * STATE_DIR/logs/ROLLOUT/STEP-envN.log; logs (borrowed, may be NULL) gets
+ * {prefix: {log, ok}}. Returns 0 when they all succeeded or when nothing was
+ * run side by side (the caller's loop then installs and, in every case,
+ * verifies each environment from its files); else HF_ECMD/HF_ETIMEDOUT/
+ * HF_EIO with r->msg naming the environment and its log. */
+int hf__install_prepass(struct hf_req *r, const char *step, const struct hf_env *envs, int nenv, json_t *want,
+                        json_t *logs);
+
+#endif /* HF_AGENT_PREP_H */
