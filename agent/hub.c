@@ -329,6 +329,20 @@ int hf__svc_stop(struct hf_req *r, bool *was_running) {
   int64_t deadline = hf__now_ms() + hf__left_ms(r);
   int rc;
 
+  if (r->hub.svc == HF_SVC_SUPERVISORD) {
+    /* One supervisorctl fewer inside the downtime (each is a Python start):
+     * `stop` itself says whether the program ran ("NAME: stopped") or not
+     * ("ERROR (not running)"), and stops a BACKOFF one too; the status
+     * below still confirms. */
+    char *out = NULL;
+    if ((rc = svc_argv(r, &a, "stop")) != 0) return rc;
+    rc = hf__cmd(r, &a, NULL, NULL, NULL, hf__left_ms(r), "stop", false, &out);
+    hf_argv_free(&a);
+    *was_running = out != NULL && strstr(out, ": stopped") != NULL;
+    free(out);
+    if (rc != 0 && rc != HF_ECMD) return rc;
+    goto confirm;
+  }
   if ((rc = hf__svc_status(r, was_running, state, sizeof state)) != 0) return rc;
   /* supervisord's BACKOFF is "crashed, will retry": a retry in the middle of
    * a reinstall would start a half-installed hub, so it is stopped too. */
@@ -337,6 +351,7 @@ int hf__svc_stop(struct hf_req *r, bool *was_running) {
   rc = hf__cmd(r, &a, NULL, NULL, NULL, hf__left_ms(r), "stop", false, NULL);
   hf_argv_free(&a);
   if (rc != 0 && rc != HF_ECMD) return rc;
+confirm:
   /* A failed stop command may still have stopped it (or it was already
    * gone); the status decides. */
   if (svc_wait(r, false, deadline, state, sizeof state) != 0) {
@@ -353,6 +368,31 @@ int hf__svc_start(struct hf_req *r, bool *was_running) {
   int64_t deadline = hf__now_ms() + hf__left_ms(r);
   int rc;
 
+  if (r->hub.svc == HF_SVC_SUPERVISORD) {
+    /* One supervisorctl instead of three inside the downtime: `start`
+     * returns once the program reached RUNNING (after its startsecs) and
+     * says "NAME: started", or "ERROR (already started)". */
+    char *out = NULL;
+    if ((rc = svc_argv(r, &a, "start")) != 0) return rc;
+    rc = hf__cmd(r, &a, NULL, NULL, NULL, hf__left_ms(r), "start", false, &out);
+    hf_argv_free(&a);
+    *was_running = out != NULL && strstr(out, "already started") != NULL;
+    if (*was_running || (rc == 0 && out != NULL && strstr(out, ": started") != NULL)) {
+      free(out);
+      r->msg[0] = '\0';
+      return 0;
+    }
+    free(out);
+    if (rc == HF_EEXEC || rc == HF_ETIMEDOUT) return rc;
+    {
+      char keep[sizeof r->msg];
+      snprintf(keep, sizeof keep, "%s", rc != 0 ? r->msg : "supervisorctl did not confirm the start");
+      hf__svc_status(r, was_running, state, sizeof state);
+      snprintf(r->msg, sizeof r->msg, "service %s did not start (state %s): %s", r->hub.svc_name, state, keep);
+      *was_running = false;
+      return HF_ECMD;
+    }
+  }
   if ((rc = hf__svc_status(r, was_running, state, sizeof state)) != 0) return rc;
   if (*was_running) return 0;
   if ((rc = svc_argv(r, &a, "start")) != 0) return rc;

@@ -15,6 +15,7 @@
 
 #include "agent_int.h"
 #include "hub.h"
+#include "prep.h"
 
 /* ---- small helpers ------------------------------------------------------------------- */
 
@@ -207,14 +208,8 @@ static int env_install(struct hf_req *r, const struct hf_env *e, const char *con
     hf_argv_push(&a, "--upgrade");
     hf_argv_push(&a, "--no-input");
     hf_argv_push(&a, "--disable-pip-version-check");
-    if (r->hub.find_links) {
-      hf_argv_push(&a, "--no-index");
-      hf_argv_push(&a, "--find-links");
-      hf_argv_push(&a, r->hub.find_links);
-    } else if (r->hub.index_url) {
-      hf_argv_push(&a, "--index-url");
-      hf_argv_push(&a, r->hub.index_url);
-    }
+    /* The host-local cache first when preflight filled it (issue 7). */
+    hf__pip_source(r, &a);
   }
   for (i = 0; i < n; i++) {
     if (!hf_valid_pkgpin(pins[i])) {
@@ -268,6 +263,14 @@ static json_t *api_version(const char *base, int64_t timeout_ms, int *status) {
   return v;
 }
 
+/* db.running_servers: the rules' "servers must be stopped" checks read it.
+ * null when the database cannot tell (new reference). */
+static json_t *running_servers_json(const char *path) {
+  char err[512];
+  int64_t n;
+  return hf_db_running_servers(path, &n, err, sizeof err) == 0 && n >= 0 ? json_integer(n) : json_null();
+}
+
 static int op_facts(struct hf_req *r, json_t *data) {
   int64_t c0 = cpu_us();
   struct envset *es = malloc(sizeof *es);
@@ -290,6 +293,7 @@ static int op_facts(struct hf_req *r, json_t *data) {
     if (hf_db_info(r->hub.db_path, alembic, sizeof alembic, &users, err, sizeof err) == 0) {
       json_object_set_new(db, "alembic_revision", alembic[0] ? json_string(alembic) : json_null());
       json_object_set_new(db, "users", users >= 0 ? json_integer(users) : json_null());
+      json_object_set_new(db, "running_servers", running_servers_json(r->hub.db_path));
     } else {
       json_object_set_new(db, "alembic_revision", json_null());
       json_object_set_new(db, "users", json_null());
@@ -560,6 +564,26 @@ static int op_preflight(struct hf_req *r, json_t *data) {
     if (rc != 0) check(r, checks, name, "refuse", "jupyterhub==%s is not installable: %s", r->target, r->msg);
     else check(r, checks, name, "pass", "pip can install jupyterhub==%s", r->target);
     r->msg[0] = '\0';
+  }
+  /* The target's packages into a host-local cache now, while the hub still
+   * serves: the install inside the downtime then reads local files only
+   * (issue 7). A failed fetch costs nothing but that: the install fetches. */
+  if (es->env[0].exists && strcmp(es->env[0].installer, "pip") == 0) {
+    json_t *co = json_object();
+    if (hf__cache_fetch(r, &es->env[0], co) != 0)
+      check(r, checks, "cache", "warn", "jupyterhub==%s not cached before the stop (install will fetch it): %s", r->target, r->msg);
+    else
+      check(r, checks, "cache", "pass", "jupyterhub==%s cached in %s%s", r->target, json_string_value(json_object_get(co, "dir")),
+            json_is_true(json_object_get(co, "already")) ? " (already there)" : "");
+    json_object_set_new(data, "cache", co);
+    r->msg[0] = '\0';
+  }
+  /* What the version-aware rules read besides the environments. */
+  {
+    json_t *db = json_object();
+    json_object_set_new(db, "kind", json_string(r->hub.sqlite ? "sqlite" : strncmp(r->hub.db_url, "mysql", 5) == 0 ? "mysql" : "postgresql"));
+    json_object_set_new(db, "running_servers", r->hub.sqlite ? running_servers_json(r->hub.db_path) : json_null());
+    json_object_set_new(data, "db", db);
   }
   /* The rehearsal only when everything it needs passed: it costs seconds. */
   if (!json_is_false(json_object_get(r->args, "rehearse"))) {
@@ -841,7 +865,7 @@ static int wait_answering(struct hf_req *r, int64_t log_offset, int64_t *ms) {
       r->msg[0] = '\0';
       next_check = hf__now_ms() + 2000;
     }
-    usleep(150000);
+    usleep(50000); /* a fine interval: every poll saved is downtime saved */
   }
 }
 
@@ -874,6 +898,9 @@ static int install_envs(struct hf_req *r, const char *step, json_t *want, json_t
   int i, rc = 0;
   if (es == NULL) return HF_ENOMEM;
   envs_load(r, es);
+  /* Separate environments side by side (issue 7); the loop below then finds
+   * them at the pins, and verifies every one from its files. */
+  if ((rc = hf__install_prepass(r, step, es->env, es->n, want, NULL)) != 0) { free(es); return rc; }
   for (i = 0; i < es->n; i++) {
     struct hf_env *e = &es->env[i];
     json_t *pins = json_object_get(want, e->prefix), *v;
@@ -1124,7 +1151,7 @@ static int wait_healthy(struct hf_req *r, const char *want, int64_t timeout_ms, 
       if (gone) break;
       next_svc = hf__now_ms() + 2000;
     }
-    usleep(150000);
+    usleep(50000); /* a fine interval: every poll saved is downtime saved */
   }
   scan_log(r->hub.hub_log, log_offset, errors, deps);
   json_object_set_new(data, "status", json_string(ok && json_array_size(errors) == 0 ? "healthy" : "unhealthy"));
