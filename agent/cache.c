@@ -180,6 +180,7 @@ static void lane_child(struct hf_req *r, struct lane *l, const char *const *pins
   hf_argv_push(&a, "--upgrade");
   hf_argv_push(&a, "--no-input");
   hf_argv_push(&a, "--disable-pip-version-check");
+  hf_argv_push(&a, "--no-compile"); /* as env_install: compiling is half of pip's time */
   hf__pip_source(r, &a);
   for (i = 0; i < n; i++) hf_argv_push(&a, pins[i]);
   if (fd >= 0) {

@@ -208,6 +208,9 @@ static int env_install(struct hf_req *r, const struct hf_env *e, const char *con
     hf_argv_push(&a, "--upgrade");
     hf_argv_push(&a, "--no-input");
     hf_argv_push(&a, "--disable-pip-version-check");
+    /* Byte-compiling every module of the release is half of pip's time
+     * inside the downtime; Python compiles what it imports anyway (issue 7). */
+    hf_argv_push(&a, "--no-compile");
     /* The host-local cache first when preflight filled it (issue 7). */
     hf__pip_source(r, &a);
   }
