@@ -206,7 +206,10 @@ def kill_during(host, rollout, target, op, before_ops):
         t = e.get('text') or ''
         if t.startswith('agent pid '):
             pid[0] = int(t.split()[2].rstrip(':'))
-        if ('%s: run ' % op) in t and pid[0] and not killed.is_set():
+        # the step's command started: streamed ("install: run ...") or, for
+        # environments installed side by side, announced before the fork
+        started = ('%s: run ' % op) in t or (t.startswith('%s: ' % op) and 'side by side' in t)
+        if started and pid[0] and not killed.is_set():
             os.kill(pid[0], signal.SIGKILL)  # the remote agent, by its pid (same kernel)
             killed.set()
     try:
