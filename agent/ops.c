@@ -432,8 +432,9 @@ static json_t *rehearse(struct hf_req *r, json_t *checks, const struct hf_env *h
   hf_argv_push(&a, "--disable-pip-version-check");
   hf_argv_push(&a, "--target");
   hf_argv_push(&a, pkgs);
-  if (r->hub.find_links) { hf_argv_push(&a, "--no-index"); hf_argv_push(&a, "--find-links"); hf_argv_push(&a, r->hub.find_links); }
-  else if (r->hub.index_url) { hf_argv_push(&a, "--index-url"); hf_argv_push(&a, r->hub.index_url); }
+  /* From the preflight's cache when it holds the target: the rehearsal then
+   * proves the very files the install will use. */
+  hf__pip_source(r, &a);
   hf_argv_pushf(&a, "jupyterhub==%s", r->target);
   rc = hf__cmd(r, &a, cwd, NULL, NULL, hf__left_ms(r), "rehearsal", true, NULL);
   hf_argv_free(&a);
