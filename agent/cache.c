@@ -143,6 +143,61 @@ int hf__cache_fetch(struct hf_req *r, const struct hf_env *hub, json_t *out) {
   return 0;
 }
 
+/* ---- dependencies already satisfied ------------------------------------------------ */
+
+/* STATE_DIR/cache/nodeps-KEY: KEY from the environment's prefix and the pins. */
+static int nodeps_marker(struct hf_req *r, const char *prefix, char *out, size_t outlen) {
+  char pins[4096], key[PATH_MAX + 4200], hex[HF_SHA256_HEX];
+  if (pins_string(r, pins, sizeof pins) != 0 || hf__pathf(key, sizeof key, "%s\n%s", prefix, pins) != 0) return HF_EINVAL;
+  hf_sha256_hex(key, strlen(key), hex);
+  return hf__pathf(out, outlen, "%s/cache/nodeps-%.16s", r->hub.state_dir, hex) == 0 ? 0 : HF_EINVAL;
+}
+
+/* Is name (not NUL-terminated, len bytes) one of the pins' package names? */
+static bool is_pinned(struct hf_req *r, const char *name, size_t len) {
+  char want[200], got[200];
+  size_t k;
+  hf_pep503(name, len, got, sizeof got);
+  hf_pep503("jupyterhub", 10, want, sizeof want);
+  if (strcmp(got, want) == 0) return true;
+  for (k = 0; k < json_array_size(r->hub.extra_packages); k++) {
+    const char *pin = json_string_value(json_array_get(r->hub.extra_packages, k)), *eq = pin ? strstr(pin, "==") : NULL;
+    if (eq == NULL) continue;
+    hf_pep503(pin, (size_t)(eq - pin), want, sizeof want);
+    if (strcmp(got, want) == 0) return true;
+  }
+  return false;
+}
+
+void hf__deps_note(struct hf_req *r, const char *prefix, const char *dry_out) {
+  char marker[PATH_MAX], dir[PATH_MAX];
+  const char *p, *end;
+  int fd;
+  if (nodeps_marker(r, prefix, marker, sizeof marker) != 0) return;
+  unlink(marker);
+  /* pip's dry run: "Would install jupyterhub-3.1.0 oauthenticator-16.0.7" */
+  if (dry_out == NULL || (p = strstr(dry_out, "Would install ")) == NULL) return;
+  p += 14;
+  end = strchr(p, '\n');
+  if (end == NULL) end = p + strlen(p);
+  while (p < end) {
+    const char *t = p, *dash = NULL;
+    while (p < end && *p != ' ') { if (*p == '-') dash = p; p++; }
+    if (p > t && (dash == NULL || !is_pinned(r, t, (size_t)(dash - t)))) return; /* a dependency would change */
+    while (p < end && *p == ' ') p++;
+  }
+  if (hf__pathf(dir, sizeof dir, "%s/cache", r->hub.state_dir) != 0 || hf__mkdirs(dir, 0700) != 0) return;
+  if ((fd = open(marker, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) >= 0) {
+    (void)!write(fd, prefix, strlen(prefix));
+    close(fd);
+  }
+}
+
+bool hf__deps_satisfied(struct hf_req *r, const char *prefix) {
+  char marker[PATH_MAX];
+  return r->target != NULL && nodeps_marker(r, prefix, marker, sizeof marker) == 0 && access(marker, F_OK) == 0;
+}
+
 /* ---- installs side by side --------------------------------------------------------- */
 
 struct lane {
@@ -181,6 +236,7 @@ static void lane_child(struct hf_req *r, struct lane *l, const char *const *pins
   hf_argv_push(&a, "--no-input");
   hf_argv_push(&a, "--disable-pip-version-check");
   hf_argv_push(&a, "--no-compile"); /* as env_install: compiling is half of pip's time */
+  if (hf__deps_satisfied(r, l->e->prefix)) hf_argv_push(&a, "--no-deps");
   hf__pip_source(r, &a);
   for (i = 0; i < n; i++) hf_argv_push(&a, pins[i]);
   if (fd >= 0) {

@@ -211,6 +211,7 @@ static int env_install(struct hf_req *r, const struct hf_env *e, const char *con
     /* Byte-compiling every module of the release is half of pip's time
      * inside the downtime; Python compiles what it imports anyway (issue 7). */
     hf_argv_push(&a, "--no-compile");
+    if (hf__deps_satisfied(r, e->prefix)) hf_argv_push(&a, "--no-deps"); /* preflight's dry run saw them satisfied */
     /* The host-local cache first when preflight filled it (issue 7). */
     hf__pip_source(r, &a);
   }
@@ -563,7 +564,13 @@ static int op_preflight(struct hf_req *r, json_t *data) {
     hf_argv_pushf(&a, "jupyterhub==%s", r->target);
     for (k = 0; k < json_array_size(r->hub.extra_packages); k++)
       hf_argv_push(&a, json_string_value(json_array_get(r->hub.extra_packages, k)));
-    rc = hf__cmd(r, &a, NULL, NULL, NULL, hf__left_ms(r), "preflight", true, NULL);
+    {
+      char *dry = NULL;
+      rc = hf__cmd(r, &a, NULL, NULL, NULL, hf__left_ms(r), "preflight", true, &dry);
+      /* Nothing but the pins to install: the install may skip resolving. */
+      hf__deps_note(r, e->prefix, rc == 0 ? dry : NULL);
+      free(dry);
+    }
     hf_argv_free(&a);
     if (rc != 0) check(r, checks, name, "refuse", "jupyterhub==%s is not installable: %s", r->target, r->msg);
     else check(r, checks, name, "pass", "pip can install jupyterhub==%s", r->target);

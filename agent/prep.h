@@ -32,6 +32,17 @@ void hf__pip_source(struct hf_req *r, struct hf_argv *a);
  * {dir, already, elapsed_ms}. 0, or an HF_E* code with r->msg set. */
 int hf__cache_fetch(struct hf_req *r, const struct hf_env *hub, json_t *out);
 
+/* Preflight: dry_out (borrowed, may be NULL) is the output of pip's
+ * `install --dry-run` of the pins in the environment at prefix. When it
+ * would install nothing but the pins themselves (every dependency is
+ * already satisfied), notes that in STATE_DIR/cache/nodeps-KEY (KEY from
+ * prefix and pins); otherwise removes any such note. Best effort. */
+void hf__deps_note(struct hf_req *r, const char *prefix, const char *dry_out);
+/* Install: was that noted for this environment and r->target's pins? Then
+ * pip runs with --no-deps and skips resolving (about half its CPU inside
+ * the downtime). Never for a rollback (no target). */
+bool hf__deps_satisfied(struct hf_req *r, const char *prefix);
+
 /* Before a sequential install loop over envs[0..nenv): when two or more
  * environments need a change and all of them are separate pip environments
  * (no conda, no prefix inside another), runs their `pip install --upgrade`
