@@ -17,6 +17,9 @@ if ! id -u "$TUSER" > /dev/null 2>&1; then
   useradd -M -U -d "$THOME" -s /bin/sh -p '*' "$TUSER" || { echo "cannot create $TUSER"; exit 1; }
   CREATED_USER=1
 fi
+# A fresh home every run: whatever an earlier run left (under an older uid
+# of this user) must not be in the way.
+rm -rf "$THOME"
 mkdir -p "$THOME"
 chown "$TUSER:" "$THOME"
 chmod 700 "$THOME"
@@ -37,8 +40,8 @@ cleanup() {
       sleep 0.25
     done
     userdel "$TUSER" 2>/dev/null || echo "note: could not remove user $TUSER"
-    rm -rf "$THOME"
   fi
+  rm -rf "$THOME"
 }
 trap cleanup EXIT
 fails=0
