@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -217,7 +218,8 @@ static void lane_line(void *ud, int stream, const char *line) {
   (void)!write(fd, "\n", 1);
 }
 
-static void lane_child(struct hf_req *r, struct lane *l, const char *const *pins, int n, int64_t timeout) {
+static void lane_child(struct hf_req *r, struct lane *l, const char *const *pins, int n, int64_t timeout,
+                       pid_t parent) {
   struct hf_argv a;
   struct hf_run run;
   int fd, rfd, i, rc;
@@ -226,6 +228,10 @@ static void lane_child(struct hf_req *r, struct lane *l, const char *const *pins
   /* No frame may come from this process: the protocol belongs to the parent. */
   static bool dead = true;
   r->out_dead = &dead;
+  /* Dies with the agent, as the runner's children do: a killed agent must
+   * not leave an installer running beside the rollback a new agent starts. */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(1);
   fd = open(l->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   hf__argv_start(r, &a);
   hf_argv_pushf(&a, "%s/bin/python", l->e->prefix);
@@ -285,6 +291,7 @@ int hf__install_prepass(struct hf_req *r, const char *step, const struct hf_env 
   const struct hf_env *todo[HF_MAX_ENVS + 1];
   int64_t deadline = r->deadline_ms;
   int i, j, n = 0, started = 0, rc = 0;
+  pid_t self;
 
   /* Which environments an install would change (the caller's loop skips
    * the rest, and verifies every one afterwards from the files). */
@@ -336,6 +343,7 @@ int hf__install_prepass(struct hf_req *r, const char *step, const struct hf_env 
     unlink(lanes[i].res);
   }
   hf__event(r, "info", "%s: %d environments side by side (logs in %s)", step, n, dir);
+  self = getpid();
   for (i = 0; i < n; i++) {
     pid_t pid = fork();
     if (pid < 0) {
@@ -343,7 +351,7 @@ int hf__install_prepass(struct hf_req *r, const char *step, const struct hf_env 
       rc = HF_EEXEC;
       break;
     }
-    if (pid == 0) lane_child(r, &lanes[i], pins[i], npins[i], deadline - hf__now_ms() > 1000 ? deadline - hf__now_ms() : 1000);
+    if (pid == 0) lane_child(r, &lanes[i], pins[i], npins[i], deadline - hf__now_ms() > 1000 ? deadline - hf__now_ms() : 1000, self);
     lanes[i].pid = pid;
     started++;
   }
