@@ -1497,29 +1497,15 @@ static int read_file(const char *path, char **out, size_t *len) {
 }
 
 int hf_engine_find_agent(const char *explicit_path, char *buf, size_t len) {
-  const char *env = getenv("HUBFLEET_AGENT");
-  if (explicit_path && *explicit_path) { snprintf(buf, len, "%s", explicit_path); return 0; }
-  if (env && *env) { snprintf(buf, len, "%s", env); return 0; }
-  char exe[PATH_MAX - 32];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (n > 0) {
-    exe[n] = 0;
-    char *slash = strrchr(exe, '/');
-    if (slash) {
-      *slash = 0;
-      snprintf(buf, len, "%s/../agent/hubfleet-agent", exe);
-      if (access(buf, R_OK) == 0) return 0;
-      /* installed: PREFIX/bin/hubfleet and PREFIX/libexec/hubfleet/hubfleet-agent,
-       * also when the tree was moved or installed with DESTDIR */
-      snprintf(buf, len, "%s/../libexec/hubfleet/hubfleet-agent", exe);
-      if (access(buf, R_OK) == 0) return 0;
-    }
-  }
+  /* build tree: BUILD/controller/hubfleet beside BUILD/agent/hubfleet-agent;
+   * installed: PREFIX/bin/hubfleet and PREFIX/libexec/hubfleet/hubfleet-agent */
+  static const char *const rel[] = { "../agent/hubfleet-agent", "../libexec/hubfleet/hubfleet-agent", NULL };
 #ifdef HF_AGENT_INSTALLED_PATH
-  snprintf(buf, len, "%s", HF_AGENT_INSTALLED_PATH);
-  if (access(buf, R_OK) == 0) return 0;
+  const char *installed = HF_AGENT_INSTALLED_PATH;
+#else
+  const char *installed = NULL;
 #endif
-  return HF_ENOTFOUND;
+  return hf_find_shipped_file(explicit_path, "HUBFLEET_AGENT", rel, installed, buf, len);
 }
 
 int hf_engine_new(uv_loop_t *loop, const struct hf_engine_opts *opts,

@@ -34,6 +34,16 @@ void hf_hostkey_message(enum hf_hostkey_problem p, const char *name, const char 
                         int port, const char *fingerprint, const char *kh_file,
                         char *buf, size_t len);
 
+/* Finds a file hubfleet ships beside itself: explicit (the option), else the
+ * environment variable env_var, else each of rel[] (NULL-terminated, relative
+ * to the running program's directory: the build tree's and the installed
+ * layout's places, so a moved or DESTDIR install works), else installed (an
+ * absolute path or NULL). Writes the path into buf. Returns 0, or
+ * HF_ENOTFOUND when no candidate is readable (explicit and env paths are
+ * returned as given, unchecked: the caller reports their errors). */
+int hf_find_shipped_file(const char *explicit_path, const char *env_var, const char *const *rel,
+                         const char *installed, char *buf, size_t len);
+
 /* True for exactly 64 lowercase hex digits. */
 bool hf_valid_sha256_hex(const char *s);
 

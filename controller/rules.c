@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "hf_rules.h"
+#include "hf_ctl_util.h"
 #include "hf_proto.h"
 
 #ifndef HF_RULES_INSTALLED_PATH
@@ -73,26 +74,9 @@ int hf_rules_validate(const json_t *doc, char *err, size_t errlen) {
 }
 
 int hf_rules_find(const char *explicit_path, char *buf, size_t len) {
-  const char *env = getenv("HUBFLEET_RULES");
-  if (explicit_path) { snprintf(buf, len, "%s", explicit_path); return 0; }
-  if (env && *env) { snprintf(buf, len, "%s", env); return 0; }
-  char exe[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (n > 0) {
-    exe[n] = '\0';
-    char *slash = strrchr(exe, '/');
-    if (slash) {
-      *slash = '\0';
-      /* build tree: BUILD/controller/hubfleet; the data file sits in the source tree, copied next to it by meson */
-      snprintf(buf, len, "%s/upgrade-rules.json", exe);
-      if (access(buf, R_OK) == 0) return 0;
-      /* installed: PREFIX/bin/hubfleet and PREFIX/share/hubfleet/upgrade-rules.json */
-      snprintf(buf, len, "%s/../share/hubfleet/upgrade-rules.json", exe);
-      if (access(buf, R_OK) == 0) return 0;
-    }
-  }
-  snprintf(buf, len, "%s", HF_RULES_INSTALLED_PATH);
-  return access(buf, R_OK) == 0 ? 0 : HF_ENOTFOUND;
+  /* build tree: copied beside the program by meson; installed: PREFIX/share/hubfleet */
+  static const char *const rel[] = { "upgrade-rules.json", "../share/hubfleet/upgrade-rules.json", NULL };
+  return hf_find_shipped_file(explicit_path, "HUBFLEET_RULES", rel, HF_RULES_INSTALLED_PATH, buf, len);
 }
 
 int hf_rules_load(const char *path, json_t **out, char *err, size_t errlen) {

@@ -3,7 +3,9 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hf_proto.h"
 #include "hf_ctl_util.h"
@@ -122,4 +124,26 @@ bool hf_ssh_error_retryable(const char *msg) {
   for (const char *const *d = drops; *d; d++)
     if (strstr(msg, *d)) return true;
   return false;
+}
+
+int hf_find_shipped_file(const char *explicit_path, const char *env_var, const char *const *rel,
+                         const char *installed, char *buf, size_t len) {
+  const char *env = env_var ? getenv(env_var) : NULL;
+  if (explicit_path && *explicit_path) { snprintf(buf, len, "%s", explicit_path); return 0; }
+  if (env && *env) { snprintf(buf, len, "%s", env); return 0; }
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  char *slash = n > 0 ? (exe[n] = '\0', strrchr(exe, '/')) : NULL;
+  if (slash) {
+    *slash = '\0';
+    for (size_t i = 0; rel && rel[i]; i++) {
+      int w = snprintf(buf, len, "%s/%s", exe, rel[i]);
+      if (w > 0 && (size_t)w < len && access(buf, R_OK) == 0) return 0;
+    }
+  }
+  if (installed) {
+    snprintf(buf, len, "%s", installed);
+    if (access(buf, R_OK) == 0) return 0;
+  }
+  return HF_ENOTFOUND;
 }
