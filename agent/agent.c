@@ -122,6 +122,7 @@ static int handle(struct hf_agent *a, json_t *msg) {
 
   r = calloc(1, sizeof *r);
   if (r == NULL) return proto_fail(a, HF_ENOMEM, "out of memory");
+  r->in_fd = a->in_fd;
   r->out_fd = a->out_fd;
   r->out_dead = &a->out_dead;
   r->id = (uint64_t)json_integer_value(jid);

@@ -210,6 +210,7 @@ int hf_hub_parse(const json_t *hub, struct hf_hub *h, char *err, size_t errlen);
 
 /* One request being handled. */
 struct hf_req {
+  int           in_fd;        /* the controller's side: a hangup here means it is gone */
   int           out_fd;
   bool         *out_dead;     /* set once a write to out_fd failed: events are dropped */
   uint64_t      id;

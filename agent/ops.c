@@ -2,6 +2,7 @@
  * rollback, journal): each idempotent, each state-changing one journaled before and after. */
 #include <dirent.h>
 #include <errno.h>
+#include <poll.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -1472,6 +1473,49 @@ static const struct op_entry ops[] = {
  * cut must not start a rollback while the agent it lost is still inside
  * pip. flock dies with its holder, even under SIGKILL. Waits up to the
  * op's timeout for the other agent to finish its step. */
+/* Whether the controller's end of stdin hung up (without reading from it:
+ * a next request must stay where it is). */
+static bool controller_gone(const struct hf_req *r) {
+  struct pollfd p = { .fd = r->in_fd, .events = POLLRDHUP };
+  return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
+}
+
+/* The procedure's order; a request for a step the journal has already gone
+ * past (since its last rollback) comes from a stale controller or agent and
+ * is refused: running it would go backwards (a late "stop" after "health"
+ * would take a healthy, upgraded hub down). */
+static const char *const procedure[] = { "backup", "stop", "install", "migrate", "start", "health", NULL };
+
+static int step_rank(const char *step) {
+  for (int i = 0; procedure[i]; i++)
+    if (step && strcmp(procedure[i], step) == 0) return i;
+  return -1;
+}
+
+static int refuse_stale(struct hf_req *r) {
+  int want = step_rank(r->op), past = -1;
+  const char *past_step = NULL;
+  json_t *recs = NULL, *rec;
+  size_t i;
+  if (want < 0 || r->rollout == NULL) return 0;
+  if (jread(r, &recs) != 0) return HF_EJOURNAL;
+  json_array_foreach(recs, i, rec) {
+    const char *step = json_string_value(json_object_get(rec, "step"));
+    const char *state = json_string_value(json_object_get(rec, "state"));
+    if (step && state && strcmp(step, "rollback") == 0 && strcmp(state, "done") == 0) { past = -1; continue; }
+    int k = step_rank(step);
+    if (k > past) { past = k; past_step = json_string_value(json_object_get(rec, "step")); }
+  }
+  int rc = 0;
+  if (past > want) {
+    snprintf(r->msg, sizeof r->msg, "stale request: the journal of rollout %s already shows %s, past %s; not running %s",
+             r->rollout, past_step ? past_step : "?", r->op, r->op);
+    rc = HF_ESTATE;
+  }
+  json_decref(recs);
+  return rc;
+}
+
 static int host_lock(struct hf_req *r, int *fdp) {
   char path[PATH_MAX], pid[32];
   int64_t deadline = hf__now_ms() + hf__left_ms(r);
@@ -1505,6 +1549,13 @@ static int host_lock(struct hf_req *r, int *fdp) {
                lock_holder(fd));
       close(fd);
       return HF_ESTATE;
+    }
+    if (controller_gone(r)) {
+      /* Whoever sent this is gone; a newer controller decides from the
+       * journal. Running it later could undo that controller's work. */
+      snprintf(r->msg, sizeof r->msg, "the controller that sent %s is gone; not running it", r->op);
+      close(fd);
+      return HF_ECANCELED;
     }
     usleep(200000);
   }
@@ -1547,6 +1598,7 @@ int hf__op_dispatch(struct hf_req *r, json_t **data) {
     /* Who does the work: lets an operator (or a test) find this process. */
     hf__event(r, "debug", "agent pid %d: %s for rollout %s", (int)getpid(), e->name, r->rollout);
     if ((rc = host_lock(r, &lockfd)) != 0) return rc;
+    if ((rc = refuse_stale(r)) != 0) { close(lockfd); return rc; }
   }
   rc = e->fn(r, *data);
   if (lockfd >= 0) close(lockfd); /* releases the lock */
