@@ -960,7 +960,7 @@ int hf_rollout_run(const struct hf_rollout_opts *o) {
   int rc = HF_EXIT_INTERNAL;
   memset(&ro, 0, sizeof ro);
   ro.o = o;
-  ro.tty = isatty(STDERR_FILENO) && !getenv("NO_COLOR") ? true : isatty(STDERR_FILENO);
+  ro.tty = isatty(STDERR_FILENO); /* live progress line; plain lines otherwise */
   ro.t0 = hf_state_now_ms();
   ro.nhosts = o->inv->nhosts;
   ro.hosts = calloc(ro.nhosts ? ro.nhosts : 1, sizeof *ro.hosts);
