@@ -55,7 +55,9 @@ kills=0 i=0
 args=(upgrade -i "$INV" --to "$NEW" --stages 1,50%,100% --parallel 4)
 while [ $i -lt "$KILLS" ]; do
   i=$((i + 1))
-  d=$((RANDOM % 20 + 1))
+  # 1-8 s: short enough that even a quiet machine, where the whole rollout
+  # takes under a minute, is killed ten times; random enough to land in every step
+  d=$((RANDOM % 8 + 1))
   r=$(run_for "$d" "${args[@]}")
   st=$(ro_status)
   echo "# round $i: after ${d}s: $r; rollout $st [$((SECONDS - t0))s]"
