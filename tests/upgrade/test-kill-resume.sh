@@ -1,6 +1,6 @@
 #!/bin/bash
 # The controller killed with SIGKILL at random moments of a rollout on 8 hubs
-# (up to HF_KILLS=10 kills, each 1-20 s after the last start; after each kill
+# (up to HF_KILLS=10 kills, each 1-8 s after the last start; after each kill
 # `hubfleet resume`, itself killed on the next round), then a final resume to
 # completion: every hub healthy on the target, the state agrees with audit, and
 # no host ran a harmful step twice: one backup per host (same checksum in every
