@@ -19,6 +19,14 @@ in_install() { grep -q "\"host\":\"$H\".*\"step\":\"install\"" "$W/ev.ndjson"; }
 wait_for 600 in_install
 check "$H reached install" in_install
 kill -KILL "$pid"; wait "$pid" 2>/dev/null
+# The lost agent goes on with its install (the step finishes and journals).
+# Freeze it for a few seconds so that, however fast pip is on this machine,
+# it still holds the host lock when the resume arrives.
+APID=$(grep -o '"text":"agent pid [0-9]*: install' "$W/ev.ndjson" | tail -n 1 | grep -o '[0-9][0-9]*')
+check "the lost agent's pid was announced" test -n "$APID"
+check "the lost agent is still at work (frozen for 8 s)" kill -STOP "$APID"
+( sleep 8; kill -CONT "$APID" 2>/dev/null ) &
+thaw=$!
 RID=$(hf history --state "$STATE" --ids | head -1)
 journal "$H" "$RID" > "$W/j0.json"
 check "install had begun and not finished at the kill" test \
@@ -27,6 +35,7 @@ check "install had begun and not finished at the kill" test \
 step "resume at once"
 timeout 900 "$HUBFLEET" resume "$RID" --state "$STATE" --events "$W/ev.ndjson" > "$W/resume.out" 2>&1
 rc=$?
+wait "$thaw" 2>/dev/null
 check "resume exits 0 (rc=$rc)" test $rc -eq 0
 [ $rc -eq 0 ] || tail -20 "$W/resume.out"
 check "resume waited for the earlier agent" grep -q "^$H: an earlier agent (pid [0-9]*) is still changing the hub" "$W/resume.out"
