@@ -271,10 +271,11 @@ int hf_cmd_audit(int argc, char **argv) {
   json_decref(hosts);
   if (!doc) { exit_code = HF_EXIT_INTERNAL; goto out; }
   if (stats) {
-    json_object_set_new(doc, "stats", json_pack("{s:f, s:I, s:f, s:f, s:f, s:I, s:I, s:I, s:I, s:I, s:i, s:I}",
+    json_object_set_new(doc, "stats", json_pack("{s:f, s:I, s:f, s:f, s:f, s:f, s:I, s:I, s:I, s:I, s:I, s:i, s:I}",
         "wall_s", (double)wall_ns / 1e9, "cpu_us", (json_int_t)st.cpu_us,
         "cpu_ms_per_host", (double)st.cpu_us / 1000.0 / (double)r.nhosts,
         "max_stall_ms", (double)st.max_stall_ns / 1e6,
+        "max_stall_wall_ms", (double)st.max_stall_wall_ns / 1e6,
         "max_stall_cpu_ms", (double)st.max_stall_cpu_ns / 1e6, "retries", (json_int_t)st.retries,
         "uploads", (json_int_t)st.uploads, "upload_bytes", (json_int_t)st.upload_bytes,
         "reused", (json_int_t)st.reused, "maxrss_kb", (json_int_t)st.maxrss_kb,
@@ -295,11 +296,12 @@ int hf_cmd_audit(int argc, char **argv) {
   }
   if (stats)
     fprintf(stderr, "stats: %zu hosts, wall %.2f s, cpu %.1f ms (%.3f ms/host), longest loop stall "
-            "%.1f ms (%.1f ms CPU), handshake retries %llu, uploads %llu (%llu bytes), agents reused %llu, "
+            "%.1f ms (%.1f ms CPU; %.1f ms of wall time counting waits for a CPU), handshake retries %llu, uploads %llu (%llu bytes), agents reused %llu, "
             "peak handshakes %d, max rss %.1f MB\n",
             r.nhosts, (double)wall_ns / 1e9, (double)st.cpu_us / 1000.0,
             (double)st.cpu_us / 1000.0 / (double)r.nhosts, (double)st.max_stall_ns / 1e6,
-            (double)st.max_stall_cpu_ns / 1e6, (unsigned long long)st.retries, (unsigned long long)st.uploads,
+            (double)st.max_stall_cpu_ns / 1e6, (double)st.max_stall_wall_ns / 1e6,
+            (unsigned long long)st.retries, (unsigned long long)st.uploads,
             (unsigned long long)st.upload_bytes, (unsigned long long)st.reused,
             st.peak_handshakes, (double)st.maxrss_kb / 1024.0);
   if (exit_code == HF_EXIT_OK) exit_code = hf_audit_exit_code(doc);

@@ -24,6 +24,7 @@
 #include "hf_sha256.h"
 #include "hf_engine.h"
 #include "hf_ctl_util.h"
+#include "hf_knownhosts.h"
 
 #define READ_CHUNK   16384u
 #define UPLOAD_CHUNK 32768u
@@ -32,7 +33,7 @@
 #define TAIL_MAX 240            /* bytes of remote stderr kept for messages */
 #define DRIVE_MAX_STEPS 64      /* state steps per wakeup: a bound, not a budget */
 #define EP_BUCKETS 1024
-#define ITER_BUDGET_NS (8u * 1000u * 1000u)   /* socket work per loop iteration */
+#define ITER_BUDGET_NS (2u * 1000u * 1000u)   /* socket work per loop iteration */
 
 /* ---- small intrusive queue of sessions ---------------------------------- */
 struct squeue { struct hf_session *head, *tail; };
@@ -70,10 +71,17 @@ struct hf_engine {
   uv_check_t check;
   uint64_t last_check_ns, last_idle_ns, last_cpu_ns;
   uint64_t iter_start_ns;       /* first socket callback of this iteration, 0 = none yet */
+  int schedstat_fd;             /* the loop thread's /proc schedstat, -1 = not available */
+  uint64_t iter_runq_ns;        /* its run-queue wait at the iteration's first callback */
+  uint64_t check_runq_ns;       /* ... at the last check (end of an iteration) */
+  uint64_t pre_runq_ns;         /* waits between that check and the next poll */
+  uv_prepare_t prepare;
+  int open_handles;             /* check and prepare: e is freed when both have closed */
   bool metrics;
   uint64_t rng;
   int live;                     /* sessions not yet freed */
   struct jump *jumps;           /* bastions in use (ProxyJump), by spec */
+  struct hf_kh *kh;             /* known_hosts files, each read once */
   struct hf_engine_stats st;
 };
 
@@ -110,6 +118,7 @@ struct hf_session {
   ssh_channel ch;               /* the agent channel (probe, then agent) */
   ssh_channel up;               /* the upload channel */
   char kh_file[PATH_MAX];
+  struct hf_khfile *khf;        /* kh_file, loaded (on the first connect) */
   struct auth_method auth[6];
   int nauth, auth_idx;
   int retries;
@@ -421,6 +430,19 @@ static void on_timer(uv_timer_t *t) {
 static void retry_later(struct hf_session *s);
 static bool next_address(struct hf_session *s);
 
+/* Time the loop thread has spent runnable but waiting for a CPU (Linux
+ * schedstat, second field), or 0 when the kernel does not say. */
+static uint64_t runq_wait_ns(struct hf_engine *e) {
+  if (e->schedstat_fd < 0) return 0;
+  char buf[96];
+  ssize_t n = pread(e->schedstat_fd, buf, sizeof buf - 1, 0);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  unsigned long long run = 0, wait = 0;
+  if (sscanf(buf, "%llu %llu", &run, &wait) != 2) return 0;
+  return wait;
+}
+
 static void on_poll(uv_poll_t *p, int status, int events) {
   struct hf_session *s = p->data;
   if (status < 0) {
@@ -451,8 +473,10 @@ static void on_poll(uv_poll_t *p, int status, int events) {
    * the loop. */
   struct hf_engine *e = s->e;
   uint64_t now = uv_hrtime();
-  if (!e->iter_start_ns) e->iter_start_ns = now;
-  else if (now - e->iter_start_ns > ITER_BUDGET_NS) { e->st.deferred++; return; }
+  if (!e->iter_start_ns) {
+    e->iter_start_ns = now;
+    e->iter_runq_ns = runq_wait_ns(e);
+  } else if (now - e->iter_start_ns > ITER_BUDGET_NS) { e->st.deferred++; return; }
   drive(s);
 }
 
@@ -619,10 +643,20 @@ static int in_connecting(struct hf_session *s) {
           s->host->port, strerror(soerr));
     return -1;
   }
+  const struct hf_host *h = s->host;
+  /* Host keys are checked against the file the controller read once (see
+   * hf_knownhosts.h); libssh is given an empty one so it does not read and
+   * parse the whole file twice per session. The key types recorded for the
+   * host come first in the key exchange, as libssh would order them. */
+  char kherr[PATH_MAX + 128], algos[512];
+  if (!s->khf && !(s->khf = hf_kh_file(e->kh, s->kh_file, kherr, sizeof kherr))) {
+    failf(s, HF_EHOSTKEY, "%s: %s", h->name, kherr);
+    return -1;
+  }
+  int known = hf_kh_hostkey_algorithms(s->khf, h->address, h->port, algos, sizeof algos);
   ssh_session ssh = ssh_new();
   if (!ssh) { failf(s, HF_ENOMEM, "%s: ssh_new failed", s->host->name); return -1; }
   s->ssh = ssh;
-  const struct hf_host *h = s->host;
   bool no = false;
   int port = h->port;
   socket_t sfd = s->fd;
@@ -632,7 +666,8 @@ static int in_connecting(struct hf_session *s) {
   if (ssh_options_set(ssh, SSH_OPTIONS_PROCESS_CONFIG, &no) < 0 ||
       ssh_options_set(ssh, SSH_OPTIONS_HOST, h->address) < 0 ||
       ssh_options_set(ssh, SSH_OPTIONS_PORT, &port) < 0 ||
-      ssh_options_set(ssh, SSH_OPTIONS_KNOWNHOSTS, s->kh_file) < 0 ||
+      ssh_options_set(ssh, SSH_OPTIONS_KNOWNHOSTS, "/dev/null") < 0 ||
+      (known > 0 && ssh_options_set(ssh, SSH_OPTIONS_HOSTKEYS, algos) < 0) ||
       ssh_options_set(ssh, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null") < 0 ||
       ssh_options_set(ssh, SSH_OPTIONS_TIMEOUT, &to) < 0 ||
       (h->user && ssh_options_set(ssh, SSH_OPTIONS_USER, h->user) < 0) ||
@@ -681,14 +716,18 @@ static int in_handshake(struct hf_session *s) {
 
 static int check_host_key(struct hf_session *s) {
   struct hf_engine *e = s->e;
-  enum ssh_known_hosts_e k = ssh_session_is_known_server(s->ssh);
-  if (k == SSH_KNOWN_HOSTS_OK) return 0;
-  char fp[128] = "?";
+  const struct hf_host *h = s->host;
   ssh_key key = NULL;
+  if (ssh_get_server_publickey(s->ssh, &key) != SSH_OK) {
+    fail_ssh(s, HF_EHOSTKEY, "cannot read the server's host key");
+    return -1;
+  }
+  enum hf_kh_verdict k = hf_kh_check(s->khf, h->address, h->port, key);
+  if (k == HF_KH_OK) { ssh_key_free(key); return 0; }
+  char fp[128] = "?";
   unsigned char *hash = NULL;
   size_t hlen = 0;
-  if (ssh_get_server_publickey(s->ssh, &key) == SSH_OK &&
-      ssh_get_publickey_hash(key, SSH_PUBLICKEY_HASH_SHA256, &hash, &hlen) == 0) {
+  if (ssh_get_publickey_hash(key, SSH_PUBLICKEY_HASH_SHA256, &hash, &hlen) == 0) {
     char *f = ssh_get_fingerprint_hash(SSH_PUBLICKEY_HASH_SHA256, hash, hlen);
     if (f) {
       snprintf(fp, sizeof fp, "%s %s", ssh_key_type_to_char(ssh_key_type(key)), f);
@@ -696,35 +735,29 @@ static int check_host_key(struct hf_session *s) {
     }
   }
   ssh_clean_pubkey_hash(&hash);
-  ssh_key_free(key);
   char msg[sizeof s->err];
+  enum hf_hostkey_problem p = HF_HOSTKEY_UNKNOWN;
   switch (k) {
-  case SSH_KNOWN_HOSTS_UNKNOWN:
-  case SSH_KNOWN_HOSTS_NOT_FOUND:
+  case HF_KH_UNKNOWN:
     if (e->o.accept_new) {
-      if (ssh_session_update_known_hosts(s->ssh) != SSH_OK) {
-        fail_ssh(s, HF_EHOSTKEY, "--accept-new: cannot record the host key");
+      int rc = hf_kh_add(s->khf, h->address, h->port, key, msg, sizeof msg);
+      ssh_key_free(key);
+      if (rc < 0) {
+        failf(s, HF_EHOSTKEY, "%s: --accept-new: cannot record the host key: %s", h->name, msg);
         return -1;
       }
       fprintf(stderr, "hubfleet: %s: new host key %s added to %s (--accept-new)\n",
-              s->host->name, fp, s->kh_file);
+              h->name, fp, s->kh_file);
       return 0;
     }
-    hf_hostkey_message(HF_HOSTKEY_UNKNOWN, s->host->name, s->host->address, s->host->port,
-                       fp, s->kh_file, msg, sizeof msg);
+    p = HF_HOSTKEY_UNKNOWN;
     break;
-  case SSH_KNOWN_HOSTS_CHANGED:
-    hf_hostkey_message(HF_HOSTKEY_CHANGED, s->host->name, s->host->address, s->host->port,
-                       fp, s->kh_file, msg, sizeof msg);
-    break;
-  case SSH_KNOWN_HOSTS_OTHER:
-    hf_hostkey_message(HF_HOSTKEY_OTHER, s->host->name, s->host->address, s->host->port,
-                       fp, s->kh_file, msg, sizeof msg);
-    break;
-  default:
-    fail_ssh(s, HF_EHOSTKEY, "cannot check the host key");
-    return -1;
+  case HF_KH_CHANGED: p = HF_HOSTKEY_CHANGED; break;
+  case HF_KH_OTHER: p = HF_HOSTKEY_OTHER; break;
+  case HF_KH_REVOKED: default: p = HF_HOSTKEY_REVOKED; break;
   }
+  ssh_key_free(key);
+  hf_hostkey_message(p, h->name, h->address, h->port, fp, s->kh_file, msg, sizeof msg);
   failf(s, HF_EHOSTKEY, "%s", msg);
   return -1;
 }
@@ -1460,10 +1493,18 @@ static void on_check(uv_check_t *c) {
   struct hf_engine *e = c->data;
   uint64_t now = uv_hrtime();
   uint64_t idle = e->metrics ? uv_metrics_idle_time(e->loop) : 0;
+  /* Run-queue wait since this iteration's first callback: the kernel kept
+   * the (runnable) loop thread off the CPU for other processes. */
+  uint64_t rq = e->pre_runq_ns, w = runq_wait_ns(e);
+  if (e->iter_start_ns && w > e->iter_runq_ns) rq += w - e->iter_runq_ns;
+  e->check_runq_ns = w;
+  e->pre_runq_ns = 0;
   if (e->last_check_ns) {
     uint64_t span = now - e->last_check_ns, waited = idle - e->last_idle_ns;
     uint64_t busy = span > waited ? span - waited : 0;
-    if (busy > e->st.max_stall_ns) e->st.max_stall_ns = busy;
+    uint64_t own = busy > rq ? busy - rq : 0;
+    if (busy > e->st.max_stall_wall_ns) e->st.max_stall_wall_ns = busy;
+    if (own > e->st.max_stall_ns) e->st.max_stall_ns = own;
   }
   struct timespec ts;
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -1476,7 +1517,21 @@ static void on_check(uv_check_t *c) {
   e->iter_start_ns = 0;
 }
 
-static void on_check_closed(uv_handle_t *h) { free(h->data); }
+/* Before the loop polls: the run-queue wait since the last check (timers,
+ * closes) is not the loop's own time either. */
+static void on_prepare(uv_prepare_t *p) {
+  struct hf_engine *e = p->data;
+  uint64_t w = runq_wait_ns(e);
+  e->pre_runq_ns = w > e->check_runq_ns && e->check_runq_ns ? w - e->check_runq_ns : 0;
+}
+
+static void on_engine_handle_closed(uv_handle_t *h) {
+  struct hf_engine *e = h->data;
+  if (--e->open_handles > 0) return;
+  hf_kh_free(e->kh);
+  if (e->schedstat_fd >= 0) close(e->schedstat_fd);
+  free(e);
+}
 
 static int read_file(const char *path, char **out, size_t *len) {
   FILE *f = fopen(path, "rb");
@@ -1547,11 +1602,23 @@ int hf_engine_new(uv_loop_t *loop, const struct hf_engine_opts *opts,
     free(e);
     return HF_EINVAL;
   }
+  if (!(e->kh = hf_kh_new())) {
+    snprintf(err, errlen, "out of memory");
+    free(e->agent);
+    free(e);
+    return HF_ENOMEM;
+  }
   e->metrics = uv_loop_configure(loop, UV_METRICS_IDLE_TIME) == 0;
+  e->schedstat_fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
   uv_check_init(loop, &e->check);
   e->check.data = e;
   uv_check_start(&e->check, on_check);
   uv_unref((uv_handle_t *)&e->check);
+  uv_prepare_init(loop, &e->prepare);
+  e->prepare.data = e;
+  uv_prepare_start(&e->prepare, on_prepare);
+  e->open_handles = 2;
+  uv_unref((uv_handle_t *)&e->prepare);
   *out = e;
   return 0;
 }
@@ -1559,14 +1626,16 @@ int hf_engine_new(uv_loop_t *loop, const struct hf_engine_opts *opts,
 void hf_engine_free(struct hf_engine *e) {
   if (!e) return;
   uv_check_stop(&e->check);
-  uv_close((uv_handle_t *)&e->check, on_check_closed);
+  uv_prepare_stop(&e->prepare);
+  uv_close((uv_handle_t *)&e->prepare, on_engine_handle_closed);
+  uv_close((uv_handle_t *)&e->check, on_engine_handle_closed);
   for (size_t i = 0; i < EP_BUCKETS; i++)
     for (struct endpoint *ep = e->ep[i], *n; ep; ep = n) { n = ep->next; free(ep); }
   for (struct authkey *k = e->keys, *n; k; k = n) { n = k->next; ssh_key_free(k->key); free(k); }
   free(e->agent);
   e->agent = NULL;
   jump_free_all(e);
-  /* e is freed in its check handle's close callback, like any libuv handle. */
+  /* e is freed when its check and prepare handles have closed (libuv close callbacks). */
 }
 
 void hf_engine_stats(struct hf_engine *e, struct hf_engine_stats *st) {

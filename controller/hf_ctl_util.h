@@ -27,6 +27,7 @@ enum hf_hostkey_problem {
   HF_HOSTKEY_UNKNOWN,   /* not in the file (or no file) */
   HF_HOSTKEY_CHANGED,   /* a different key of the same type is recorded */
   HF_HOSTKEY_OTHER,     /* only keys of another type are recorded: treated as changed */
+  HF_HOSTKEY_REVOKED,   /* the key is marked @revoked in the file */
 };
 /* Formats the message for people: what happened, for which host, and what
  * to do (add the key / use --accept-new; or verify and fix the line). */

@@ -59,9 +59,12 @@ struct hf_engine_stats {
   uint64_t uploads;         /* agent uploads started */
   uint64_t upload_bytes;
   uint64_t reused;          /* agents found in the host's cache */
-  uint64_t max_stall_ns;    /* longest loop iteration spent busy (wall time, not waiting) */
-  uint64_t max_stall_cpu_ns;/* most CPU one loop iteration used (the wall figure also counts
-                               time the machine gave to other processes) */
+  uint64_t max_stall_ns;    /* longest loop stall: wall time of one iteration's own work,
+                               computing or blocked in a call (not waiting in poll, and not
+                               runnable-but-waiting for a CPU the kernel gave to other
+                               processes; that is in max_stall_wall_ns) */
+  uint64_t max_stall_wall_ns;/* longest iteration in wall time, run-queue waits included */
+  uint64_t max_stall_cpu_ns;/* most CPU one loop iteration used */
   uint64_t deferred;        /* socket wakeups left to the next iteration (work budget) */
   uint64_t cpu_us;          /* process user+system CPU (getrusage) at hf_engine_stats() */
   uint64_t maxrss_kb;

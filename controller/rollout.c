@@ -1133,8 +1133,9 @@ int hf_rollout_run(const struct hf_rollout_opts *o) {
     struct hf_engine_stats s;
     hf_engine_stats(ro.engine, &s);
     fprintf(stderr, "stats: sessions %" PRIu64 ", retries %" PRIu64 ", uploads %" PRIu64 ", cpu %.3fs, max rss %" PRIu64
-            " KiB, longest loop stall %.1f ms\n", s.sessions, s.retries, s.uploads, (double)s.cpu_us / 1e6, s.maxrss_kb,
-            (double)s.max_stall_ns / 1e6);
+            " KiB, longest loop stall %.1f ms (%.1f ms counting waits for a CPU)\n", s.sessions, s.retries,
+            s.uploads, (double)s.cpu_us / 1e6, s.maxrss_kb, (double)s.max_stall_ns / 1e6,
+            (double)s.max_stall_wall_ns / 1e6);
   }
 
 out_loop:

@@ -65,6 +65,12 @@ void hf_hostkey_message(enum hf_hostkey_problem p, const char *name, const char 
              p == HF_HOSTKEY_OTHER ? ", a key type other than the recorded one" : "",
              hostspec, kh_file, hostspec, kh_file);
     break;
+  case HF_HOSTKEY_REVOKED:
+    snprintf(buf, len,
+             "%s: host key of %s (%s) is marked @revoked in %s - refusing to connect; "
+             "the host needs a new key, verified and recorded in %s",
+             name, hostspec, fingerprint, kh_file, kh_file);
+    break;
   }
 }
 

@@ -1,7 +1,7 @@
 # scripts/deps.sh: sourced by scripts/test and scripts/demo; installs what is
 # missing from Debian's packages (idempotent, quiet when everything is there).
 HF_PACKAGES="build-essential pkgconf meson ninja-build file
-  libuv1-dev libssh-dev libsqlite3-dev libjansson-dev sqlite3
+  libuv1-dev libssh-dev libssl-dev libsqlite3-dev libjansson-dev sqlite3
   clang libclang-rt-14-dev valgrind
   openssh-server openssh-client sudo iproute2 procps psmisc curl
   supervisor jupyterhub node-configurable-http-proxy python3-venv python3-pip python3-wheel python3-setuptools python3-packaging

@@ -9,6 +9,12 @@
 #include "hf_controller.h"
 #include "hf_ctl_util.h"
 #include "hf_audit.h"
+#include "hf_knownhosts.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 static int failures;
 #define CHECK(cond) do { if (!(cond)) { fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); failures++; } } while (0)
@@ -197,9 +203,168 @@ static void test_fold(void) {
   json_decref(hosts);
 }
 
+/* ---- known_hosts files read once (hf_knownhosts.h) ---------------------- */
+static char kh_dir[] = "/tmp/hf-kh-test.XXXXXX";
+
+static ssh_key genkey(enum ssh_keytypes_e t, int bits) {
+  ssh_key k = NULL;
+  CHECK(ssh_pki_generate(t, bits, &k) == SSH_OK);
+  return k;
+}
+
+/* "TYPE BASE64" of a public key, into buf. */
+static const char *keytext(ssh_key k, char *buf, size_t len) {
+  char *b64 = NULL;
+  CHECK(ssh_pki_export_pubkey_base64(k, &b64) == SSH_OK);
+  snprintf(buf, len, "%s %s", ssh_key_type_to_char(ssh_key_type(k)), b64 ? b64 : "");
+  ssh_string_free_char(b64);
+  return buf;
+}
+
+/* The |1|salt|hash form ssh-keygen -H writes for name. */
+static const char *hashed_name(const char *name, char *buf, size_t len) {
+  unsigned char salt[20], mac[EVP_MAX_MD_SIZE], b1[64], b2[64];
+  unsigned ml = 0;
+  for (int i = 0; i < 20; i++) salt[i] = (unsigned char)(i * 37 + 11);
+  HMAC(EVP_sha1(), salt, 20, (const unsigned char *)name, strlen(name), mac, &ml);
+  EVP_EncodeBlock(b1, salt, 20);
+  EVP_EncodeBlock(b2, mac, (int)ml);
+  snprintf(buf, len, "|1|%s|%s", (char *)b1, (char *)b2);
+  return buf;
+}
+
+static void write_text(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  CHECK(f != NULL);
+  if (!f) return;
+  fputs(text, f);
+  fclose(f);
+}
+
+static void test_knownhosts_file(void) {
+  CHECK(mkdtemp(kh_dir) != NULL);
+  ssh_key ed = genkey(SSH_KEYTYPE_ED25519, 0), ed2 = genkey(SSH_KEYTYPE_ED25519, 0);
+  ssh_key ec = genkey(SSH_KEYTYPE_ECDSA_P256, 256), ed3 = genkey(SSH_KEYTYPE_ED25519, 0);
+  char t_ed[200], t_ed2[200], t_ec[300], t_ed3[200], hn[200], text[8192], path[300], err[600];
+  keytext(ed, t_ed, sizeof t_ed);
+  keytext(ed2, t_ed2, sizeof t_ed2);
+  keytext(ec, t_ec, sizeof t_ec);
+  keytext(ed3, t_ed3, sizeof t_ed3);
+  snprintf(text, sizeof text,
+           "# comment\n\n"
+           "10.0.0.1 %s\n"
+           "[10.0.0.1]:2222 %s\n"
+           "Host.Example,alias.example  %s  a comment\n"
+           "10.0.0.3 %s\n"                        /* ed25519 recorded, ed2 presented: changed */
+           "10.0.0.4 %s\n"                        /* only ecdsa recorded: other */
+           "*.wild.org,!bad.wild.org %s\n"
+           "%s %s\n"                              /* hashed hashed.host */
+           "@revoked 10.0.0.6 %s\n10.0.0.6 %s\n" /* listed and revoked: refused */
+           "@cert-authority *.ca.org %s\n"
+           "[10.0.0.7]:22 %s\n"
+           "10.0.0.8 ssh-unknown-type AAAA\n"
+           "10.0.0.9 ssh-ed25519 !!!notbase64\n"
+           "10.0.0.10\n"
+           "10.0.0.11 %s", /* no newline at the end */
+           t_ed, t_ed, t_ed, t_ed, t_ec, t_ed, hashed_name("hashed.host", hn, sizeof hn), t_ed,
+           t_ed, t_ed, t_ed, t_ed, t_ed3);
+  snprintf(path, sizeof path, "%s/known_hosts", kh_dir);
+  write_text(path, text);
+  struct hf_kh *kh = hf_kh_new();
+  struct hf_khfile *f = hf_kh_file(kh, path, err, sizeof err);
+  CHECK(f != NULL);
+  if (!f) return;
+  CHECK(hf_kh_file(kh, path, err, sizeof err) == f);   /* read once */
+  size_t n = 0, idx = 0, skipped = 0;
+  hf_kh_counts(f, &n, &idx, &skipped);
+  CHECK(skipped == 3);   /* unknown type, bad base64, no key; not comments or blank lines */
+  CHECK(hf_kh_check(f, "10.0.0.1", 22, ed) == HF_KH_OK);
+  CHECK(hf_kh_check(f, "10.0.0.2", 22, ed) == HF_KH_UNKNOWN);
+  CHECK(hf_kh_check(f, "10.0.0.1", 2222, ed) == HF_KH_OK);
+  CHECK(hf_kh_check(f, "10.0.0.1", 2200, ed) == HF_KH_UNKNOWN);
+  CHECK(hf_kh_check(f, "host.example", 22, ed) == HF_KH_OK);
+  CHECK(hf_kh_check(f, "ALIAS.example", 22, ed) == HF_KH_OK);
+  CHECK(hf_kh_check(f, "10.0.0.3", 22, ed2) == HF_KH_CHANGED);
+  CHECK(hf_kh_check(f, "10.0.0.4", 22, ed) == HF_KH_OTHER);
+  CHECK(hf_kh_check(f, "10.0.0.4", 22, ec) == HF_KH_OK);
+  CHECK(hf_kh_check(f, "a.wild.org", 22, ed) == HF_KH_OK);
+  CHECK(hf_kh_check(f, "bad.wild.org", 22, ed) == HF_KH_UNKNOWN);
+  CHECK(hf_kh_check(f, "wild.org", 22, ed) == HF_KH_UNKNOWN);
+  CHECK(hf_kh_check(f, "hashed.host", 22, ed) == HF_KH_OK);
+  CHECK(hf_kh_check(f, "hashed.hosts", 22, ed) == HF_KH_UNKNOWN);
+  CHECK(hf_kh_check(f, "10.0.0.6", 22, ed) == HF_KH_REVOKED);
+  CHECK(hf_kh_check(f, "x.ca.org", 22, ed) == HF_KH_UNKNOWN);
+  CHECK(hf_kh_check(f, "10.0.0.7", 22, ed) == HF_KH_OK);
+  CHECK(hf_kh_check(f, "10.0.0.11", 22, ed3) == HF_KH_OK);
+
+  char algos[512];
+  CHECK(hf_kh_hostkey_algorithms(f, "10.0.0.4", 22, algos, sizeof algos) == 1);
+  CHECK(strncmp(algos, "ecdsa-sha2-nistp256,ssh-ed25519,", 32) == 0);
+  CHECK(strstr(algos, "rsa-sha2-256") != NULL);
+  CHECK(strstr(algos, "ecdsa-sha2-nistp256,") == algos && strstr(algos + 1, "ecdsa-sha2-nistp256,") == NULL);
+  CHECK(hf_kh_hostkey_algorithms(f, "10.0.0.99", 22, algos, sizeof algos) == 0);
+  CHECK(hf_kh_hostkey_algorithms(f, "10.0.0.4", 22, algos, 20) == -1);
+
+  /* --accept-new: appended on a line of its own (the file did not end in a
+   * newline), found at once, and by the next run. */
+  CHECK(hf_kh_check(f, "10.0.0.12", 2022, ed2) == HF_KH_UNKNOWN);
+  CHECK(hf_kh_add(f, "10.0.0.12", 2022, ed2, err, sizeof err) == 0);
+  CHECK(hf_kh_check(f, "10.0.0.12", 2022, ed2) == HF_KH_OK);
+  hf_kh_free(kh);
+  kh = hf_kh_new();
+  f = hf_kh_file(kh, path, err, sizeof err);
+  CHECK(f && hf_kh_check(f, "10.0.0.12", 2022, ed2) == HF_KH_OK);
+  CHECK(f && hf_kh_check(f, "10.0.0.11", 22, ed3) == HF_KH_OK);
+  hf_kh_free(kh);
+
+  /* A missing file is empty; the first key creates it (0600) and its directory (0700). */
+  char p2[400];
+  snprintf(p2, sizeof p2, "%s/newdir/known_hosts", kh_dir);
+  kh = hf_kh_new();
+  f = hf_kh_file(kh, p2, err, sizeof err);
+  CHECK(f && hf_kh_check(f, "10.0.0.1", 22, ed) == HF_KH_UNKNOWN);
+  CHECK(f && hf_kh_add(f, "10.0.0.1", 22, ed, err, sizeof err) == 0);
+  struct stat st;
+  CHECK(stat(p2, &st) == 0 && (st.st_mode & 0777) == 0600);
+  char d2[400];
+  snprintf(d2, sizeof d2, "%s/newdir", kh_dir);
+  CHECK(stat(d2, &st) == 0 && (st.st_mode & 0777) == 0700);
+  hf_kh_free(kh);
+
+  /* An unreadable file is an error naming it. */
+  kh = hf_kh_new();
+  CHECK(hf_kh_file(kh, kh_dir, err, sizeof err) == NULL && strstr(err, kh_dir) != NULL);
+  hf_kh_free(kh);
+
+  /* 20,000 names: every one found through the index, none scanned. */
+  char big[400];
+  snprintf(big, sizeof big, "%s/big", kh_dir);
+  FILE *bf = fopen(big, "w");
+  CHECK(bf != NULL);
+  for (int i = 0; bf && i < 20000; i++) fprintf(bf, "10.%d.%d.%d %s\n", i >> 16, (i >> 8) & 255, i & 255, t_ed);
+  if (bf) fclose(bf);
+  kh = hf_kh_new();
+  f = hf_kh_file(kh, big, err, sizeof err);
+  CHECK(f != NULL);
+  hf_kh_counts(f, &n, &idx, &skipped);
+  CHECK(n == 20000 && idx == 20000 && skipped == 0);
+  int ok = 0;
+  for (int i = 0; f && i < 20000; i++) {
+    char h[40];
+    snprintf(h, sizeof h, "10.%d.%d.%d", i >> 16, (i >> 8) & 255, i & 255);
+    ok += hf_kh_check(f, h, 22, ed) == HF_KH_OK;
+  }
+  CHECK(ok == 20000);
+  hf_kh_free(kh);
+
+  unlink(big); unlink(p2); rmdir(d2); unlink(path); rmdir(kh_dir);
+  ssh_key_free(ed); ssh_key_free(ed2); ssh_key_free(ec); ssh_key_free(ed3);
+}
+
 int main(void) {
   test_backoff();
   test_known_hosts();
+  test_knownhosts_file();
   test_deploy_cmds();
   test_misc();
   test_fold();
