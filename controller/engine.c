@@ -117,7 +117,8 @@ struct hf_session {
   ssh_session ssh;
   ssh_channel ch;               /* the agent channel (probe, then agent) */
   ssh_channel up;               /* the upload channel */
-  char kh_file[PATH_MAX];
+  char *kh_file;                /* its known_hosts file (a few bytes, not PATH_MAX: a
+                                   session exists per host from the start) */
   struct hf_khfile *khf;        /* kh_file, loaded (on the first connect) */
   struct auth_method auth[6];
   int nauth, auth_idx;
@@ -1237,8 +1238,9 @@ static int jump_connect(struct jump *j) {
   js->bare = true;
   js->jump = j;
   hf_frame_decoder_init(&js->dec, 0);
-  if (!hf_known_hosts_path(j->host.known_hosts, e->o.known_hosts, e->home, js->kh_file,
-                           sizeof js->kh_file)) {
+  char khp[PATH_MAX];
+  if (!hf_known_hosts_path(j->host.known_hosts, e->o.known_hosts, e->home, khp, sizeof khp) ||
+      !(js->kh_file = strdup(khp))) {
     free(js);
     return HF_EINVAL;
   }
@@ -1717,8 +1719,9 @@ int hf_session_open(struct hf_engine *e, const struct hf_host *host,
   s->pfd = -1;
   s->next_id = 1;
   hf_frame_decoder_init(&s->dec, 0);
-  if (!hf_known_hosts_path(host->known_hosts, e->o.known_hosts, e->home, s->kh_file,
-                           sizeof s->kh_file)) {
+  char khp[PATH_MAX];
+  if (!hf_known_hosts_path(host->known_hosts, e->o.known_hosts, e->home, khp, sizeof khp) ||
+      !(s->kh_file = strdup(khp))) {
     free(s);
     return HF_EINVAL;
   }
@@ -1780,6 +1783,7 @@ static void sess_free(struct hf_session *s) {
   if (s->close_cb) s->close_cb(s, s->close_ctx);
   hf_frame_decoder_free(&s->dec);
   e->live--;
+  free(s->kh_file);
   free(s);
 }
 
