@@ -181,6 +181,23 @@ check "unknown key with --accept-new: audited (rc=$rc)" [ $rc -eq 0 ]
 check "--accept-new wrote the key to the host's known_hosts" grep -q "^\[127.0.0.1\]:$PORT_B ssh-ed25519 $(cut -d' ' -f2 "$T/keyB.pub")" "$T/kh2"
 "$HUBFLEET" audit -i "$T/invU.ini" --agent "$T/agent-big" > "$T/accepted.out" 2>&1
 check "the written key is trusted next time" [ $? -eq 0 ]
+# The controller reads known_hosts itself (once per run): hashed names as
+# ssh-keygen -H writes them, wildcard patterns, and @revoked keys.
+cp "$T/kh2" "$T/kh3" && ssh-keygen -q -H -f "$T/kh3" > /dev/null 2>&1
+check "hashed known_hosts (ssh-keygen -H): no plain name left" bash -c "! grep -q 127.0.0.1 '$T/kh3'"
+sed "s#hubfleet_known_hosts=.*#hubfleet_known_hosts=$T/kh3#" "$T/invU.ini" > "$T/invH.ini"
+"$HUBFLEET" audit -i "$T/invH.ini" --agent "$T/agent-big" > "$T/hashed.out" 2>&1
+check "hashed known_hosts: both hosts audited (rc=$?)" grep -q "2 hosts: 2 audited" "$T/hashed.out"
+echo "[127.0.0.*]:$PORT_B $(cut -d' ' -f1,2 "$T/keyB.pub")" > "$T/kh4"
+sed "s#hubfleet_known_hosts=.*#hubfleet_known_hosts=$T/kh4#" "$T/invU.ini" > "$T/invW.ini"
+"$HUBFLEET" audit -i "$T/invW.ini" --agent "$T/agent-big" > "$T/wild.out" 2>&1
+check "wildcard known_hosts pattern: audited (rc=$?)" grep -q "2 hosts: 2 audited" "$T/wild.out"
+{ cat "$T/kh2"; echo "@revoked * $(cut -d' ' -f1,2 "$T/keyB.pub")"; } > "$T/kh5"
+sed "s#hubfleet_known_hosts=.*#hubfleet_known_hosts=$T/kh5#" "$T/invU.ini" > "$T/invR.ini"
+"$HUBFLEET" audit -i "$T/invR.ini" --agent "$T/agent-big" --accept-new > "$T/revoked.out" 2>&1
+rc=$?
+check "@revoked key: refused even though listed and with --accept-new, exit 1 (rc=$rc)" [ $rc -eq 1 ]
+check "@revoked key: the message says so" grep -q "is marked @revoked in $T/kh5" "$T/revoked.out"
 # The CLI file is used when the host names none; ~/.ssh/config is never read.
 inventory "$T/invC.ini" 1 "$PORT_A"
 "$HUBFLEET" audit -i "$T/invC.ini" --agent "$T/agent-big" --known-hosts "$T/kh" > "$T/cli.out" 2>&1
