@@ -52,20 +52,23 @@ static bool cache_ready(struct hf_req *r, char *dir, size_t dirlen) {
   return strcmp(buf, pins) == 0;
 }
 
-void hf__pip_source(struct hf_req *r, struct hf_argv *a) {
-  char dir[PATH_MAX];
-  bool cached = cache_ready(r, dir, sizeof dir);
-  /* The cache holds the named packages only (--no-deps): a dependency the
-   * environment lacks still comes from the configured source, listed after it. */
+void hf__pip_source_configured(const struct hf_req *r, struct hf_argv *a) {
   if (r->hub.find_links) {
     hf_argv_push(a, "--no-index");
-    if (cached) { hf_argv_push(a, "--find-links"); hf_argv_push(a, dir); }
     hf_argv_push(a, "--find-links");
     hf_argv_push(a, r->hub.find_links);
-  } else {
-    if (cached) { hf_argv_push(a, "--find-links"); hf_argv_push(a, dir); }
-    if (r->hub.index_url) { hf_argv_push(a, "--index-url"); hf_argv_push(a, r->hub.index_url); }
+  } else if (r->hub.index_url) {
+    hf_argv_push(a, "--index-url");
+    hf_argv_push(a, r->hub.index_url);
   }
+}
+
+void hf__pip_source(struct hf_req *r, struct hf_argv *a) {
+  char dir[PATH_MAX];
+  /* The cache holds the named packages only (--no-deps): a dependency the
+   * environment lacks still comes from the configured source, listed after it. */
+  if (cache_ready(r, dir, sizeof dir)) { hf_argv_push(a, "--find-links"); hf_argv_push(a, dir); }
+  hf__pip_source_configured(r, a);
 }
 
 int hf__cache_fetch(struct hf_req *r, const struct hf_env *hub, json_t *out) {
@@ -104,14 +107,7 @@ int hf__cache_fetch(struct hf_req *r, const struct hf_env *hub, json_t *out) {
   hf_argv_push(&a, "--disable-pip-version-check");
   hf_argv_push(&a, "--dest");
   hf_argv_push(&a, tmp);
-  if (r->hub.find_links) {
-    hf_argv_push(&a, "--no-index");
-    hf_argv_push(&a, "--find-links");
-    hf_argv_push(&a, r->hub.find_links);
-  } else if (r->hub.index_url) {
-    hf_argv_push(&a, "--index-url");
-    hf_argv_push(&a, r->hub.index_url);
-  }
+  hf__pip_source_configured(r, &a);
   hf_argv_pushf(&a, "jupyterhub==%s", r->target);
   for (k = 0; k < json_array_size(r->hub.extra_packages); k++)
     hf_argv_push(&a, json_string_value(json_array_get(r->hub.extra_packages, k)));

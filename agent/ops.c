@@ -560,8 +560,7 @@ static int op_preflight(struct hf_req *r, json_t *data) {
     hf_argv_push(&a, "--upgrade");
     hf_argv_push(&a, "--no-input");
     hf_argv_push(&a, "--disable-pip-version-check");
-    if (r->hub.find_links) { hf_argv_push(&a, "--no-index"); hf_argv_push(&a, "--find-links"); hf_argv_push(&a, r->hub.find_links); }
-    else if (r->hub.index_url) { hf_argv_push(&a, "--index-url"); hf_argv_push(&a, r->hub.index_url); }
+    hf__pip_source_configured(r, &a);
     hf_argv_pushf(&a, "jupyterhub==%s", r->target);
     for (k = 0; k < json_array_size(r->hub.extra_packages); k++)
       hf_argv_push(&a, json_string_value(json_array_get(r->hub.extra_packages, k)));

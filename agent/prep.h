@@ -23,6 +23,9 @@ void hf__why_line(const char *text, char *out, size_t outlen);
  * r->target when hf__cache_fetch completed it. Without r->target (a
  * rollback's old versions) only the configured source. */
 void hf__pip_source(struct hf_req *r, struct hf_argv *a);
+/* Pushes the configured source only: --no-index --find-links DIR, or
+ * --index-url URL, or nothing (pip's own configuration). */
+void hf__pip_source_configured(const struct hf_req *r, struct hf_argv *a);
 
 /* Fetches jupyterhub==r->target and the extra pins (pip download --no-deps,
  * with the hub environment's pip, from the configured source) into
