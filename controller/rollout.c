@@ -65,6 +65,7 @@ struct rhost {
   int64_t                  step_id;
   int64_t                  t_step;      /* when the current step began (ms) */
   int64_t                  t_stop;      /* hub stopped at (ms, 0 = not stopped in this run) */
+  int64_t                  down_before; /* downtime recorded by an earlier run (rollback of it), ms */
   int64_t                  reconnect_deadline;
   int64_t                  busy_deadline; /* waiting for an older agent to let go of the host (0 = not) */
   uv_timer_t               timer;
@@ -420,8 +421,11 @@ static void on_rollback_result(struct hf_session *s, int status, const json_t *d
                       status == 0 ? NULL : message);
   h->step_id = 0;
   if (status == 0) {
+    /* A host's downtime is all the time the rollout kept its hub down: in
+     * a later `rollback`, the upgrade's plus the rollback's. */
     if (h->t_stop && ro->o->state)
-      hf_state_host_set_downtime(ro->o->state, ro->id, h->host->name, hf_state_now_ms() - h->t_stop);
+      hf_state_host_set_downtime(ro->o->state, ro->id, h->host->name,
+                                 h->down_before + hf_state_now_ms() - h->t_stop);
     host_done(h, HF_HOST_ROLLEDBACK, ro->o->mode == HF_RM_ROLLBACK ? NULL : h->error);
     return;
   }
@@ -595,6 +599,8 @@ static void host_send(struct rhost *h) {
     cb = on_rollback_result;
     json_object_set_new(args, "timeout_ms", json_integer(timeout));
     set_phase(h, HR_ROLLBACK);
+    /* The rollback op stops the hub first (when this run did not already). */
+    if (!h->t_stop) h->t_stop = hf_state_now_ms();
   } else if (h->goal == G_RECHECK) {
     op = "health";
     timeout = steps[ST_HEALTH].timeout_ms;
@@ -946,6 +952,8 @@ static int load_recorded(struct rollout *ro) {
                      (!strcmp(h->status, HF_HOST_RUNNING) && h->step >= ST_BACKUP);
       h->selected = changed && (!o->hosts || hf_inv_match(h->host, o->hosts));
       h->goal = G_ROLLBACK;
+      json_t *d = json_object_get(row, "downtime_ms");
+      h->down_before = json_is_integer(d) ? json_integer_value(d) : 0;
       h->journal_first = true;
     }
   }

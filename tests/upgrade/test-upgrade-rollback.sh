@@ -88,6 +88,22 @@ check "rollback exits 0 (rc=$rc)" test $rc -eq 0
 status_json "$RID" > "$W/st2.json"
 check "rollout is rolled_back" test "$(jq_ "$W/st2.json" 'd["rollout"]["status"]')" = rolled_back
 check "8 hosts rolled_back" test "$(jq_ "$W/st2.json" 'sum(h["status"]=="rolled_back" for h in d["hosts"])')" = "$NHUBS"
+# A host's downtime is the rollout's whole: the upgrade's plus the rollback's.
+check "every host's downtime grew by the rollback's" "$PY" - "$W/st.json" "$W/st2.json" <<'EOF2'
+import json, sys
+a = {h["host"]: h.get("downtime_ms") for h in json.load(open(sys.argv[1]))["hosts"]}
+b = {h["host"]: h.get("downtime_ms") for h in json.load(open(sys.argv[2]))["hosts"]}
+bad = [h for h in a if not (isinstance(b.get(h), int) and isinstance(a[h], int) and b[h] > a[h] + 500)]
+sys.exit("downtime not grown: %s" % {h: (a[h], b.get(h)) for h in bad} if bad else 0)
+EOF2
+check "the rollback summary shows the grown downtime" "$PY" - "$W/rb.out" "$W/st2.json" <<'EOF2'
+import json, re, sys
+out = open(sys.argv[1]).read()
+for h in json.load(open(sys.argv[2]))["hosts"]:
+    m = re.search(r"^  %s +\d+ +rolled_back +([0-9.]+)s" % re.escape(h["host"]), out, re.M)
+    if not m or abs(float(m.group(1)) * 1000 - h["downtime_ms"]) > 100:
+        sys.exit("%s: summary %s, state %s" % (h["host"], m and m.group(1), h["downtime_ms"]))
+EOF2
 hf audit -i "$INV" --expect "$BASE" --json > "$W/audit2.json" 2>/dev/null
 check "audit --expect $BASE exits 0" test $? -eq 0
 truth
