@@ -119,7 +119,7 @@ struct hf_session {
   ssh_channel up;               /* the upload channel */
   char *kh_file;                /* its known_hosts file (a few bytes, not PATH_MAX: a
                                    session exists per host from the start) */
-  struct hf_khfile *khf;        /* kh_file, loaded (on the first connect) */
+  struct hf_khfile *khf;        /* kh_file, loaded (at open, else at connect) */
   struct auth_method auth[6];
   int nauth, auth_idx;
   int retries;
@@ -1725,6 +1725,10 @@ int hf_session_open(struct hf_engine *e, const struct hf_host *host,
     free(s);
     return HF_EINVAL;
   }
+  /* Read now, in the caller (the audit and the rollout's first stage open
+   * their sessions before the loop runs), not in a loop callback; a file
+   * that cannot be read is reported when the host connects. */
+  s->khf = hf_kh_file(e->kh, s->kh_file, khp, sizeof khp);
   plan_auth(s);
   uv_timer_init(e->loop, &s->timer);
   s->timer.data = s;
