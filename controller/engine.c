@@ -120,6 +120,7 @@ struct hf_session {
   char *kh_file;                /* its known_hosts file (a few bytes, not PATH_MAX: a
                                    session exists per host from the start) */
   struct hf_khfile *khf;        /* kh_file, loaded (at open, else at connect) */
+  struct hf_kh_match khm;       /* its lines naming this host */
   struct auth_method auth[6];
   int nauth, auth_idx;
   int retries;
@@ -654,7 +655,11 @@ static int in_connecting(struct hf_session *s) {
     failf(s, HF_EHOSTKEY, "%s: %s", h->name, kherr);
     return -1;
   }
-  int known = hf_kh_hostkey_algorithms(s->khf, h->address, h->port, algos, sizeof algos);
+  if (hf_kh_match(s->khf, h->address, h->port, &s->khm) < 0) {
+    failf(s, HF_ENOMEM, "%s: cannot look up %s in %s", h->name, h->address, s->kh_file);
+    return -1;
+  }
+  int known = hf_kh_match_algorithms(s->khf, &s->khm, algos, sizeof algos);
   ssh_session ssh = ssh_new();
   if (!ssh) { failf(s, HF_ENOMEM, "%s: ssh_new failed", s->host->name); return -1; }
   s->ssh = ssh;
@@ -723,7 +728,13 @@ static int check_host_key(struct hf_session *s) {
     fail_ssh(s, HF_EHOSTKEY, "cannot read the server's host key");
     return -1;
   }
-  enum hf_kh_verdict k = hf_kh_check(s->khf, h->address, h->port, key);
+  /* Lines another session added since this one connected count too. */
+  if (hf_kh_match(s->khf, h->address, h->port, &s->khm) < 0) {
+    ssh_key_free(key);
+    failf(s, HF_EHOSTKEY, "%s: cannot look up %s in %s", h->name, h->address, s->kh_file);
+    return -1;
+  }
+  enum hf_kh_verdict k = hf_kh_match_check(s->khf, &s->khm, key);
   if (k == HF_KH_OK) { ssh_key_free(key); return 0; }
   char fp[128] = "?";
   unsigned char *hash = NULL;
@@ -1498,7 +1509,7 @@ static void on_check(uv_check_t *c) {
   /* Run-queue wait since this iteration's first callback: the kernel kept
    * the (runnable) loop thread off the CPU for other processes. */
   uint64_t rq = e->pre_runq_ns, w = runq_wait_ns(e);
-  if (e->iter_start_ns && w > e->iter_runq_ns) rq += w - e->iter_runq_ns;
+  if (e->iter_start_ns && e->iter_runq_ns && w > e->iter_runq_ns) rq += w - e->iter_runq_ns;
   e->check_runq_ns = w;
   e->pre_runq_ns = 0;
   if (e->last_check_ns) {
@@ -1729,6 +1740,12 @@ int hf_session_open(struct hf_engine *e, const struct hf_host *host,
    * their sessions before the loop runs), not in a loop callback; a file
    * that cannot be read is reported when the host connects. */
   s->khf = hf_kh_file(e->kh, s->kh_file, khp, sizeof khp);
+  if (s->khf && hf_kh_match(s->khf, host->address, host->port, &s->khm) < 0) {
+    free(s->kh_file);
+    hf_kh_match_free(&s->khm);
+    free(s);
+    return HF_ENOMEM;
+  }
   plan_auth(s);
   uv_timer_init(e->loop, &s->timer);
   s->timer.data = s;
@@ -1788,6 +1805,7 @@ static void sess_free(struct hf_session *s) {
   hf_frame_decoder_free(&s->dec);
   e->live--;
   free(s->kh_file);
+  hf_kh_match_free(&s->khm);
   free(s);
 }
 

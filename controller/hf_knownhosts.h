@@ -14,6 +14,7 @@
 #ifndef HF_KNOWNHOSTS_H
 #define HF_KNOWNHOSTS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <libssh/libssh.h>
@@ -37,15 +38,33 @@ void hf_kh_free(struct hf_kh *kh);
  * message naming the file in err when it exists but cannot be read. */
 struct hf_khfile *hf_kh_file(struct hf_kh *kh, const char *path, char *err, size_t errlen);
 
-/* The verdict for key presented by host (an address or name as connected
- * to; matched case-insensitively) on port. */
+/* The lines of a file that name one host, found once per session: the
+ * index for literal names, a scan of the pattern and hashed lines (one
+ * HMAC-SHA1 each); later calls look only at lines added since. */
+struct hf_kh_match {
+  bool started;
+  size_t scanned;   /* lines of the file looked at */
+  int *idx;         /* the matching lines */
+  size_t n, cap;
+};
+/* Fills or brings m up to date (m starts zeroed) for host (an address or
+ * name as connected to; matched case-insensitively) on port. Returns 0, or
+ * -1 (out of memory, host name too long). */
+int hf_kh_match(const struct hf_khfile *f, const char *host, int port, struct hf_kh_match *m);
+void hf_kh_match_free(struct hf_kh_match *m);
+/* The verdict for the key the host presented. */
+enum hf_kh_verdict hf_kh_match_check(const struct hf_khfile *f, const struct hf_kh_match *m,
+                                     const ssh_key key);
+/* Host key algorithms for the key exchange: the ones that can use a type
+ * recorded for the host first (so the server presents a key we can check),
+ * then the others, each group in libssh's own order. Returns 1 with the
+ * list in buf, 0 when nothing is recorded for the host (leave libssh's
+ * default), -1 when buf is too small. */
+int hf_kh_match_algorithms(const struct hf_khfile *f, const struct hf_kh_match *m, char *buf, size_t len);
+
+/* The same for one lookup (tests; a session keeps its match). */
 enum hf_kh_verdict hf_kh_check(const struct hf_khfile *f, const char *host, int port,
                                const ssh_key key);
-
-/* Host key algorithms for the key exchange, the types recorded for the host
- * first (so the server presents the key we can check), then the others, as
- * libssh orders them. Returns 1 with the list in buf, 0 when nothing is
- * recorded for the host (leave libssh's default), -1 when buf is too small. */
 int hf_kh_hostkey_algorithms(const struct hf_khfile *f, const char *host, int port,
                              char *buf, size_t len);
 

@@ -1,5 +1,8 @@
 /* knownhosts.c: known_hosts files read once per run, indexed by host name;
  * see hf_knownhosts.h for the rules. */
+/* SHA1_Transform (one block from a saved state) is deprecated in OpenSSL 3
+ * but is the only call that does this; see sha1_block. */
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -12,7 +15,7 @@
 #include <unistd.h>
 
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/sha.h>
 
 #include "hf_knownhosts.h"
 
@@ -23,8 +26,8 @@ struct entry {
   ssh_key key;
   unsigned char mark;
   bool hashed;
-  unsigned char salt[64], hash[64];
-  size_t saltlen, hashlen;
+  uint32_t istate[5], ostate[5];/* hashed: HMAC-SHA1 keyed with the salt, after its pad block */
+  unsigned char hash[20];
 };
 
 struct slot {                   /* literal name -> entries naming it */
@@ -35,7 +38,9 @@ struct slot {                   /* literal name -> entries naming it */
 
 struct hf_khfile {
   char *path;
-  bool ends_in_newline;         /* false: the next append starts a line first */
+  bool have_id;                 /* the file existed when read: dev/ino identify it */
+  dev_t dev;
+  ino_t ino;
   struct entry *e;
   size_t n, cap;
   struct slot *tab;             /* open addressing, tabcap a power of two */
@@ -120,16 +125,65 @@ static long b64_decode(const char *in, size_t inlen, unsigned char *out, size_t 
   return n;
 }
 
+/* Hashed names cost one HMAC-SHA1 per line and host: a run checks every
+ * host against every hashed line, so each line keeps its HMAC key state
+ * (the pad blocks are hashed once, at load) and a short name costs two
+ * SHA-1 blocks, each one call of libcrypto's block function (SHA
+ * instructions where the CPU has them). */
+static void sha1_block(uint32_t h[5], const unsigned char *p) {
+  SHA_CTX c;
+  memset(&c, 0, sizeof c);
+  c.h0 = h[0]; c.h1 = h[1]; c.h2 = h[2]; c.h3 = h[3]; c.h4 = h[4];
+  SHA1_Transform(&c, p);
+  h[0] = c.h0; h[1] = c.h1; h[2] = c.h2; h[3] = c.h3; h[4] = c.h4;
+}
+
+/* Finishes a SHA-1 whose state st has taken `done` bytes (a multiple of
+ * 64), with the message tail msg[len]; the digest into out. */
+static void sha1_finish(const uint32_t st[5], uint64_t done, const unsigned char *msg, size_t len,
+                        unsigned char out[20]) {
+  uint32_t h[5] = { st[0], st[1], st[2], st[3], st[4] };
+  unsigned char blk[128];
+  uint64_t bits = (done + len) * 8;
+  for (; len >= 64; len -= 64, msg += 64) sha1_block(h, msg);
+  size_t n = len < 56 ? 64 : 128;
+  memset(blk, 0, n);
+  memcpy(blk, msg, len);
+  blk[len] = 0x80;
+  for (int i = 0; i < 8; i++) blk[n - 1 - i] = (unsigned char)(bits >> (8 * i));
+  sha1_block(h, blk);
+  if (n == 128) sha1_block(h, blk + 64);
+  for (int i = 0; i < 5; i++) {
+    out[4 * i] = (unsigned char)(h[i] >> 24); out[4 * i + 1] = (unsigned char)(h[i] >> 16);
+    out[4 * i + 2] = (unsigned char)(h[i] >> 8); out[4 * i + 3] = (unsigned char)h[i];
+  }
+}
+
+static const uint32_t SHA1_IV[5] = { 0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0 };
+
 /* |1|base64(salt)|base64(hmac-sha1(salt, name)) */
 static bool parse_hashed(struct entry *e) {
   const char *s = e->hosts + 3, *bar = strchr(s, '|');
+  unsigned char salt[64], hash[64], pad[64];
   if (!bar) return false;
-  long sl = b64_decode(s, (size_t)(bar - s), e->salt, sizeof e->salt);
-  long hl = b64_decode(bar + 1, strlen(bar + 1), e->hash, sizeof e->hash);
-  if (sl <= 0 || hl != 20) return false;
-  e->saltlen = (size_t)sl;
-  e->hashlen = (size_t)hl;
+  long sl = b64_decode(s, (size_t)(bar - s), salt, sizeof salt);
+  long hl = b64_decode(bar + 1, strlen(bar + 1), hash, sizeof hash);
+  if (sl <= 0 || sl > 64 || hl != 20) return false;
+  memcpy(e->hash, hash, 20);
+  memcpy(e->istate, SHA1_IV, sizeof e->istate);
+  memcpy(e->ostate, SHA1_IV, sizeof e->ostate);
+  for (int i = 0; i < 64; i++) pad[i] = (unsigned char)((i < sl ? salt[i] : 0) ^ 0x36);
+  sha1_block(e->istate, pad);
+  for (int i = 0; i < 64; i++) pad[i] = (unsigned char)((i < sl ? salt[i] : 0) ^ 0x5c);
+  sha1_block(e->ostate, pad);
   return true;
+}
+
+static bool hashed_match(const struct entry *e, const char *name) {
+  unsigned char inner[20], mac[20];
+  sha1_finish(e->istate, 64, (const unsigned char *)name, strlen(name), inner);
+  sha1_finish(e->ostate, 64, inner, 20, mac);
+  return memcmp(mac, e->hash, 20) == 0;
 }
 
 /* OpenSSH's wildcard match: '*' any run, '?' one character, case-insensitive. */
@@ -168,14 +222,7 @@ static bool match_list(const char *list, const char *spec, const char *spec22) {
 }
 
 static bool match_entry(const struct entry *e, const char *spec, const char *spec22) {
-  if (e->hashed) {
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int ml = 0;
-    if (!HMAC(EVP_sha1(), e->salt, (int)e->saltlen, (const unsigned char *)spec, strlen(spec),
-              mac, &ml))
-      return false;
-    return ml == e->hashlen && memcmp(mac, e->hash, ml) == 0;
-  }
+  if (e->hashed) return hashed_match(e, spec);
   return match_list(e->hosts, spec, spec22);
 }
 
@@ -240,18 +287,17 @@ static void file_free(struct hf_khfile *f) {
 
 static int load(struct hf_khfile *f, char *err, size_t errlen) {
   FILE *fp = fopen(f->path, "re");
-  f->ends_in_newline = true;
   if (!fp) {
     if (errno == ENOENT) return 0;
     snprintf(err, errlen, "cannot read known_hosts file %s: %s", f->path, strerror(errno));
     return -1;
   }
+  struct stat st;
+  if (fstat(fileno(fp), &st) == 0) { f->have_id = true; f->dev = st.st_dev; f->ino = st.st_ino; }
   char *line = NULL;
   size_t cap = 0;
-  ssize_t len;
   int rc = 0;
-  while ((len = getline(&line, &cap, fp)) > 0) {
-    f->ends_in_newline = line[len - 1] == '\n';
+  while (getline(&line, &cap, fp) > 0) {
     line[strcspn(line, "\r\n")] = '\0';
     int a = add_line(f, line);
     if (a < 0) { snprintf(err, errlen, "out of memory reading %s", f->path); rc = -1; break; }
@@ -278,8 +324,14 @@ void hf_kh_free(struct hf_kh *kh) {
 }
 
 struct hf_khfile *hf_kh_file(struct hf_kh *kh, const char *path, char *err, size_t errlen) {
+  /* The same file under another name (a host's path and --known-hosts) is
+   * one index: a key added through one is seen through the other. */
+  struct stat st;
+  bool exists = stat(path, &st) == 0;
   for (struct hf_khfile *f = kh->files; f; f = f->next)
-    if (strcmp(f->path, path) == 0) return f;
+    if (strcmp(f->path, path) == 0 ||
+        (exists && f->have_id && f->dev == st.st_dev && f->ino == st.st_ino))
+      return f;
   struct hf_khfile *f = calloc(1, sizeof *f);
   if (!f || !(f->path = strdup(path))) {
     free(f);
@@ -293,7 +345,8 @@ struct hf_khfile *hf_kh_file(struct hf_kh *kh, const char *path, char *err, size
 }
 
 /* host lowercased; "[host]:port" unless the port is 22; spec22 is
- * "[host]:22" for port 22 (a bracketed pattern may name it), else "". */
+ * "[host]:22" for port 22 (libssh lets a bracketed line name the default
+ * port too), else "". */
 static bool host_specs(const char *host, int port, char *spec, size_t len, char *spec22, size_t len22) {
   char low[512];
   size_t n = strlen(host);
@@ -306,48 +359,63 @@ static bool host_specs(const char *host, int port, char *spec, size_t len, char 
   return a > 0 && (size_t)a < len && b >= 0 && (size_t)b < len22;
 }
 
-/* Calls fn for every entry naming the host; stops when fn returns false. */
-static void each_match(const struct hf_khfile *f, const char *host, int port,
-                       bool (*fn)(const struct entry *, void *), void *ctx) {
-  char spec[600], spec22[600];
-  if (!host_specs(host, port, spec, sizeof spec, spec22, sizeof spec22)) return;
-  const char *names[2] = { spec, spec22[0] ? spec22 : NULL };
-  for (int k = 0; k < 2 && names[k]; k++) {
-    const struct slot *s = find_slot(f, names[k]);
-    for (size_t i = 0; s && i < s->n; i++)
-      if (!fn(&f->e[s->idx[i]], ctx)) return;
-  }
-  for (size_t i = 0; i < f->nscan; i++) {
-    const struct entry *e = &f->e[f->scan[i]];
-    if (match_entry(e, spec, spec22[0] ? spec22 : NULL) && !fn(e, ctx)) return;
-  }
-}
-
-struct verdict_ctx { ssh_key key; bool same, same_type, any, revoked; };
-
-static bool verdict_fn(const struct entry *e, void *p) {
-  struct verdict_ctx *v = p;
-  bool equal = ssh_key_cmp(e->key, v->key, SSH_KEY_CMP_PUBLIC) == 0;
-  if (e->mark == MARK_REVOKED) {
-    if (equal) { v->revoked = true; return false; }
-    return true;
-  }
-  v->any = true;
-  if (equal) v->same = true;
-  else if (ssh_key_type(e->key) == ssh_key_type(v->key)) v->same_type = true;
+static bool match_push(struct hf_kh_match *m, int idx) {
+  for (size_t i = 0; i < m->n; i++)
+    if (m->idx[i] == idx) return true;
+  if (!grow((void **)&m->idx, &m->cap, m->n + 1, sizeof *m->idx)) return false;
+  m->idx[m->n++] = idx;
   return true;
 }
 
-enum hf_kh_verdict hf_kh_check(const struct hf_khfile *f, const char *host, int port,
-                               const ssh_key key) {
-  struct verdict_ctx v = { .key = key };
-  each_match(f, host, port, verdict_fn, &v);
-  if (v.revoked) return HF_KH_REVOKED;
-  if (v.same) return HF_KH_OK;
-  if (v.same_type) return HF_KH_CHANGED;
-  return v.any ? HF_KH_OTHER : HF_KH_UNKNOWN;
+int hf_kh_match(const struct hf_khfile *f, const char *host, int port, struct hf_kh_match *m) {
+  char spec[600], spec22[600];
+  if (!host_specs(host, port, spec, sizeof spec, spec22, sizeof spec22)) return -1;
+  const char *s22 = spec22[0] ? spec22 : NULL;
+  if (!m->started) {
+    /* First time: the index for literal names, a scan of the others. */
+    const char *names[2] = { spec, s22 };
+    for (int k = 0; k < 2 && names[k]; k++) {
+      const struct slot *sl = find_slot(f, names[k]);
+      for (size_t i = 0; sl && i < sl->n; i++)
+        if (!match_push(m, sl->idx[i])) return -1;
+    }
+    for (size_t i = 0; i < f->nscan; i++)
+      if (match_entry(&f->e[f->scan[i]], spec, s22) && !match_push(m, f->scan[i])) return -1;
+  } else {
+    /* Later: only the lines added since (hf_kh_add appends). */
+    for (size_t i = m->scanned; i < f->n; i++)
+      if (match_entry(&f->e[i], spec, s22) && !match_push(m, (int)i)) return -1;
+  }
+  m->started = true;
+  m->scanned = f->n;
+  return 0;
 }
 
+void hf_kh_match_free(struct hf_kh_match *m) {
+  free(m->idx);
+  memset(m, 0, sizeof *m);
+}
+
+enum hf_kh_verdict hf_kh_match_check(const struct hf_khfile *f, const struct hf_kh_match *m,
+                                     const ssh_key key) {
+  bool same = false, same_type = false, any = false;
+  for (size_t i = 0; i < m->n; i++) {
+    const struct entry *e = &f->e[m->idx[i]];
+    bool equal = ssh_key_cmp(e->key, key, SSH_KEY_CMP_PUBLIC) == 0;
+    if (e->mark == MARK_REVOKED) {
+      if (equal) return HF_KH_REVOKED;
+      continue;
+    }
+    any = true;
+    if (equal) same = true;
+    else if (ssh_key_type(e->key) == ssh_key_type(key)) same_type = true;
+  }
+  if (same) return HF_KH_OK;
+  if (same_type) return HF_KH_CHANGED;
+  return any ? HF_KH_OTHER : HF_KH_UNKNOWN;
+}
+
+/* The host key algorithm names a recorded key of type t can be checked with. */
 static const char *algos_of(enum ssh_keytypes_e t) {
   switch (t) {
   case SSH_KEYTYPE_ED25519: return "ssh-ed25519";
@@ -361,71 +429,101 @@ static const char *algos_of(enum ssh_keytypes_e t) {
   }
 }
 
-struct algos_ctx { char *buf; size_t len, used; bool overflow; };
+/* True when the comma list has the name name[0..n). */
+static bool list_has(const char *list, const char *name, size_t n) {
+  for (const char *q = list; q && *q;) {
+    const char *qe = strchr(q, ',');
+    if (!qe) qe = q + strlen(q);
+    if ((size_t)(qe - q) == n && memcmp(q, name, n) == 0) return true;
+    q = *qe ? qe + 1 : qe;
+  }
+  return false;
+}
 
-/* Appends the comma list add to c->buf, skipping names already there. */
-static void append_algos(struct algos_ctx *c, const char *add) {
-  for (const char *p = add; *p;) {
+/* Appends to buf (used bytes so far in *used) each name of DEFAULT_ALGOS
+ * for which want(name) holds and that is not there yet. */
+static bool append_defaults(char *buf, size_t len, size_t *used, const char *recorded, bool want_recorded) {
+  for (const char *p = DEFAULT_ALGOS; *p;) {
     const char *end = strchr(p, ',');
     if (!end) end = p + strlen(p);
     size_t n = (size_t)(end - p);
-    bool have = false;
-    for (const char *q = c->buf; *q;) {
-      const char *qe = strchr(q, ',');
-      if (!qe) qe = q + strlen(q);
-      if ((size_t)(qe - q) == n && memcmp(q, p, n) == 0) { have = true; break; }
-      q = *qe ? qe + 1 : qe;
-    }
-    if (!have) {
-      if (c->used + n + 2 > c->len) { c->overflow = true; return; }
-      if (c->used) c->buf[c->used++] = ',';
-      memcpy(c->buf + c->used, p, n);
-      c->used += n;
-      c->buf[c->used] = '\0';
+    if (list_has(recorded, p, n) == want_recorded && !list_has(buf, p, n)) {
+      if (*used + n + 2 > len) return false;
+      if (*used) buf[(*used)++] = ',';
+      memcpy(buf + *used, p, n);
+      *used += n;
+      buf[*used] = '\0';
     }
     p = *end ? end + 1 : end;
   }
-}
-
-static bool algos_fn(const struct entry *e, void *p) {
-  const char *a = e->mark == MARK_NONE ? algos_of(ssh_key_type(e->key)) : NULL;
-  if (a) append_algos(p, a);
   return true;
 }
 
-int hf_kh_hostkey_algorithms(const struct hf_khfile *f, const char *host, int port,
-                             char *buf, size_t len) {
+int hf_kh_match_algorithms(const struct hf_khfile *f, const struct hf_kh_match *m, char *buf, size_t len) {
   if (!len) return -1;
   buf[0] = '\0';
-  struct algos_ctx c = { .buf = buf, .len = len };
-  each_match(f, host, port, algos_fn, &c);
-  if (c.overflow) return -1;
-  if (!c.used) return 0;
-  append_algos(&c, DEFAULT_ALGOS);
-  return c.overflow ? -1 : 1;
+  /* The recorded types, then the others, each in libssh's own order. */
+  char recorded[512] = "";
+  size_t rused = 0;
+  for (size_t i = 0; i < m->n; i++) {
+    const struct entry *e = &f->e[m->idx[i]];
+    const char *a = e->mark == MARK_NONE ? algos_of(ssh_key_type(e->key)) : NULL;
+    if (!a || strlen(a) + rused + 2 > sizeof recorded) continue;
+    rused += (size_t)snprintf(recorded + rused, sizeof recorded - rused, "%s%s", rused ? "," : "", a);
+  }
+  if (!rused) return 0;
+  size_t used = 0;
+  if (!append_defaults(buf, len, &used, recorded, true) || !append_defaults(buf, len, &used, recorded, false))
+    return -1;
+  return 1;
+}
+
+enum hf_kh_verdict hf_kh_check(const struct hf_khfile *f, const char *host, int port, const ssh_key key) {
+  struct hf_kh_match m = { 0 };
+  enum hf_kh_verdict v = hf_kh_match(f, host, port, &m) == 0 ? hf_kh_match_check(f, &m, key) : HF_KH_UNKNOWN;
+  hf_kh_match_free(&m);
+  return v;
+}
+
+int hf_kh_hostkey_algorithms(const struct hf_khfile *f, const char *host, int port, char *buf, size_t len) {
+  struct hf_kh_match m = { 0 };
+  int r = hf_kh_match(f, host, port, &m) == 0 ? hf_kh_match_algorithms(f, &m, buf, len) : -1;
+  hf_kh_match_free(&m);
+  return r;
+}
+
+/* write(2) until done; -1 with errno set on failure. */
+static int write_all(int fd, const char *p, size_t n) {
+  while (n) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) { if (w == 0) errno = EIO; return -1; }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
 }
 
 int hf_kh_add(struct hf_khfile *f, const char *host, int port, const ssh_key key,
               char *err, size_t errlen) {
   char spec[600], spec22[600];
   char *b64 = NULL;
-  if (!host_specs(host, port, spec, sizeof spec, spec22, sizeof spec22) ||
+  const char *type = ssh_key_type_to_char(ssh_key_type(key));
+  if (!type || !host_specs(host, port, spec, sizeof spec, spec22, sizeof spec22) ||
       ssh_pki_export_pubkey_base64(key, &b64) != SSH_OK) {
     snprintf(err, errlen, "cannot format the key of %s", host);
     return -1;
   }
-  const char *type = ssh_key_type_to_char(ssh_key_type(key));
-  size_t need = strlen(spec) + strlen(type ? type : "") + strlen(b64) + 4;
+  size_t need = strlen(spec) + strlen(type) + strlen(b64) + 4;
   char *line = malloc(need + 1);
-  if (!line || !type) {
-    free(line);
+  if (!line) {
     ssh_string_free_char(b64);
-    snprintf(err, errlen, "cannot format the key of %s", host);
+    snprintf(err, errlen, "out of memory");
     return -1;
   }
-  int n = snprintf(line, need + 1, "%s%s %s %s\n", f->ends_in_newline ? "" : "\n", spec, type, b64);
+  int n = snprintf(line, need + 1, "\n%s %s %s\n", spec, type, b64);
   ssh_string_free_char(b64);
-  int fd = open(f->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  int fd = open(f->path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0 && errno == ENOENT) {
     /* The directory (usually ~/.ssh) is missing: make it, private. */
     char dir[4096];
@@ -434,7 +532,7 @@ int hf_kh_add(struct hf_khfile *f, const char *host, int port, const ssh_key key
     if (slash && slash != dir) {
       *slash = '\0';
       if (mkdir(dir, 0700) == 0 || errno == EEXIST)
-        fd = open(f->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+        fd = open(f->path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     }
   }
   if (fd < 0) {
@@ -442,18 +540,25 @@ int hf_kh_add(struct hf_khfile *f, const char *host, int port, const ssh_key key
     free(line);
     return -1;
   }
-  ssize_t w = write(fd, line, (size_t)n);
+  /* Starts a line of its own when the file (as it is now, whoever wrote
+   * last) does not end in one. */
+  struct stat st;
+  char last = '\n';
+  if (fstat(fd, &st) == 0 && st.st_size > 0 && pread(fd, &last, 1, st.st_size - 1) != 1) last = 0;
+  const char *text = last == '\n' ? line + 1 : line;
+  int rc = write_all(fd, text, (size_t)n - (size_t)(text - line));
   int werr = errno;
-  if (close(fd) < 0 && w == n) { w = -1; werr = errno; }
-  if (w != n) {
-    snprintf(err, errlen, "cannot write %s: %s", f->path, w < 0 ? strerror(werr) : "short write");
+  if (close(fd) < 0 && rc == 0) { rc = -1; werr = errno; }
+  if (rc < 0) {
+    snprintf(err, errlen, "cannot write %s: %s", f->path, strerror(werr));
     free(line);
     return -1;
   }
-  f->ends_in_newline = true;
-  /* The same line, now in the index too (retries of this host find it). */
+  if (!f->have_id && stat(f->path, &st) == 0) { f->have_id = true; f->dev = st.st_dev; f->ino = st.st_ino; }
+  /* The same line, now in the index too (this host's retries and the
+   * sessions matching incrementally find it). */
   line[n - 1] = '\0';
-  int a = add_line(f, line + (line[0] == '\n'));
+  int a = add_line(f, line + 1);
   free(line);
   if (a != 1) {
     snprintf(err, errlen, "recorded the key of %s in %s but could not index it", host, f->path);

@@ -1158,6 +1158,7 @@ out_loop:
   }
   uv_run(&ro.loop, UV_RUN_DEFAULT);
   hf_engine_free(ro.engine);
+  uv_run(&ro.loop, UV_RUN_DEFAULT);   /* the engine is freed in its handles' close callbacks */
   json_decref(ro.rules);
   uv_loop_close(&ro.loop);
 out:

@@ -205,6 +205,7 @@ static void test_fold(void) {
 
 /* ---- known_hosts files read once (hf_knownhosts.h) ---------------------- */
 static char kh_dir[] = "/tmp/hf-kh-test.XXXXXX";
+#define LONGNAME "host-with-a-name-of-more-than-two-sha1-blocks.a-very-long-subdomain-label.and-another-long-label.example.org"
 
 static ssh_key genkey(enum ssh_keytypes_e t, int bits) {
   ssh_key k = NULL;
@@ -245,7 +246,7 @@ static void test_knownhosts_file(void) {
   CHECK(mkdtemp(kh_dir) != NULL);
   ssh_key ed = genkey(SSH_KEYTYPE_ED25519, 0), ed2 = genkey(SSH_KEYTYPE_ED25519, 0);
   ssh_key ec = genkey(SSH_KEYTYPE_ECDSA_P256, 256), ed3 = genkey(SSH_KEYTYPE_ED25519, 0);
-  char t_ed[200], t_ed2[200], t_ec[300], t_ed3[200], hn[200], text[8192], path[300], err[600];
+  char t_ed[200], t_ed2[200], t_ec[300], t_ed3[200], hn[200], hn2[200], hn3[200], text[8192], path[300], err[600];
   keytext(ed, t_ed, sizeof t_ed);
   keytext(ed2, t_ed2, sizeof t_ed2);
   keytext(ec, t_ec, sizeof t_ec);
@@ -265,9 +266,13 @@ static void test_knownhosts_file(void) {
            "10.0.0.8 ssh-unknown-type AAAA\n"
            "10.0.0.9 ssh-ed25519 !!!notbase64\n"
            "10.0.0.10\n"
+           "%s %s\n%s %s\n"                      /* long hashed names */
+           "10.0.0.13 %s\n10.0.0.13 %s\n"        /* ecdsa, then ed25519 */
            "10.0.0.11 %s", /* no newline at the end */
            t_ed, t_ed, t_ed, t_ed, t_ec, t_ed, hashed_name("hashed.host", hn, sizeof hn), t_ed,
-           t_ed, t_ed, t_ed, t_ed, t_ed3);
+           t_ed, t_ed, t_ed, t_ed,
+           hashed_name("a-host-name-that-is-long-enough-to-need-two-sha1-blocks.example.org", hn2, sizeof hn2), t_ed,
+           hashed_name(LONGNAME, hn3, sizeof hn3), t_ed, t_ec, t_ed, t_ed3);
   snprintf(path, sizeof path, "%s/known_hosts", kh_dir);
   write_text(path, text);
   struct hf_kh *kh = hf_kh_new();
@@ -303,6 +308,21 @@ static void test_knownhosts_file(void) {
   CHECK(strstr(algos, "rsa-sha2-256") != NULL);
   CHECK(strstr(algos, "ecdsa-sha2-nistp256,") == algos && strstr(algos + 1, "ecdsa-sha2-nistp256,") == NULL);
   CHECK(hf_kh_hostkey_algorithms(f, "10.0.0.99", 22, algos, sizeof algos) == 0);
+  /* Recorded types in libssh's order (ed25519 before ecdsa), not the file's. */
+  CHECK(hf_kh_hostkey_algorithms(f, "10.0.0.13", 22, algos, sizeof algos) == 1);
+  CHECK(strncmp(algos, "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp521,", 52) == 0);
+  /* Hashed names longer than one SHA-1 block (two and three blocks). */
+  CHECK(hf_kh_check(f, "a-host-name-that-is-long-enough-to-need-two-sha1-blocks.example.org", 22, ed) == HF_KH_OK);
+  CHECK(hf_kh_check(f, LONGNAME, 22, ed) == HF_KH_OK);
+  CHECK(hf_kh_check(f, LONGNAME "x", 22, ed) == HF_KH_UNKNOWN);
+  /* A session's match, brought up to date after lines are added. */
+  struct hf_kh_match m = { 0 };
+  CHECK(hf_kh_match(f, "10.0.0.14", 22, &m) == 0 && m.n == 0);
+  CHECK(hf_kh_add(f, "10.0.0.15", 22, ed2, err, sizeof err) == 0);
+  CHECK(hf_kh_add(f, "10.0.0.14", 22, ed2, err, sizeof err) == 0);
+  CHECK(hf_kh_match(f, "10.0.0.14", 22, &m) == 0 && m.n == 1);
+  CHECK(hf_kh_match_check(f, &m, ed2) == HF_KH_OK && hf_kh_match_check(f, &m, ed) == HF_KH_CHANGED);
+  hf_kh_match_free(&m);
   CHECK(hf_kh_hostkey_algorithms(f, "10.0.0.4", 22, algos, 20) == -1);
 
   /* --accept-new: appended on a line of its own (the file did not end in a
@@ -326,6 +346,32 @@ static void test_knownhosts_file(void) {
   CHECK(f && hf_kh_add(f, "10.0.0.1", 22, ed, err, sizeof err) == 0);
   struct stat st;
   CHECK(stat(p2, &st) == 0 && (st.st_mode & 0777) == 0600);
+  {
+    /* A match made while the file was empty sees the first line added; a
+     * line another program appended without a newline stays intact. */
+    struct hf_kh_match m0 = { 0 };
+    struct hf_kh *kh0 = hf_kh_new();
+    char p0[400];
+    snprintf(p0, sizeof p0, "%s/empty", kh_dir);
+    struct hf_khfile *f0 = hf_kh_file(kh0, p0, err, sizeof err);
+    CHECK(f0 && hf_kh_match(f0, "10.0.0.20", 22, &m0) == 0 && m0.n == 0);
+    CHECK(f0 && hf_kh_add(f0, "10.0.0.20", 22, ed, err, sizeof err) == 0);
+    CHECK(f0 && hf_kh_match(f0, "10.0.0.20", 22, &m0) == 0 && m0.n == 1);
+    FILE *ap = fopen(p0, "a");
+    if (ap) { fprintf(ap, "10.0.0.21 %s", t_ed); fclose(ap); }
+    CHECK(f0 && hf_kh_add(f0, "10.0.0.22", 22, ed2, err, sizeof err) == 0);
+    hf_kh_match_free(&m0);
+    hf_kh_free(kh0);
+    kh0 = hf_kh_new();
+    f0 = hf_kh_file(kh0, p0, err, sizeof err);
+    CHECK(f0 && hf_kh_check(f0, "10.0.0.21", 22, ed) == HF_KH_OK && hf_kh_check(f0, "10.0.0.22", 22, ed2) == HF_KH_OK);
+    /* The same file under another name is the same index. */
+    char p0b[500];
+    snprintf(p0b, sizeof p0b, "%s/../%s/empty", kh_dir, strrchr(kh_dir, '/') + 1);
+    CHECK(f0 && hf_kh_file(kh0, p0b, err, sizeof err) == f0);
+    hf_kh_free(kh0);
+    unlink(p0);
+  }
   char d2[400];
   snprintf(d2, sizeof d2, "%s/newdir", kh_dir);
   CHECK(stat(d2, &st) == 0 && (st.st_mode & 0777) == 0700);
