@@ -31,6 +31,7 @@ struct hf_inventory {
   char           *path;
   struct hf_host *hosts;   /* in inventory order, each name once */
   size_t          nhosts;
+  json_t         *byname;  /* name -> index in hosts (hf_inv_find), or NULL */
 };
 
 struct hf_inv_error {

@@ -335,6 +335,14 @@ static int resolve(struct hf__build *b, struct hf_inventory *inv) {
     json_decref(origins);
     origins = NULL;
   }
+  /* hf_inv_find in constant time: the report and the metrics look up
+   * every host of an audit. */
+  if ((inv->byname = json_object()) == NULL) { r = hf__inv_nomem(b); goto out; }
+  for (i = 0; i < inv->nhosts; i++)
+    if (json_object_set_new(inv->byname, inv->hosts[i].name, json_integer((json_int_t)i)) != 0) {
+      r = hf__inv_nomem(b);
+      goto out;
+    }
   r = 0;
 out:
   json_decref(vars);
@@ -364,6 +372,7 @@ void hf_inv_free(struct hf_inventory *inv) {
     json_decref(h->vars);
   }
   free(inv->hosts);
+  json_decref(inv->byname);
   free(inv->path);
   free(inv);
 }
@@ -509,6 +518,11 @@ void hf_inv_error_format(const struct hf_inv_error *err, char *buf, size_t len) 
 const struct hf_host *hf_inv_find(const struct hf_inventory *inv, const char *name) {
   size_t i;
   if (inv == NULL || name == NULL) return NULL;
+  if (inv->byname) {
+    json_t *ix = json_object_get(inv->byname, name);
+    i = ix ? (size_t)json_integer_value(ix) : inv->nhosts;
+    return i < inv->nhosts && strcmp(inv->hosts[i].name, name) == 0 ? &inv->hosts[i] : NULL;
+  }
   for (i = 0; i < inv->nhosts; i++)
     if (strcmp(inv->hosts[i].name, name) == 0) return &inv->hosts[i];
   return NULL;

@@ -263,10 +263,22 @@ static void test_match(void) {
   }
   CHECK(hf_inv_find(inv, "hub03") == &inv->hosts[3], "find hub03");
   CHECK(hf_inv_find(inv, "hub99") == NULL, "find absent");
+  CHECK(hf_inv_find(inv, "HUB03") == NULL && hf_inv_find(inv, "") == NULL, "find is exact");
   CHECK(inv->hosts[1].canary && !inv->hosts[2].canary, "canary flag");
   CHECK(inv->hosts[4].ngroups == 3 && !strcmp(inv->hosts[4].groups[0], "db") &&
         !strcmp(inv->hosts[4].groups[1], "prod") && !strcmp(inv->hosts[4].groups[2], "web"),
         "hub04 groups sorted and inherited");
+  hf_inv_free(inv);
+}
+
+/* hf_inv_find through the index: every one of 20,000 hosts, and not others. */
+static void test_find_many(void) {
+  struct hf_inventory *inv = load_str("[big]\nh[00000:19999].example.org\n");
+  if (!inv) return;
+  size_t found = 0;
+  for (size_t i = 0; i < inv->nhosts; i++) found += hf_inv_find(inv, inv->hosts[i].name) == &inv->hosts[i];
+  CHECK(inv->nhosts == 20000 && found == 20000, "find each of 20000 hosts (%zu found)", found);
+  CHECK(hf_inv_find(inv, "h20000.example.org") == NULL, "find absent among 20000");
   hf_inv_free(inv);
 }
 
@@ -325,6 +337,7 @@ int main(int argc, char **argv) {
   test_pylit();
   test_match();
   test_api();
+  test_find_many();
   snprintf(dir, sizeof dir, "%s/valid", src);
   run_valid(dir);
   snprintf(dir, sizeof dir, "%s/invalid", src);
