@@ -52,6 +52,26 @@ static bool cache_ready(struct hf_req *r, char *dir, size_t dirlen) {
   return strcmp(buf, pins) == 0;
 }
 
+void hf__pip_cmd(struct hf_argv *a, const char *prefix, const char *subcmd) {
+  hf_argv_pushf(a, "%s/bin/python", prefix);
+  hf_argv_push(a, "-m");
+  hf_argv_push(a, "pip");
+  hf_argv_push(a, subcmd);
+  hf_argv_push(a, "--no-input");
+  hf_argv_push(a, "--disable-pip-version-check");
+}
+
+void hf__pip_install_cmd(struct hf_req *r, struct hf_argv *a, const char *prefix) {
+  hf__pip_cmd(a, prefix, "install");
+  hf_argv_push(a, "--upgrade");
+  /* Byte-compiling every module of the release is half of pip's time
+   * inside the downtime; Python compiles what it imports anyway (issue 7). */
+  hf_argv_push(a, "--no-compile");
+  if (hf__deps_satisfied(r, prefix)) hf_argv_push(a, "--no-deps"); /* preflight's dry run saw them satisfied */
+  /* The host-local cache first when preflight filled it (issue 7). */
+  hf__pip_source(r, a);
+}
+
 void hf__pip_source_configured(const struct hf_req *r, struct hf_argv *a) {
   if (r->hub.find_links) {
     hf_argv_push(a, "--no-index");
@@ -98,13 +118,8 @@ int hf__cache_fetch(struct hf_req *r, const struct hf_env *hub, json_t *out) {
     return HF_EIO;
   }
   hf__argv_start(r, &a);
-  hf_argv_pushf(&a, "%s/bin/python", hub->prefix);
-  hf_argv_push(&a, "-m");
-  hf_argv_push(&a, "pip");
-  hf_argv_push(&a, "download");
+  hf__pip_cmd(&a, hub->prefix, "download");
   hf_argv_push(&a, "--no-deps");
-  hf_argv_push(&a, "--no-input");
-  hf_argv_push(&a, "--disable-pip-version-check");
   hf_argv_push(&a, "--dest");
   hf_argv_push(&a, tmp);
   hf__pip_source_configured(r, &a);
@@ -230,16 +245,7 @@ static void lane_child(struct hf_req *r, struct lane *l, const char *const *pins
   if (getppid() != parent) _exit(1);
   fd = open(l->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   hf__argv_start(r, &a);
-  hf_argv_pushf(&a, "%s/bin/python", l->e->prefix);
-  hf_argv_push(&a, "-m");
-  hf_argv_push(&a, "pip");
-  hf_argv_push(&a, "install");
-  hf_argv_push(&a, "--upgrade");
-  hf_argv_push(&a, "--no-input");
-  hf_argv_push(&a, "--disable-pip-version-check");
-  hf_argv_push(&a, "--no-compile"); /* as env_install: compiling is half of pip's time */
-  if (hf__deps_satisfied(r, l->e->prefix)) hf_argv_push(&a, "--no-deps");
-  hf__pip_source(r, &a);
+  hf__pip_install_cmd(r, &a, l->e->prefix);
   for (i = 0; i < n; i++) hf_argv_push(&a, pins[i]);
   if (fd >= 0) {
     for (i = 0; i < a.n; i++) {

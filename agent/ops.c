@@ -202,19 +202,7 @@ static int env_install(struct hf_req *r, const struct hf_env *e, const char *con
     hf_argv_push(&a, "--channel");
     hf_argv_push(&a, "conda-forge");
   } else {
-    hf_argv_pushf(&a, "%s/bin/python", e->prefix);
-    hf_argv_push(&a, "-m");
-    hf_argv_push(&a, "pip");
-    hf_argv_push(&a, "install");
-    hf_argv_push(&a, "--upgrade");
-    hf_argv_push(&a, "--no-input");
-    hf_argv_push(&a, "--disable-pip-version-check");
-    /* Byte-compiling every module of the release is half of pip's time
-     * inside the downtime; Python compiles what it imports anyway (issue 7). */
-    hf_argv_push(&a, "--no-compile");
-    if (hf__deps_satisfied(r, e->prefix)) hf_argv_push(&a, "--no-deps"); /* preflight's dry run saw them satisfied */
-    /* The host-local cache first when preflight filled it (issue 7). */
-    hf__pip_source(r, &a);
+    hf__pip_install_cmd(r, &a, e->prefix);
   }
   for (i = 0; i < n; i++) {
     if (!hf_valid_pkgpin(pins[i])) {
@@ -425,13 +413,8 @@ static json_t *rehearse(struct hf_req *r, json_t *checks, const struct hf_env *h
   if ((rc = hf_db_backup(r->hub.db_path, copy, sha, err, sizeof err)) != 0) goto fail;
   hf_db_info(copy, before, sizeof before, &users, err, sizeof err);
   hf_argv_init(&a);
-  hf_argv_pushf(&a, "%s/python", bin);
-  hf_argv_push(&a, "-m");
-  hf_argv_push(&a, "pip");
-  hf_argv_push(&a, "install");
+  hf__pip_cmd(&a, hub->prefix, "install");
   hf_argv_push(&a, "--no-deps");
-  hf_argv_push(&a, "--no-input");
-  hf_argv_push(&a, "--disable-pip-version-check");
   hf_argv_push(&a, "--target");
   hf_argv_push(&a, pkgs);
   /* From the preflight's cache when it holds the target: the rehearsal then
@@ -552,14 +535,9 @@ static int op_preflight(struct hf_req *r, json_t *data) {
     if (!e->exists || strcmp(e->installer, "pip") != 0) continue;
     snprintf(name, sizeof name, "installable:%s", e->prefix);
     hf__argv_start(r, &a);
-    hf_argv_pushf(&a, "%s/bin/python", e->prefix);
-    hf_argv_push(&a, "-m");
-    hf_argv_push(&a, "pip");
-    hf_argv_push(&a, "install");
+    hf__pip_cmd(&a, e->prefix, "install");
     hf_argv_push(&a, "--dry-run");
     hf_argv_push(&a, "--upgrade");
-    hf_argv_push(&a, "--no-input");
-    hf_argv_push(&a, "--disable-pip-version-check");
     hf__pip_source_configured(r, &a);
     hf_argv_pushf(&a, "jupyterhub==%s", r->target);
     for (k = 0; k < json_array_size(r->hub.extra_packages); k++)

@@ -26,6 +26,12 @@ void hf__pip_source(struct hf_req *r, struct hf_argv *a);
 /* Pushes the configured source only: --no-index --find-links DIR, or
  * --index-url URL, or nothing (pip's own configuration). */
 void hf__pip_source_configured(const struct hf_req *r, struct hf_argv *a);
+/* Pushes PREFIX/bin/python -m pip SUBCMD --no-input --disable-pip-version-check. */
+void hf__pip_cmd(struct hf_argv *a, const char *prefix, const char *subcmd);
+/* Pushes the pip install of the environment at prefix, up to the pins:
+ * --upgrade --no-compile, --no-deps when preflight found every dependency
+ * satisfied, then the package source with the host-local cache. */
+void hf__pip_install_cmd(struct hf_req *r, struct hf_argv *a, const char *prefix);
 
 /* Fetches jupyterhub==r->target and the extra pins (pip download --no-deps,
  * with the hub environment's pip, from the configured source) into

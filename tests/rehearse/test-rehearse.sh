@@ -20,15 +20,6 @@ up_fleet
 BADMIG=$(ver bad-migration); BADMIGREV=$(rev bad-migration)
 check "fixture bad-migration listed by fleet versions" test -n "$BADMIG"
 
-# untouched HOST ROLLOUT PROCS: no journal and no backup for ROLLOUT, same hub process
-untouched() {
-  local h=$1 rid=$2 before=$3 bdir
-  bdir=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["_meta"]["hostvars"][sys.argv[2]]["hubfleet_backup_dir"])' "$W/inv.json" "$h")
-  journal_empty "$h" "$rid" || { echo "$h: journal for $rid: $(journal "$h" "$rid")" >&2; return 1; }
-  [ ! -e "$bdir/$rid" ] || { echo "$h: backup dir $bdir/$rid exists" >&2; return 1; }
-  [ "$(hub_proc "$h")" = "$(awk -v h="$h" '$1 == h { print $2, $3 }' "$before")" ] || {
-    echo "$h: hub process changed: $(hub_proc "$h") vs $(grep "^$h " "$before")" >&2; return 1; }
-}
 old_everywhere() {
   local h
   truth

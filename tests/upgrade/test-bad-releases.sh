@@ -12,15 +12,6 @@ up_fleet
 
 # old_and_healthy HOST: baseline on disk in both envs, /hub/api and /hub/health
 old_and_healthy() { on_disk "$1" "$BASE" "$BASEREV" && healthy_on "$1" "$BASE"; }
-# untouched HOST ROLLOUT PROCS_BEFORE: no journal and no backup for ROLLOUT, same hub process
-untouched() {
-  local h=$1 rid=$2 before=$3 bdir
-  bdir=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["_meta"]["hostvars"][sys.argv[2]]["hubfleet_backup_dir"])' "$W/inv.json" "$h")
-  journal_empty "$h" "$rid" || { echo "$h: journal for $rid: $(journal "$h" "$rid")" >&2; return 1; }
-  [ ! -e "$bdir/$rid" ] || { echo "$h: backup dir $bdir/$rid exists" >&2; return 1; }
-  [ "$(hub_proc "$h")" = "$(awk -v h="$h" '$1 == h { print $2, $3 }' "$before")" ] || {
-    echo "$h: hub process changed: $(hub_proc "$h") vs $(grep "^$h " "$before")" >&2; return 1; }
-}
 
 procs_snapshot > "$W/procs0"
 check "every hub process is known" test "$(grep -c ' none' "$W/procs0")" -eq 0
