@@ -80,6 +80,7 @@ struct hf_engine {
   bool metrics;
   uint64_t rng;
   int live;                     /* sessions not yet freed */
+  int bare_live;                /* of which bastion connections */
   struct jump *jumps;           /* bastions in use (ProxyJump), by spec */
   struct hf_kh *kh;             /* known_hosts files, each read once */
   struct hf_engine_stats st;
@@ -156,6 +157,13 @@ struct hf_session {
   struct jump *jump;            /* the bastion (bare: the one it serves) */
   struct hf_session *jnext, *jprev; /* in jump->users */
   bool jlinked;
+  /* Bare: packets libssh has read from the bastion's socket, and how many
+   * of them every host behind it has been pumped after. Any libssh call on
+   * the shared session may read packets for other hosts' channels (data,
+   * EOF, window adjusts, open confirmations) and leave the socket empty, so
+   * no poll event would ever wake those hosts. */
+  struct ssh_counter_struct rx;
+  uint64_t rx_seen;
   ssh_channel fwd;              /* direct-tcpip channel on the bastion's session */
   bool fwd_open;
   int pfd;                      /* our end of the socketpair, -1 when none */
@@ -489,7 +497,11 @@ static void rearm(struct hf_session *s) {
     ev = UV_WRITABLE;
   } else if (s->ssh) {
     int f = ssh_get_poll_flags(s->ssh);
-    if (f & SSH_WRITE_PENDING) ev |= UV_WRITABLE;
+    /* libssh keeps asking for POLLOUT until its own poll sees one, which
+     * only a read call runs. A bastion may have no host left to read for:
+     * ask for it only while bytes are really queued. */
+    if ((f & SSH_WRITE_PENDING) && (!s->bare || (ssh_get_status(s->ssh) & SSH_WRITE_PENDING)))
+      ev |= UV_WRITABLE;
     /* Waiting on the server is the usual case: always read. */
     ev |= UV_READABLE;
     if (s->state == HF_SS_BUSY && s->out_off < s->out_len && s->ch &&
@@ -1168,11 +1180,13 @@ static void drive(struct hf_session *s) {
  * is done. */
 #define PUMP_BUF 16384u
 #define JUMP_LINGER_MS 2000u
+#define JUMP_ROUNDS 8
 
 static void plan_auth(struct hf_session *s);
 static void jump_ready_cb(struct hf_session *js, int status, void *ctx);
 static void jump_lost_cb(struct hf_session *js, int status, void *ctx);
 static void child_pump(struct hf_session *u);
+static void jump_rearm(struct jump *j);
 
 static char *xstrdup(const char *p) { return p ? strdup(p) : NULL; }
 
@@ -1259,6 +1273,7 @@ static int jump_connect(struct jump *j) {
   uv_timer_init(e->loop, &js->timer);
   js->timer.data = js;
   e->live++;
+  e->bare_live++;
   js->state = HF_SS_QUEUED;
   j->sess = js;
   j->st = J_CONNECTING;
@@ -1319,7 +1334,12 @@ static void jump_detach(struct hf_session *s) {
   if (s->ppoll) { uv_close((uv_handle_t *)s->ppoll, (uv_close_cb)free); s->ppoll = NULL; }
   s->ppoll_events = 0;
   if (s->pfd >= 0) { close(s->pfd); s->pfd = -1; }
-  if (s->fwd) { ssh_channel_free(s->fwd); s->fwd = NULL; }
+  if (s->fwd) {
+    /* Sending the close may read packets for the other hosts' channels. */
+    ssh_channel_free(s->fwd);
+    s->fwd = NULL;
+    if (j->sess && !j->sess->closing) jump_rearm(j);
+  }
   s->fwd_open = s->pin_eof = s->pout_eof = false;
   free(s->pin); free(s->pout);
   s->pin = s->pout = NULL;
@@ -1345,6 +1365,8 @@ static void jump_ready_cb(struct hf_session *js, int status, void *ctx) {
   struct hf_session **v = jump_snapshot(j, &n);
   if (status == 0) {
     j->st = J_READY;
+    ssh_set_counters(js->ssh, NULL, &js->rx);
+    js->rx_seen = js->rx.in_packets;
     for (int i = 0; i < n; i++)
       if (v[i]->jump == j && !v[i]->closing && !v[i]->fwd && v[i]->state == HF_SS_CONNECTING)
         child_start_fwd(v[i]);
@@ -1383,6 +1405,15 @@ static void on_pump(uv_poll_t *p, int status, int events) {
   child_pump(u);
 }
 
+/* Re-arms the bastion's poll; when libssh read packets since every host
+ * behind it was last pumped, wakes the bastion on the next iteration. */
+static void jump_rearm(struct jump *j) {
+  struct hf_session *js = j->sess;
+  if (!js) return;
+  if (js->rx.in_packets != js->rx_seen) js->kick = true;
+  rearm(js);
+}
+
 /* Moves bytes between the host's forward channel and our socketpair end;
  * opens the channel first. Backpressure: at most one buffer each way. */
 static void child_pump(struct hf_session *u) {
@@ -1391,7 +1422,7 @@ static void child_pump(struct hf_session *u) {
   struct hf_engine *e = u->e;
   if (!u->fwd_open) {
     int rc = ssh_channel_open_forward(u->fwd, u->host->address, u->host->port, "127.0.0.1", 22);
-    if (rc == SSH_AGAIN) { rearm(j->sess); return; }
+    if (rc == SSH_AGAIN) { jump_rearm(j); return; }
     if (rc != SSH_OK) {
       failf(u, HF_EUNREACH, "%s: jump host %s cannot reach %s port %d: %s", u->host->name, j->spec,
             u->host->address, u->host->port, ssh_get_error(j->sess->ssh));
@@ -1466,7 +1497,7 @@ static void child_pump(struct hf_session *u) {
       u->pout_off = 0;
     }
     if (u->pout_off >= u->pout_len) break;
-    if (ssh_get_poll_flags(j->sess->ssh) & SSH_WRITE_PENDING) break;   /* bastion socket busy */
+    if (ssh_get_status(j->sess->ssh) & SSH_WRITE_PENDING) break;   /* bastion socket busy */
     int w = ssh_channel_write(u->fwd, u->pout + u->pout_off, (uint32_t)(u->pout_len - u->pout_off));
     if (w < 0) {
       failf(u, HF_EIO, "%s: forward channel through %s: %s", u->host->name, j->spec,
@@ -1485,19 +1516,35 @@ static void child_pump(struct hf_session *u) {
     else uv_poll_stop(u->ppoll);
     u->ppoll_events = ev;
   }
-  rearm(j->sess);
+  jump_rearm(j);
 }
 
 /* The bastion's socket woke up: every host behind it gets its bytes. */
 static int jump_service(struct jump *j) {
   struct hf_session *js = j->sess;
-  int n;
-  struct hf_session **v = jump_snapshot(j, &n);
-  if (!v) return 1;
-  for (int i = 0; i < n; i++)
-    if (v[i]->jump == j && !v[i]->closing && v[i]->fwd) child_pump(v[i]);
-  free(v);
-  if (!js || js->closing || js->state != HF_SS_READY) return -1;
+  /* What libssh queued (a forward channel's close, a window adjust) goes
+   * out even when no host reads: otherwise the socket stays writable and
+   * wakes the loop for nothing. */
+  if (ssh_get_status(js->ssh) & SSH_WRITE_PENDING) ssh_blocking_flush(js->ssh, 0);
+  /* Rounds until one in which libssh read no packet: then every host was
+   * pumped after the last one arrived. Bounded: the rest on the next
+   * iteration (kick). */
+  for (int round = 0; round < JUMP_ROUNDS; round++) {
+    uint64_t before = js->rx.in_packets;
+    int n;
+    struct hf_session **v = jump_snapshot(j, &n);
+    if (!v) return 1;
+    for (int i = 0; i < n; i++)
+      if (v[i]->jump == j && !v[i]->closing && v[i]->fwd) child_pump(v[i]);
+    free(v);
+    if (j->sess != js || js->closing || js->state != HF_SS_READY) return -1;
+    if (js->rx.in_packets == before) {
+      js->rx_seen = before;
+      js->kick = false;
+      return 1;
+    }
+  }
+  js->kick = true;
   return 1;
 }
 
@@ -1788,6 +1835,15 @@ int hf_session_request(struct hf_session *s, const char *op, json_t *args,
   return 0;
 }
 
+/* The last host session is gone and its callbacks opened no other (a
+ * rollout's next stage is opened from them): nobody is coming for the
+ * idle bastions, so end their linger now rather than keep the loop alive. */
+static void jump_linger_end(struct hf_engine *e) {
+  for (struct jump *j = e->jumps; j; j = j->next)
+    if (j->sess && !j->sess->closing && j->sess->state == HF_SS_READY && !j->nusers)
+      uv_timer_start(&j->sess->timer, on_timer, 0, 0);
+}
+
 static void sess_free(struct hf_session *s) {
   struct hf_engine *e = s->e;
   /* Pending callbacks end as canceled, like libuv's. */
@@ -1804,6 +1860,8 @@ static void sess_free(struct hf_session *s) {
   if (s->close_cb) s->close_cb(s, s->close_ctx);
   hf_frame_decoder_free(&s->dec);
   e->live--;
+  if (s->bare) e->bare_live--;
+  else if (e->bare_live && e->live == e->bare_live) jump_linger_end(e);
   free(s->kh_file);
   hf_kh_match_free(&s->khm);
   free(s);

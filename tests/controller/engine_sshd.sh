@@ -331,6 +331,18 @@ sed -i "s/^\[hubs:vars\]$/[hubs:vars]\nhubfleet_jump=$TUSER@127.0.0.1:$PORT_A/" 
 rc=$?
 check "ProxyJump: 6 hosts audited through the bastion (rc=$rc)" \
   [ "$(jq_ "$T/jump.json" 'd["summary"]["audited"]')" = 6 -a $rc -eq 0 ]
+[ $rc -eq 0 ] || { jq_ "$T/jump.json" '[(f["host"], f["code"], f["message"]) for f in d["failed"]], d.get("stats")'; cat "$T/jump.err"; tail -n 30 "$T/A.log" "$T/B.log"; }
+# A cold deploy through the bastion: six uploads share its connection, so
+# window adjusts and data for one host arrive while another is pumped.
+cp "$AGENT" "$T/agent-jump"
+head -c $((3 << 20)) /dev/urandom >> "$T/agent-jump"
+JHEX=$(sha256sum "$T/agent-jump" | cut -c1-64)
+"$HUBFLEET" audit -i "$T/invJ.ini" --agent "$T/agent-jump" --json --stats > "$T/jumpcold.json" 2> "$T/jumpcold.err"
+rc=$?
+check "ProxyJump: a cold deploy uploads to all 6 hosts through the bastion (rc=$rc)" \
+  [ "$(jq_ "$T/jumpcold.json" '(d["summary"]["audited"], d["stats"]["uploads"])')" = "(6, 6)" -a $rc -eq 0 ]
+check "ProxyJump: the uploaded agent is whole" [ "$(sha256sum < "$CACHE/agent-$JHEX" | cut -c1-64)" = "$JHEX" ]
+rm -f "$CACHE/agent-$JHEX"
 sed -i "s/^hubfleet_jump=.*/hubfleet_jump=$TUSER@127.0.0.1:$PORT_C/" "$T/invJ.ini"
 "$HUBFLEET" audit -i "$T/invJ.ini" --agent "$T/agent-big" --json > "$T/jumpno.json" 2>/dev/null
 rc=$?
