@@ -3,7 +3,8 @@
 # loopback: cold/warm deploy, unknown and changed host keys, --accept-new,
 # default MaxStartups with 500 hosts at --parallel 200, an upload cut by
 # killing the sshd sessions, and hostile agents (garbage, 100 MB frame,
-# silence, wrong protocol).
+# silence, wrong protocol), and ProxyJump (cold and warm through one
+# bastion, 200 hosts on one bastion connection, refusals).
 # usage: engine_sshd.sh HUBFLEET AGENT BUILDDIR(tests/controller)
 set -u
 HUBFLEET=$1 AGENT=$2 TBUILD=$3
@@ -343,6 +344,14 @@ check "ProxyJump: a cold deploy uploads to all 6 hosts through the bastion (rc=$
   [ "$(jq_ "$T/jumpcold.json" '(d["summary"]["audited"], d["stats"]["uploads"])')" = "(6, 6)" -a $rc -eq 0 ]
 check "ProxyJump: the uploaded agent is whole" [ "$(sha256sum < "$CACHE/agent-$JHEX" | cut -c1-64)" = "$JHEX" ]
 rm -f "$CACHE/agent-$JHEX"
+# Many hosts on one bastion connection: 200 forward channels at once.
+inventory "$T/invJ200.ini" 200 "$PORT_B" "$T/kh3"
+sed -i "s/^\[hubs:vars\]$/[hubs:vars]\nhubfleet_jump=$TUSER@127.0.0.1:$PORT_A/" "$T/invJ200.ini"
+"$HUBFLEET" audit -i "$T/invJ200.ini" --agent "$T/agent-big" --parallel 200 --json --stats > "$T/jump200.json" 2> "$T/jump200.err"
+rc=$?
+check "ProxyJump: 200 hosts at --parallel 200 through one bastion (rc=$rc)" \
+  [ "$(jq_ "$T/jump200.json" '(d["summary"]["audited"], d["stats"]["retries"])')" = "(200, 0)" -a $rc -eq 0 ]
+[ $rc -eq 0 ] || jq_ "$T/jump200.json" '[(f["host"], f["code"], f["message"]) for f in d["failed"]][:10]'
 sed -i "s/^hubfleet_jump=.*/hubfleet_jump=$TUSER@127.0.0.1:$PORT_C/" "$T/invJ.ini"
 "$HUBFLEET" audit -i "$T/invJ.ini" --agent "$T/agent-big" --json > "$T/jumpno.json" 2>/dev/null
 rc=$?
