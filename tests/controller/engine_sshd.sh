@@ -14,6 +14,7 @@ chmod 755 "$T"
 # would make every exec slow and are not what a hub host looks like.
 TUSER=hfctl-test
 THOME=/var/tmp/hfctl-test
+CREATED_USER=
 if ! id -u "$TUSER" > /dev/null 2>&1; then
   useradd -M -U -d "$THOME" -s /bin/sh -p '*' "$TUSER" || { echo "cannot create $TUSER"; exit 1; }
   CREATED_USER=1
@@ -26,7 +27,6 @@ chown "$TUSER:" "$THOME"
 chmod 700 "$THOME"
 CACHE=$THOME/.cache/hubfleet
 PIDS=()
-CREATED_USER=
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   [ -n "${AGENT_PID:-}" ] && kill "$AGENT_PID" 2>/dev/null
