@@ -62,12 +62,6 @@ enum hf_kh_verdict hf_kh_match_check(const struct hf_khfile *f, const struct hf_
  * default), -1 when buf is too small. */
 int hf_kh_match_algorithms(const struct hf_khfile *f, const struct hf_kh_match *m, char *buf, size_t len);
 
-/* The same for one lookup (tests; a session keeps its match). */
-enum hf_kh_verdict hf_kh_check(const struct hf_khfile *f, const char *host, int port,
-                               const ssh_key key);
-int hf_kh_hostkey_algorithms(const struct hf_khfile *f, const char *host, int port,
-                             char *buf, size_t len);
-
 /* Records key for host: appends "host key" (or "[host]:port key") to the
  * file (created 0600, its directory 0700 when missing) and to the index.
  * Returns 0, or -1 with a message in err. */

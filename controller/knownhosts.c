@@ -478,20 +478,6 @@ int hf_kh_match_algorithms(const struct hf_khfile *f, const struct hf_kh_match *
   return 1;
 }
 
-enum hf_kh_verdict hf_kh_check(const struct hf_khfile *f, const char *host, int port, const ssh_key key) {
-  struct hf_kh_match m = { 0 };
-  enum hf_kh_verdict v = hf_kh_match(f, host, port, &m) == 0 ? hf_kh_match_check(f, &m, key) : HF_KH_UNKNOWN;
-  hf_kh_match_free(&m);
-  return v;
-}
-
-int hf_kh_hostkey_algorithms(const struct hf_khfile *f, const char *host, int port, char *buf, size_t len) {
-  struct hf_kh_match m = { 0 };
-  int r = hf_kh_match(f, host, port, &m) == 0 ? hf_kh_match_algorithms(f, &m, buf, len) : -1;
-  hf_kh_match_free(&m);
-  return r;
-}
-
 /* write(2) until done; -1 with errno set on failure. */
 static int write_all(int fd, const char *p, size_t n) {
   while (n) {

@@ -516,16 +516,11 @@ void hf_inv_error_format(const struct hf_inv_error *err, char *buf, size_t len) 
 }
 
 const struct hf_host *hf_inv_find(const struct hf_inventory *inv, const char *name) {
-  size_t i;
+  json_t *ix;
   if (inv == NULL || name == NULL) return NULL;
-  if (inv->byname) {
-    json_t *ix = json_object_get(inv->byname, name);
-    i = ix ? (size_t)json_integer_value(ix) : inv->nhosts;
-    return i < inv->nhosts && strcmp(inv->hosts[i].name, name) == 0 ? &inv->hosts[i] : NULL;
-  }
-  for (i = 0; i < inv->nhosts; i++)
-    if (strcmp(inv->hosts[i].name, name) == 0) return &inv->hosts[i];
-  return NULL;
+  /* Every loaded inventory has its index (resolve builds it or fails). */
+  ix = json_object_get(inv->byname, name);
+  return ix ? &inv->hosts[(size_t)json_integer_value(ix)] : NULL;
 }
 
 /* One pattern term: "all"/"*", "ungrouped", "~REGEX" (POSIX extended,

@@ -17,6 +17,21 @@
 #include <openssl/hmac.h>
 
 static int failures;
+
+/* One lookup from scratch (the engine keeps a match per session). */
+static enum hf_kh_verdict hf_kh_check(const struct hf_khfile *f, const char *host, int port, const ssh_key key) {
+  struct hf_kh_match m = { 0 };
+  enum hf_kh_verdict v = hf_kh_match(f, host, port, &m) == 0 ? hf_kh_match_check(f, &m, key) : HF_KH_UNKNOWN;
+  hf_kh_match_free(&m);
+  return v;
+}
+
+static int hf_kh_hostkey_algorithms(const struct hf_khfile *f, const char *host, int port, char *buf, size_t len) {
+  struct hf_kh_match m = { 0 };
+  int r = hf_kh_match(f, host, port, &m) == 0 ? hf_kh_match_algorithms(f, &m, buf, len) : -1;
+  hf_kh_match_free(&m);
+  return r;
+}
 #define CHECK(cond) do { if (!(cond)) { fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); failures++; } } while (0)
 
 static const char HEX[] = "08dd0b246ac324ab25b2b5516bc7ebc61a7f42fc7ccdab6d13545d34525a1cb6";
