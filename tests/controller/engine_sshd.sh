@@ -344,13 +344,24 @@ check "ProxyJump: a cold deploy uploads to all 6 hosts through the bastion (rc=$
   [ "$(jq_ "$T/jumpcold.json" '(d["summary"]["audited"], d["stats"]["uploads"])')" = "(6, 6)" -a $rc -eq 0 ]
 check "ProxyJump: the uploaded agent is whole" [ "$(sha256sum < "$CACHE/agent-$JHEX" | cut -c1-64)" = "$JHEX" ]
 rm -f "$CACHE/agent-$JHEX"
-# Many hosts on one bastion connection: 200 forward channels at once.
+# Many hosts on one bastion connection: 200 forward channels at once. The
+# bastion is one endpoint, so at most 8 handshakes reach sshd B at once, under
+# its MaxStartups 10. sshd counts a connection until its child reports the
+# login, which can lag behind the client seeing it (a loaded machine), so B may
+# still drop a few: every retry must match a drop B logged, and B must stay
+# well below the drops of the 100-at-once run above.
 inventory "$T/invJ200.ini" 200 "$PORT_B" "$T/kh3"
 sed -i "s/^\[hubs:vars\]$/[hubs:vars]\nhubfleet_jump=$TUSER@127.0.0.1:$PORT_A/" "$T/invJ200.ini"
+drops0=$(grep -c "drop connection" "$T/B.log")
 "$HUBFLEET" audit -i "$T/invJ200.ini" --agent "$T/agent-big" --parallel 200 --json --stats > "$T/jump200.json" 2> "$T/jump200.err"
 rc=$?
+sleep 0.2   # sshd B's last log lines
+drops=$(( $(grep -c "drop connection" "$T/B.log") - drops0 ))
+retries=$(jq_ "$T/jump200.json" 'd["stats"]["retries"]')
 check "ProxyJump: 200 hosts at --parallel 200 through one bastion (rc=$rc)" \
-  [ "$(jq_ "$T/jump200.json" '(d["summary"]["audited"], d["stats"]["retries"])')" = "(200, 0)" -a $rc -eq 0 ]
+  [ "$(jq_ "$T/jump200.json" 'd["summary"]["audited"]')" = 200 -a $rc -eq 0 ]
+check "ProxyJump: each of the $retries retries answers one of the $drops drops sshd B logged (under 10%)" \
+  [ "$retries" = "$drops" -a "$drops" -lt 20 ]
 [ $rc -eq 0 ] || jq_ "$T/jump200.json" '[(f["host"], f["code"], f["message"]) for f in d["failed"]][:10]'
 sed -i "s/^hubfleet_jump=.*/hubfleet_jump=$TUSER@127.0.0.1:$PORT_C/" "$T/invJ.ini"
 "$HUBFLEET" audit -i "$T/invJ.ini" --agent "$T/agent-big" --json > "$T/jumpno.json" 2>/dev/null
