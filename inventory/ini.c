@@ -28,9 +28,9 @@ static int utf8_ok(const unsigned char *s) {
   return 1;
 }
 
-/* One range may not turn into more hosts than this: a typo such as
- * [1:1000000] should be an error, not a minute of allocation. */
-#define HF_INV_MAX_EXPAND 100000
+/* One pattern may not turn into more hosts than an inventory may hold: a
+ * typo such as [1:1000000] should be an error, not a minute of allocation. */
+#define HF_INV_MAX_EXPAND HF__MAX_HOSTS
 #define HF_INV_MAX_TOKENS 256
 
 enum sect { SECT_HOSTS, SECT_VARS, SECT_CHILDREN };
@@ -214,7 +214,9 @@ static int expand(struct ini *in, const char *orig, const char *pat, size_t *cou
   return r;
 }
 
-struct hostline { char **tok; size_t ntok; long port; };
+/* One host line: tok[0] the pattern, tok[1..] the keys (split at '='), val[1..]
+ * their values, parsed once and shared by every host the pattern names. */
+struct hostline { char **tok; json_t **val; size_t ntok; long port; };
 
 static int add_host(struct ini *in, const char *name, void *arg) {
   struct hostline *hl = arg;
@@ -229,20 +231,17 @@ static int add_host(struct ini *in, const char *name, void *arg) {
       (r = hf__set_var(b, b->hosts[hi].vars, b->hosts[hi].origins, "ansible_port",
                        json_integer(hl->port), in->line, NULL)) != 0)
     return r;
-  for (k = 1; k < hl->ntok; k++) {
-    char *eq = strchr(hl->tok[k], '=');
-    *eq = '\0';
-    r = hf__set_var(b, b->hosts[hi].vars, b->hosts[hi].origins, hl->tok[k], ini_value(eq + 1),
-                    in->line, NULL);
-    *eq = '=';
-    if (r != 0) return r;
-  }
+  for (k = 1; k < hl->ntok; k++)
+    if ((r = hf__set_var(b, b->hosts[hi].vars, b->hosts[hi].origins, hl->tok[k],
+                         json_incref(hl->val[k]), in->line, NULL)) != 0)
+      return r;
   return 0;
 }
 
 static int host_line(struct ini *in, const char *line) {
   char *buf = malloc(strlen(line) + 1), *tok[HF_INV_MAX_TOKENS];
-  struct hostline hl = { tok, 0, 0 };
+  json_t *val[HF_INV_MAX_TOKENS] = { NULL };
+  struct hostline hl = { tok, val, 0, 0 };
   size_t k, count = 0;
   char *pat, *colon;
   int r;
@@ -255,6 +254,8 @@ static int host_line(struct ini *in, const char *line) {
       r = hf__inv_fail(in->b, in->line, NULL, "expected key=value host variable after the host name, got '%s'", tok[k]);
       goto out;
     }
+    *eq = '\0';
+    if ((val[k] = ini_value(eq + 1)) == NULL) { r = hf__inv_nomem(in->b); goto out; }
   }
   pat = tok[0];
   /* host:port, as Ansible's parse_address; more than one colon outside the
@@ -294,6 +295,7 @@ static int host_line(struct ini *in, const char *line) {
   }
   r = expand(in, tok[0], pat, &count, add_host, &hl);
 out:
+  for (k = 1; k < hl.ntok; k++) json_decref(val[k]);
   free(buf);
   return r;
 }

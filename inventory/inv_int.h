@@ -9,6 +9,14 @@
  * so hostile input must not be able to exhaust the stack. */
 #define HF__MAX_NESTING 1000
 #define HF__MAX_RANGES  16
+/* Size bounds: ranges, group variables and nested groups multiply, so a few
+ * bytes of input (h[0:999]x[0:999], [all:vars] over many hosts, many hosts
+ * under a deep chain of groups) could otherwise ask for gigabytes. An
+ * inventory names at most HF__MAX_HOSTS hosts, and all its hosts together
+ * hold at most HF__MAX_HOSTITEMS variables and group memberships after
+ * merging (each host's own, inherited ones included). */
+#define HF__MAX_HOSTS     100000
+#define HF__MAX_HOSTITEMS 2000000
 
 /* A group as read from the source, before resolution. */
 struct hf__grp {

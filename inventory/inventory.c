@@ -132,6 +132,9 @@ int hf__host_add(struct hf__build *b, const char *name, size_t gi, int line,
     i = (size_t)json_integer_value(ix);
     h = &b->hosts[i];
   } else {
+    if (b->nhosts >= HF__MAX_HOSTS)
+      return hf__inv_fail(b, line, b->json ? where : NULL, "more than %d hosts: an inventory may "
+                          "name at most that many (split the fleet into several inventories)", HF__MAX_HOSTS);
     if (grow((void **)&b->hosts, &b->caphosts, b->nhosts, sizeof *b->hosts) != 0)
       return hf__inv_nomem(b);
     h = &b->hosts[b->nhosts];
@@ -256,7 +259,7 @@ static int group_priority(struct hf__build *b, struct hf__grp *g) {
 }
 
 static int resolve(struct hf__build *b, struct hf_inventory *inv) {
-  size_t *order = NULL, norder = 0, i, k, n;
+  size_t *order = NULL, norder = 0, i, k, n, nitems = 0;
   char *mark = NULL;
   struct grp_ref *refs = NULL;
   json_t *vars = NULL, *origins = NULL;
@@ -314,6 +317,12 @@ static int resolve(struct hf__build *b, struct hf_inventory *inv) {
     for (k = 0; k < nref; k++)
       if (overlay(vars, origins, refs[k].g->vars, refs[k].g->origins, 1) != 0) { r = hf__inv_nomem(b); goto out; }
     if (overlay(vars, origins, hs->vars, hs->origins, 0) != 0) { r = hf__inv_nomem(b); goto out; }
+    if ((nitems += json_object_size(vars) + nref) > HF__MAX_HOSTITEMS) {
+      r = hf__inv_fail(b, 0, NULL, "the hosts hold more than %d variables and group memberships "
+                       "once groups are merged (%zu hosts reached it, of %zu): split the fleet into "
+                       "several inventories", HF__MAX_HOSTITEMS, i + 1, b->nhosts);
+      goto out;
+    }
 
     h->name = strdup(hs->name);
     h->groups = calloc(nref ? nref : 1, sizeof *h->groups);

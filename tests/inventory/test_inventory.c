@@ -331,6 +331,46 @@ static void test_api(void) {
   CHECK(r == HF_EINVENTORY && strstr(err.message, "17 ranges") != NULL, "many ranges: %s", err.message);
 }
 
+/* Ranges and group variables multiply: a few bytes must not ask for gigabytes. */
+static void test_size_limits(void) {
+  struct hf_inventory *inv = NULL;
+  struct hf_inv_error err;
+  const char *two = "[a]\nh[00000:59999]\n[b]\nh[60000:99999]\nx[0:1]\n";
+  int r = hf_inv_load_buffer("two.ini", two, strlen(two), &inv, &err);
+  CHECK(r == HF_EINVENTORY && inv == NULL && err.line == 5 && strstr(err.message, "more than 100000 hosts"),
+        "100,002 hosts from three patterns: %d line %d: %s", r, err.line, err.message);
+  /* 1,000 hosts, each in "a" and "all" and with 1,999 variables from
+   * [all:vars]: 2,001,000 items. */
+  size_t cap = 1999 * 16 + 64, big = 200000;
+  char *text = malloc(cap > big + 64 ? cap : big + 64);
+  CHECK(text != NULL, "malloc");
+  if (!text) return;
+  size_t n = (size_t)sprintf(text, "[a]\nh[000:999]\n[all:vars]\n");
+  for (int i = 0; i < 1999; i++) n += (size_t)snprintf(text + n, cap - n, "v%d=%d\n", i, i);
+  r = hf_inv_load_buffer("vars.ini", text, strlen(text), &inv, &err);
+  CHECK(r == HF_EINVENTORY && inv == NULL && strstr(err.message, "more than 2000000 variables and group memberships") &&
+        strstr(err.message, "(1000 hosts reached it, of 1000)"), "2,001,000 host items: %d: %s", r, err.message);
+  /* 10,000 hosts under a chain of 200 groups: 2.02 million memberships. */
+  n = (size_t)sprintf(text, "[g0]\nh[0000:9999]\n");
+  for (int i = 1; i <= 200; i++) n += (size_t)snprintf(text + n, cap - n, "[g%d:children]\ng%d\n", i, i - 1);
+  r = hf_inv_load_buffer("chain.ini", text, strlen(text), &inv, &err);
+  CHECK(r == HF_EINVENTORY && inv == NULL && strstr(err.message, "more than 2000000 variables and group memberships"),
+        "2.02 million memberships: %d: %s", r, err.message);
+  /* One inline value is parsed once and shared by every host of its pattern:
+   * 10,000 hosts with a 200 kB value cost 200 kB of it, not 2 GB. */
+  n = (size_t)sprintf(text, "h[0000:9999] note=");
+  memset(text + n, 'x', big);
+  strcpy(text + n + big, "\n");
+  inv = load_str(text);
+  CHECK(inv && inv->nhosts == 10000, "10,000 hosts with a 200 kB value");
+  if (inv) {
+    json_t *a = json_object_get(inv->hosts[0].vars, "note"), *b = json_object_get(inv->hosts[9999].vars, "note");
+    CHECK(a && a == b && json_string_length(a) == big, "the value is one, shared");
+  }
+  hf_inv_free(inv);
+  free(text);
+}
+
 int main(int argc, char **argv) {
   char dir[1024];
   const char *src = argc > 1 ? argv[1] : ".";
@@ -338,6 +378,7 @@ int main(int argc, char **argv) {
   test_match();
   test_api();
   test_find_many();
+  test_size_limits();
   snprintf(dir, sizeof dir, "%s/valid", src);
   run_valid(dir);
   snprintf(dir, sizeof dir, "%s/invalid", src);
