@@ -496,11 +496,13 @@ static void rearm(struct hf_session *s) {
   if (s->state == HF_SS_CONNECTING) {
     ev = UV_WRITABLE;
   } else if (s->ssh) {
-    int f = ssh_get_poll_flags(s->ssh);
-    /* libssh keeps asking for POLLOUT until its own poll sees one, which
-     * only a read call runs. A bastion may have no host left to read for:
-     * ask for it only while bytes are really queued. */
-    if ((f & SSH_WRITE_PENDING) && (!s->bare || (ssh_get_status(s->ssh) & SSH_WRITE_PENDING)))
+    /* libssh asks for POLLOUT while its socket is connecting (the key
+     * exchange) and while bytes are queued, and keeps asking until its own
+     * poll sees one, which only a read call runs: a session nobody reads
+     * for (a lingering bastion) would wake the loop for nothing. Past the
+     * key exchange, ask only while bytes are really queued. */
+    if ((ssh_get_poll_flags(s->ssh) & SSH_WRITE_PENDING) &&
+        (s->state == HF_SS_HANDSHAKE || (ssh_get_status(s->ssh) & SSH_WRITE_PENDING)))
       ev |= UV_WRITABLE;
     /* Waiting on the server is the usual case: always read. */
     ev |= UV_READABLE;
@@ -1334,12 +1336,9 @@ static void jump_detach(struct hf_session *s) {
   if (s->ppoll) { uv_close((uv_handle_t *)s->ppoll, (uv_close_cb)free); s->ppoll = NULL; }
   s->ppoll_events = 0;
   if (s->pfd >= 0) { close(s->pfd); s->pfd = -1; }
-  if (s->fwd) {
-    /* Sending the close may read packets for the other hosts' channels. */
-    ssh_channel_free(s->fwd);
-    s->fwd = NULL;
-    if (j->sess && !j->sess->closing) jump_rearm(j);
-  }
+  /* Sending the close may read packets for the other hosts' channels:
+   * the bastion is re-armed below. */
+  if (s->fwd) { ssh_channel_free(s->fwd); s->fwd = NULL; }
   s->fwd_open = s->pin_eof = s->pout_eof = false;
   free(s->pin); free(s->pout);
   s->pin = s->pout = NULL;
@@ -1350,12 +1349,11 @@ static void jump_detach(struct hf_session *s) {
     s->jnext = s->jprev = NULL;
     s->jlinked = false;
     j->nusers--;
-    if (!j->nusers && j->sess && j->st == J_READY && !j->sess->closing) {
+    if (!j->nusers && j->sess && j->st == J_READY && !j->sess->closing)
       deadline(j->sess, JUMP_LINGER_MS);
-      rearm(j->sess);
-    }
   }
   s->jump = NULL;
+  jump_rearm(j);
 }
 
 static void jump_ready_cb(struct hf_session *js, int status, void *ctx) {
@@ -1409,7 +1407,7 @@ static void on_pump(uv_poll_t *p, int status, int events) {
  * behind it was last pumped, wakes the bastion on the next iteration. */
 static void jump_rearm(struct jump *j) {
   struct hf_session *js = j->sess;
-  if (!js) return;
+  if (!js || js->closing) return;
   if (js->rx.in_packets != js->rx_seen) js->kick = true;
   rearm(js);
 }
