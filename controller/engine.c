@@ -112,6 +112,8 @@ struct hf_session {
   socklen_t altlen[3];
   int nalt, alt_idx;
   int fd;                       /* ours until handed to libssh */
+  int ssh_fd;                   /* the socket handed to libssh (SSH_OPTIONS_FD): libssh
+                                   never closes a socket it was given, so we do */
   uv_poll_t *poll;              /* one per connection attempt, freed in its close cb */
   int poll_events;
 
@@ -269,13 +271,13 @@ static void teardown_ssh(struct hf_session *s) {
   if (s->up) { ssh_channel_free(s->up); s->up = NULL; }
   if (s->ch) { ssh_channel_free(s->ch); s->ch = NULL; }
   if (s->ssh) {
-    ssh_disconnect(s->ssh);
+    ssh_disconnect(s->ssh);   /* sends SSH_MSG_DISCONNECT; leaves a given socket open */
     ssh_free(s->ssh);
     s->ssh = NULL;
-  } else if (s->fd >= 0) {
-    close(s->fd);
   }
-  s->fd = -1;
+  if (s->ssh_fd >= 0) close(s->ssh_fd);
+  if (s->fd >= 0) close(s->fd);
+  s->ssh_fd = s->fd = -1;
   hf_frame_decoder_free(&s->dec);
   hf_frame_decoder_init(&s->dec, 0);   /* fresh for a retry */
   free(s->out);
@@ -695,7 +697,8 @@ static int in_connecting(struct hf_session *s) {
     fail_ssh(s, HF_ESSH, "setting SSH options");
     return -1;
   }
-  s->fd = -1;   /* libssh owns the socket now */
+  s->ssh_fd = s->fd;   /* libssh uses the socket now; closing it stays ours */
+  s->fd = -1;
   ssh_set_blocking(ssh, 0);
   set_state(s, HF_SS_HANDSHAKE);
   deadline(s, e->o.timeout_ms);
@@ -1772,6 +1775,7 @@ int hf_session_open(struct hf_engine *e, const struct hf_host *host,
   s->lost_cb = lost;
   s->ctx = ctx;
   s->fd = -1;
+  s->ssh_fd = -1;
   s->pfd = -1;
   s->next_id = 1;
   hf_frame_decoder_init(&s->dec, 0);
