@@ -166,6 +166,15 @@ int hf_db_integrity(const char *path, char *err, size_t errlen);
  * sha receives the digest of what was written. HF_EINTEGRITY on mismatch. */
 int hf_file_install(const char *src, const char *dst, const char *expect_sha, char sha[HF_SHA256_HEX],
                     char *err, size_t errlen);
+/* Restores the SQLite database dst from the backup src: a copy beside dst
+ * checked against expect_sha first (a damaged backup changes nothing), then
+ * dst's -wal/-shm/-journal moved aside, the copy renamed over dst (owner and
+ * mode kept) and checked again; the side files are deleted only then, and
+ * put back when the rename failed. */
+int hf_db_restore(const char *src, const char *dst, const char *expect_sha, char sha[HF_SHA256_HEX],
+                  char *err, size_t errlen);
+/* SHA-256 of everything readable at fd (pread from 0), as hex. 0 or -1. */
+int hf_sha256_fd(int fd, char hex[HF_SHA256_HEX]);
 
 /* ---- the hub description and one request ------------------------------------ */
 

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "agent_int.h"
+#include "hf_safefile.h"
 #include "hub.h"
 #include "prep.h"
 
@@ -44,7 +45,7 @@ static bool cache_ready(struct hf_req *r, char *dir, size_t dirlen) {
   ssize_t n;
   int fd;
   if (r->target == NULL || cache_dir(r, dir, dirlen) != 0 || pins_string(r, pins, sizeof pins) != 0) return false;
-  if (hf__pathf(mark, sizeof mark, "%s/.complete", dir) != 0 || (fd = open(mark, O_RDONLY | O_CLOEXEC)) < 0) return false;
+  if (hf__pathf(mark, sizeof mark, "%s/.complete", dir) != 0 || (fd = hf_sf_open_read(mark, buf, sizeof buf)) < 0) return false;
   n = read(fd, buf, sizeof buf - 1);
   close(fd);
   if (n < 0) return false;
@@ -95,7 +96,7 @@ int hf__cache_fetch(struct hf_req *r, const struct hf_env *hub, json_t *out) {
   char dir[PATH_MAX], tmp[PATH_MAX], mark[PATH_MAX], pins[4096];
   int64_t t0 = hf__now_ms();
   struct hf_argv a;
-  int rc, fd;
+  int rc;
   size_t k;
 
   json_object_set_new(out, "dir", json_null());
@@ -130,18 +131,10 @@ int hf__cache_fetch(struct hf_req *r, const struct hf_env *hub, json_t *out) {
   hf_argv_free(&a);
   if (rc != 0) { hf__rm_tree(tmp); return rc; }
   if (hf__pathf(mark, sizeof mark, "%s/.complete", tmp) != 0 ||
-      (fd = open(mark, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
-    snprintf(r->msg, sizeof r->msg, "cannot write %s: %s", mark, strerror(errno));
+      hf_sf_write_file(mark, pins, strlen(pins), 0600, r->msg, sizeof r->msg) != 0) {
     hf__rm_tree(tmp);
     return HF_EIO;
   }
-  if (write(fd, pins, strlen(pins)) != (ssize_t)strlen(pins) || fsync(fd) != 0) {
-    close(fd);
-    snprintf(r->msg, sizeof r->msg, "cannot write %s: %s", mark, strerror(errno));
-    hf__rm_tree(tmp);
-    return HF_EIO;
-  }
-  close(fd);
   hf__rm_tree(dir); /* an incomplete one left by a killed agent */
   if (rename(tmp, dir) != 0) {
     snprintf(r->msg, sizeof r->msg, "rename %s: %s", dir, strerror(errno));
@@ -182,9 +175,8 @@ static bool is_pinned(struct hf_req *r, const char *name, size_t len) {
 }
 
 void hf__deps_note(struct hf_req *r, const char *prefix, const char *dry_out) {
-  char marker[PATH_MAX], dir[PATH_MAX];
+  char marker[PATH_MAX], dir[PATH_MAX], err[256];
   const char *p, *end;
-  int fd;
   if (nodeps_marker(r, prefix, marker, sizeof marker) != 0) return;
   unlink(marker);
   /* pip's dry run: "Would install jupyterhub-3.1.0 oauthenticator-16.0.7" */
@@ -199,10 +191,7 @@ void hf__deps_note(struct hf_req *r, const char *prefix, const char *dry_out) {
     while (p < end && *p == ' ') p++;
   }
   if (hf__pathf(dir, sizeof dir, "%s/cache", r->hub.state_dir) != 0 || hf__mkdirs(dir, 0700) != 0) return;
-  if ((fd = open(marker, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) >= 0) {
-    (void)!write(fd, prefix, strlen(prefix));
-    close(fd);
-  }
+  (void)hf_sf_write_file(marker, prefix, strlen(prefix), 0600, err, sizeof err);
 }
 
 bool hf__deps_satisfied(struct hf_req *r, const char *prefix) {
@@ -233,8 +222,8 @@ static void lane_child(struct hf_req *r, struct lane *l, const char *const *pins
                        pid_t parent) {
   struct hf_argv a;
   struct hf_run run;
-  int fd, rfd, i, rc;
-  char msg[2048];
+  int fd, i, rc;
+  char msg[2048], res_err[256];
 
   /* No frame may come from this process: the protocol belongs to the parent. */
   static bool dead = true;
@@ -243,7 +232,7 @@ static void lane_child(struct hf_req *r, struct lane *l, const char *const *pins
    * not leave an installer running beside the rollback a new agent starts. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) _exit(1);
-  fd = open(l->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  fd = hf_sf_open_own(l->log, 0600, true, true, NULL, msg, sizeof msg);
   hf__argv_start(r, &a);
   hf__pip_install_cmd(r, &a, l->e->prefix);
   for (i = 0; i < n; i++) hf_argv_push(&a, pins[i]);
@@ -267,10 +256,7 @@ static void lane_child(struct hf_req *r, struct lane *l, const char *const *pins
                                         l->e->prefix, (long long)timeout);
   else if (rc == HF_EEXEC) snprintf(msg, sizeof msg, "cannot run %s: %s", a.v[0], strerror(run.status));
   else snprintf(msg, sizeof msg, "pip in %s exited with status %d: %s", l->e->prefix, run.status, run.out ? run.out : "");
-  if ((rfd = open(l->res, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) >= 0) {
-    (void)!write(rfd, msg, strlen(msg));
-    close(rfd);
-  }
+  (void)hf_sf_write_file(l->res, msg, strlen(msg), 0600, res_err, sizeof res_err);
   if (fd >= 0) { fsync(fd); close(fd); }
   hf_run_free(&run);
   hf_argv_free(&a);
@@ -390,7 +376,8 @@ int hf__install_prepass(struct hf_req *r, const char *step, const struct hf_env 
     if (logs) json_object_set_new(logs, lanes[i].e->prefix, o); else json_decref(o);
     if (lanes[i].status != 0 && rc == 0) {
       char buf[2048] = "";
-      int fd = open(lanes[i].res, O_RDONLY | O_CLOEXEC);
+      char oerr[256];
+      int fd = hf_sf_open_read(lanes[i].res, oerr, sizeof oerr);
       ssize_t k = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
       if (fd >= 0) close(fd);
       buf[k > 0 ? k : 0] = '\0';

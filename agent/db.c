@@ -1,5 +1,6 @@
 /* db.c: SQLite for the agent: read-only schema facts, consistent online backups of a live hub
- * database, and crash-safe restores (temp file, fsync, checksum, rename). */
+ * database, and crash-safe restores (hf_safefile.h: random temp file, checksum before anything
+ * live is touched, owner and mode kept, rename; side files moved aside until it worked). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include <sqlite3.h>
 
 #include "agent_int.h"
+#include "hf_safefile.h"
 
 int hf_db_sqlite_path(const char *url, char *out, size_t outlen) {
   if (strncmp(url, "sqlite:///", 10) != 0) return HF_EUNSUPPORTED;
@@ -63,22 +65,35 @@ int hf_db_backup(const char *src, const char *dst, char sha[HF_SHA256_HEX], char
   sqlite3 *sdb = NULL, *ddb = NULL;
   sqlite3_backup *bk = NULL;
   sqlite3_stmt *st = NULL;
-  char tmp[PATH_MAX];
+  struct hf_sf sf;
+  char tmp[PATH_MAX + 48];
+  const char *slash;
+  struct stat lst;
   int rc, r = HF_EDB, tries = 0;
 
   sha[0] = '\0';
-  if (hf__pathf(tmp, sizeof tmp, "%s.tmp", dst) != 0) return HF_EINVAL;
-  unlink(tmp);
-  if (access(src, R_OK) != 0) {
+  /* The live database is read where it is, never through a symlink the
+   * hub's user could point at another database. */
+  if (lstat(src, &lst) != 0 || access(src, R_OK) != 0) {
     snprintf(err, errlen, "database %s: %s", src, strerror(errno));
     return HF_ENOTFOUND;
   }
-  if ((rc = sqlite3_open_v2(src, &sdb, SQLITE_OPEN_READONLY, NULL)) != SQLITE_OK) {
+  if (!S_ISREG(lst.st_mode)) {
+    snprintf(err, errlen, "database %s is not a regular file (a symbolic link?): refusing to back it up", src);
+    return HF_ESTATE;
+  }
+  if ((r = hf_sf_begin(&sf, dst, 0600, err, errlen)) != 0) return r;
+  r = HF_EDB;
+  slash = strrchr(sf.path, '/');
+  snprintf(tmp, sizeof tmp, "%.*s/%s", (int)(slash - sf.path), sf.path, sf.tmp);
+  if ((rc = sqlite3_open_v2(src, &sdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL)) != SQLITE_OK) {
     snprintf(err, errlen, "open %s: %s", src, sqlite3_errstr(rc));
     goto out;
   }
   sqlite3_busy_timeout(sdb, 5000);
-  if ((rc = sqlite3_open_v2(tmp, &ddb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL)) != SQLITE_OK) {
+  /* The copy goes into the fresh O_EXCL file hf_sf_begin made (empty: SQLite
+   * takes it as a new database). */
+  if ((rc = sqlite3_open_v2(tmp, &ddb, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW, NULL)) != SQLITE_OK) {
     snprintf(err, errlen, "create %s: %s", tmp, sqlite3_errstr(rc));
     goto out;
   }
@@ -116,87 +131,145 @@ int hf_db_backup(const char *src, const char *dst, char sha[HF_SHA256_HEX], char
   st = NULL;
   sqlite3_close(ddb);
   ddb = NULL;
-  {
-    int fd = open(tmp, O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || fsync(fd) != 0) {
-      if (fd >= 0) close(fd);
-      snprintf(err, errlen, "fsync %s: %s", tmp, strerror(errno));
-      r = HF_EIO;
-      goto out;
-    }
-    close(fd);
-  }
-  if (rename(tmp, dst) != 0) {
-    snprintf(err, errlen, "rename %s: %s", dst, strerror(errno));
+  if (hf_sha256_fd(sf.fd, sha) != 0) {
+    snprintf(err, errlen, "read back %s: %s", tmp, strerror(errno));
     r = HF_EIO;
     goto out;
   }
-  hf__fsync_parent(dst);
-  if (hf_sha256_file(dst, sha) != 0) {
-    snprintf(err, errlen, "read %s: %s", dst, strerror(errno));
-    r = HF_EIO;
-    goto out;
-  }
-  r = 0;
+  r = hf_sf_commit(&sf, err, errlen); /* fsync, rename, fsync of the directory */
 out:
   if (bk) sqlite3_backup_finish(bk);
   sqlite3_finalize(st);
   sqlite3_close(ddb);
   sqlite3_close(sdb);
-  if (r != 0) unlink(tmp);
+  hf_sf_abort(&sf);
+  if (r != 0) sha[0] = '\0';
+  return r;
+}
+
+int hf_sha256_fd(int fd, char hex[HF_SHA256_HEX]) {
+  struct hf_sha256 c;
+  unsigned char buf[65536], digest[HF_SHA256_LEN];
+  off_t off = 0;
+  hf_sha256_init(&c);
+  for (;;) {
+    ssize_t n = pread(fd, buf, sizeof buf, off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -1;
+    if (n == 0) break;
+    hf_sha256_update(&c, buf, (size_t)n);
+    off += n;
+  }
+  hf_sha256_final(&c, digest);
+  hf_sha256_tohex(digest, hex);
+  return 0;
+}
+
+/* Copies src into a new temporary file beside dst (hf_sf_begin) and checks
+ * its digest: nothing at dst is touched. */
+static int stage_copy(const char *src, const char *dst, const char *expect_sha, char sha[HF_SHA256_HEX],
+                      struct hf_sf *sf, char *err, size_t errlen) {
+  char buf[65536];
+  struct stat st;
+  int in, r;
+
+  sha[0] = '\0';
+  sf->fd = sf->dirfd = -1;
+  sf->tmp[0] = '\0';
+  if ((in = hf_sf_open_read(src, err, errlen)) < 0) return errno == ENOENT ? HF_ENOTFOUND : HF_ESTATE;
+  if (fstat(in, &st) != 0) st.st_mode = 0600;
+  /* A new file gets the source's mode; a replaced one keeps its own owner and mode. */
+  if ((r = hf_sf_begin(sf, dst, st.st_mode & 0777, err, errlen)) != 0) { close(in); return r; }
+  r = HF_EIO;
+  for (;;) {
+    ssize_t n = read(in, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) { snprintf(err, errlen, "read %s: %s", src, strerror(errno)); goto fail; }
+    if (n == 0) break;
+    if (hf_sf_write_all(sf->fd, buf, (size_t)n) != 0) {
+      snprintf(err, errlen, "write beside %s: %s", dst, strerror(errno));
+      goto fail;
+    }
+  }
+  close(in);
+  in = -1;
+  if (fsync(sf->fd) != 0 || hf_sha256_fd(sf->fd, sha) != 0) {
+    snprintf(err, errlen, "write beside %s: %s", dst, strerror(errno));
+    goto fail;
+  }
+  if (expect_sha != NULL && strcmp(sha, expect_sha) != 0) {
+    snprintf(err, errlen, "%s: checksum %s does not match the recorded %s", src, sha, expect_sha);
+    r = HF_EINTEGRITY;
+    goto fail;
+  }
+  return 0;
+fail:
+  if (in >= 0) close(in);
+  hf_sf_abort(sf);
   return r;
 }
 
 int hf_file_install(const char *src, const char *dst, const char *expect_sha, char sha[HF_SHA256_HEX],
                     char *err, size_t errlen) {
-  char tmp[PATH_MAX], *slash, buf[65536];
-  int in = -1, out = -1, r = HF_EIO;
-  struct stat st;
+  struct hf_sf sf;
+  int r = stage_copy(src, dst, expect_sha, sha, &sf, err, errlen);
+  if (r != 0) return r;
+  return hf_sf_commit(&sf, err, errlen);
+}
 
-  sha[0] = '\0';
-  slash = strrchr(dst, '/');
-  if (slash == NULL) return HF_EINVAL;
-  if (hf__pathf(tmp, sizeof tmp, "%.*s/.hf-tmp-%d-%s", (int)(slash - dst), dst, (int)getpid(), slash + 1) != 0)
-    return HF_EINVAL;
-  if ((in = open(src, O_RDONLY | O_CLOEXEC)) < 0) {
-    snprintf(err, errlen, "open %s: %s", src, strerror(errno));
-    return errno == ENOENT ? HF_ENOTFOUND : HF_EIO;
-  }
-  /* Keep the replaced file's mode when there is one. */
-  if (stat(dst, &st) != 0 && fstat(in, &st) != 0) st.st_mode = 0600;
-  out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, st.st_mode & 07777);
-  if (out < 0) {
-    snprintf(err, errlen, "create %s: %s", tmp, strerror(errno));
-    goto out;
-  }
-  for (;;) {
-    ssize_t n = read(in, buf, sizeof buf), w = 0;
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) { snprintf(err, errlen, "read %s: %s", src, strerror(errno)); goto out; }
-    if (n == 0) break;
-    while (w < n) {
-      ssize_t k = write(out, buf + w, (size_t)(n - w));
-      if (k < 0 && errno == EINTR) continue;
-      if (k <= 0) { snprintf(err, errlen, "write %s: %s", tmp, strerror(errno)); goto out; }
-      w += k;
+int hf_db_restore(const char *src, const char *dst, const char *expect_sha, char sha[HF_SHA256_HEX],
+                  char *err, size_t errlen) {
+  static const char *const sfx[] = { "-wal", "-shm", "-journal" };
+  char side[3][NAME_MAX + 1], aside[3][NAME_MAX + 64], now[HF_SHA256_HEX];
+  bool moved[3] = { false, false, false };
+  const char *name;
+  struct hf_sf sf;
+  int dfd, r, i, fd;
+
+  /* 1. A verified copy of the backup beside the database, before anything
+   *    of the live database is touched. */
+  if ((r = stage_copy(src, dst, expect_sha, sha, &sf, err, errlen)) != 0) return r;
+  if ((dfd = hf_sf_open_parent(dst, &name, err, errlen)) < 0) { hf_sf_abort(&sf); return HF_EIO; }
+  /* 2. SQLite's side files (a -wal or hot -journal would be applied to the
+   *    restored file and undo it) moved aside, not deleted. */
+  for (i = 0; i < 3; i++) {
+    int k;
+    if (snprintf(side[i], sizeof side[i], "%s%s", name, sfx[i]) >= (int)sizeof side[i]) {
+      snprintf(err, errlen, "%s: name too long", dst);
+      r = HF_EBADARG;
+      goto undo;
     }
+    k = hf_sf_move_aside(dfd, side[i], aside[i], sizeof aside[i]);
+    if (k < 0) {
+      snprintf(err, errlen, "cannot move %s%s aside: %s", dst, sfx[i], strerror(errno));
+      r = HF_EIO;
+      goto undo;
+    }
+    moved[i] = k == 0;
   }
-  if (fsync(out) != 0) { snprintf(err, errlen, "fsync %s: %s", tmp, strerror(errno)); goto out; }
-  close(out);
-  out = -1;
-  if (hf_sha256_file(tmp, sha) != 0) { snprintf(err, errlen, "read back %s", tmp); goto out; }
-  if (expect_sha != NULL && strcmp(sha, expect_sha) != 0) {
-    snprintf(err, errlen, "%s: checksum %s does not match the recorded %s", src, sha, expect_sha);
-    r = HF_EINTEGRITY;
-    goto out;
+  /* 3. The copy renamed over the database, and checked once more where it is. */
+  if ((r = hf_sf_commit(&sf, err, errlen)) != 0) goto undo;
+  if ((fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0 || hf_sha256_fd(fd, now) != 0 ||
+      strcmp(now, sha) != 0) {
+    if (fd >= 0) close(fd);
+    /* The old side files stay aside: applied to the new file they would damage it. */
+    snprintf(err, errlen, "database %s does not match the backup after the rename; the old side files are kept "
+             "beside it as .hf-aside-*", dst);
+    close(dfd);
+    return HF_EINTEGRITY;
   }
-  if (rename(tmp, dst) != 0) { snprintf(err, errlen, "rename over %s: %s", dst, strerror(errno)); goto out; }
-  hf__fsync_parent(dst);
-  r = 0;
-out:
-  if (in >= 0) close(in);
-  if (out >= 0) close(out);
-  if (r != 0) unlink(tmp);
+  close(fd);
+  /* 4. Only now is what was moved aside gone. */
+  for (i = 0; i < 3; i++)
+    if (moved[i]) unlinkat(dfd, aside[i], 0);
+  fsync(dfd);
+  close(dfd);
+  return 0;
+undo:
+  hf_sf_abort(&sf);
+  for (i = 0; i < 3; i++)
+    if (moved[i]) renameat(dfd, aside[i], dfd, side[i]);
+  close(dfd);
   return r;
 }
 

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "agent_int.h"
+#include "hf_safefile.h"
 
 int hf_journal_encode(const json_t *body, char **out, size_t *outlen) {
   unsigned char digest[HF_SHA256_LEN];
@@ -114,7 +115,7 @@ static int read_all(int fd, char **buf, size_t *len) {
   struct stat st;
   size_t have = 0;
   char *b;
-  if (fstat(fd, &st) != 0) return HF_EJOURNAL;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return HF_EJOURNAL;
   if (st.st_size > 64 * 1024 * 1024) return HF_EJOURNAL;
   b = malloc((size_t)st.st_size + 1);
   if (b == NULL) return HF_ENOMEM;
@@ -137,7 +138,7 @@ int hf_journal_read(const char *state_dir, const char *rollout, json_t **records
   *records = NULL;
   *torn = false;
   if ((r = hf_journal_path(state_dir, rollout, path, sizeof path)) != 0) return r;
-  fd = open(path, O_RDONLY | O_CLOEXEC);
+  fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT) {
       *records = json_array();
@@ -158,21 +159,16 @@ int hf_journal_append(const char *state_dir, const char *rollout, const json_t *
   size_t reclen, len, good;
   json_t *old = NULL;
   bool torn = false, created = false;
-  struct stat st;
+  char err[1024];
   int fd = -1, r;
   size_t off;
 
   if ((r = hf_journal_path(state_dir, rollout, path, sizeof path)) != 0) return r;
   if ((r = hf_journal_encode(body, &rec, &reclen)) != 0) return r == HF_ENOMEM ? r : HF_EJOURNAL;
-  if (stat(state_dir, &st) != 0) {
-    if (hf__mkdirs(state_dir, 0700) != 0) { r = HF_EJOURNAL; goto out; }
-    chmod(state_dir, 0700);
-  }
-  fd = open(path, O_RDWR | O_CLOEXEC);
-  if (fd < 0 && errno == ENOENT) {
-    fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    created = true;
-  }
+  /* Only in a directory of the agent's own (created 0700 when missing), and
+   * never through a symlink: the journal's paths feed the restore. */
+  if (hf_sf_private_dir(state_dir, true, "state directory", err, sizeof err) != 0) { r = HF_EJOURNAL; goto out; }
+  fd = hf_sf_open_own(path, 0600, false, false, &created, err, sizeof err);
   if (fd < 0) { r = HF_EJOURNAL; goto out; }
   if (!created) {
     /* A torn tail from an earlier cut write would hide every record written
@@ -191,7 +187,6 @@ int hf_journal_append(const char *state_dir, const char *rollout, const json_t *
     off += (size_t)n;
   }
   if (fsync(fd) != 0) { r = HF_EJOURNAL; goto out; }
-  if (created && hf__fsync_parent(path) != 0) { r = HF_EJOURNAL; goto out; }
   r = 0;
 out:
   if (fd >= 0) close(fd);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "agent_int.h"
+#include "hf_safefile.h"
 #include "hub.h"
 #include "prep.h"
 
@@ -708,17 +709,16 @@ static int op_backup(struct hf_req *r, json_t *data) {
   } else if (json_array_size(r->hub.db_dump) > 0) {
     struct hf_argv a;
     struct hf_run run;
-    int fd;
+    struct hf_sf sf;
     if (hf__pathf(dbf, sizeof dbf, "%s/db.dump", dir) != 0) { rc = HF_EBADARG; goto fail; }
-    fd = open(dbf, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) { snprintf(r->msg, sizeof r->msg, "create %s: %s", dbf, strerror(errno)); rc = HF_EIO; goto fail; }
+    if ((rc = hf_sf_begin(&sf, dbf, 0600, r->msg, sizeof r->msg)) != 0) goto fail;
     hf_argv_init(&a);
     for (k = 0; k < json_array_size(r->hub.db_dump); k++) hf_argv_push(&a, json_string_value(json_array_get(r->hub.db_dump, k)));
     memset(&run, 0, sizeof run);
-    run.argv = a.v; run.stdout_fd = fd; run.timeout_ms = hf__left_ms(r);
+    run.argv = a.v; run.stdout_fd = sf.fd; run.timeout_ms = hf__left_ms(r);
     rc = hf_argv_error(&a) ? hf_argv_error(&a) : hf_run_exec(&run);
-    if (rc == 0 && fsync(fd) != 0) rc = HF_EIO;
-    close(fd);
+    if (rc != 0) hf_sf_abort(&sf);
+    else if ((rc = hf_sf_commit(&sf, r->msg, sizeof r->msg)) != 0) { hf_run_free(&run); hf_argv_free(&a); goto fail; }
     if (rc != 0) snprintf(r->msg, sizeof r->msg, "db_dump %s failed (%s, status %d): %.1500s", a.v[0] ? a.v[0] : "",
                           hf_err_code(rc), run.status, run.out ? run.out : "");
     hf_run_free(&run);
@@ -1223,16 +1223,6 @@ static int op_health(struct hf_req *r, json_t *data) {
 
 /* ---- rollback ----------------------------------------------------------------------------------- */
 
-/* Removes SQLite side files of db: a stale -wal or hot -journal would be
- * applied to the restored file and undo the restore. */
-static void drop_side_files(const char *db) {
-  static const char *const sfx[] = { "-wal", "-shm", "-journal", NULL };
-  char p[PATH_MAX];
-  int i;
-  for (i = 0; sfx[i]; i++)
-    if (hf__pathf(p, sizeof p, "%s%s", db, sfx[i]) == 0) unlink(p);
-}
-
 /* Does every environment hold the versions in want ({prefix: {pkg: ver}})? */
 static bool versions_match(struct hf_req *r, json_t *want) {
   const char *prefix, *pkg;
@@ -1313,8 +1303,8 @@ static int op_rollback(struct hf_req *r, json_t *data) {
     if (hf_sha256_file(r->hub.db_path, sha) == 0 && strcmp(sha, dbsha) == 0) {
       hf__event(r, "info", "rollback: database already equals the backup (%s)", sha);
     } else {
-      drop_side_files(r->hub.db_path);
-      if ((rc = hf_file_install(dbf, r->hub.db_path, dbsha, sha, r->msg, sizeof r->msg)) != 0) goto fail;
+      /* Verified first, side files moved aside, deleted only once it worked. */
+      if ((rc = hf_db_restore(dbf, r->hub.db_path, dbsha, sha, r->msg, sizeof r->msg)) != 0) goto fail;
     }
     if (hf_sha256_file(r->hub.db_path, sha) != 0 || strcmp(sha, dbsha) != 0) {
       snprintf(r->msg, sizeof r->msg, "database %s does not match the backup after restore", r->hub.db_path);
@@ -1411,7 +1401,7 @@ static int op_journal(struct hf_req *r, json_t *data) {
     char path[PATH_MAX];
     int fd, busy = 0;
     if (hf__pathf(path, sizeof path, "%s/agent.lock", r->hub.state_dir) == 0 &&
-        (fd = open(path, O_RDONLY | O_CLOEXEC)) >= 0) {
+        (fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)) >= 0) {
       if (flock(fd, LOCK_SH | LOCK_NB) != 0) busy = lock_holder(fd);
       close(fd);
     }
@@ -1457,10 +1447,13 @@ static bool controller_gone(const struct hf_req *r) {
   return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
 }
 
-/* The procedure's order; a request for a step the journal has already gone
- * past (since its last rollback) comes from a stale controller or agent and
- * is refused: running it would go backwards (a late "stop" after "health"
- * would take a healthy, upgraded hub down). */
+/* The procedure's order. A step runs only right after its predecessor (or
+ * again after itself: every step is idempotent): its predecessor must be the
+ * last step the journal shows completed. Anything else comes from a stale
+ * controller or agent: a late "stop" after "health" would take a healthy,
+ * upgraded hub down, and an "install" re-sent after a rollback began would
+ * upgrade the rolled-back hub under its users. Once a rollback of the rollout
+ * began on this host, no upgrade step runs again (start a new rollout). */
 static const char *const procedure[] = { "backup", "stop", "install", "migrate", "start", "health", NULL };
 
 static int step_rank(const char *step) {
@@ -1470,26 +1463,45 @@ static int step_rank(const char *step) {
 }
 
 static int refuse_stale(struct hf_req *r) {
-  int want = step_rank(r->op), past = -1;
-  const char *past_step = NULL;
+  int want = step_rank(r->op), last = -1;
+  const char *rb_state = NULL, *rb_time = NULL;
   json_t *recs = NULL, *rec;
   size_t i;
+  int rc = 0;
   if (want < 0 || r->rollout == NULL) return 0;
   if (jread(r, &recs) != 0) return HF_EJOURNAL;
   json_array_foreach(recs, i, rec) {
     const char *step = json_string_value(json_object_get(rec, "step"));
     const char *state = json_string_value(json_object_get(rec, "state"));
-    if (step && state && strcmp(step, "rollback") == 0 && strcmp(state, "done") == 0) { past = -1; continue; }
-    int k = step_rank(step);
-    if (k > past) { past = k; past_step = json_string_value(json_object_get(rec, "step")); }
+    if (step == NULL || state == NULL) continue;
+    if (strcmp(step, "rollback") == 0) {
+      rb_state = state;
+      rb_time = json_string_value(json_object_get(rec, "time"));
+      continue;
+    }
+    if (strcmp(state, "done") == 0 && step_rank(step) >= 0) last = step_rank(step);
   }
-  int rc = 0;
-  if (past > want) {
-    snprintf(r->msg, sizeof r->msg, "stale request: the journal of rollout %s already shows %s, past %s; not running %s",
-             r->rollout, past_step ? past_step : "?", r->op, r->op);
+  if (rb_state != NULL) {
+    snprintf(r->msg, sizeof r->msg, "stale request: rollout %s was rolled back on this host (rollback %s at %s); "
+             "not running %s: start a new rollout", r->rollout, rb_state, rb_time ? rb_time : "?", r->op);
+    rc = HF_ESTATE;
+  } else if (last != want && last != want - 1) {
+    snprintf(r->msg, sizeof r->msg, "stale request: %s runs after %s, but the last step the journal of rollout %s "
+             "shows completed is %s; not running %s", r->op, want > 0 ? procedure[want - 1] : "nothing",
+             r->rollout, last >= 0 ? procedure[last] : "none", r->op);
     rc = HF_ESTATE;
   }
   json_decref(recs);
+  return rc;
+}
+
+/* The agent's own directories checked before an op trusts or writes them
+ * (docs/security.md): owned by the agent's user, not writable by others. */
+static int check_dirs(struct hf_req *r, const char *op, bool create) {
+  int rc;
+  if ((rc = hf_sf_private_dir(r->hub.state_dir, create, "state directory", r->msg, sizeof r->msg)) != 0) return rc;
+  if (strcmp(op, "backup") == 0 || strcmp(op, "rollback") == 0)
+    rc = hf_sf_private_dir(r->hub.backup_dir, strcmp(op, "backup") == 0, "backup directory", r->msg, sizeof r->msg);
   return rc;
 }
 
@@ -1497,18 +1509,16 @@ static int host_lock(struct hf_req *r, int *fdp) {
   char path[PATH_MAX], pid[32];
   int64_t deadline = hf__now_ms() + hf__left_ms(r);
   bool told = false;
+  char err[1024];
   int fd;
-  struct stat st;
 
   *fdp = -1;
-  if (stat(r->hub.state_dir, &st) != 0 && hf__mkdirs(r->hub.state_dir, 0700) != 0) {
-    snprintf(r->msg, sizeof r->msg, "cannot create state directory %s: %s", r->hub.state_dir, strerror(errno));
-    return HF_EJOURNAL;
-  }
+  /* The state directory was checked (hf_sf_private_dir) by the dispatch. The
+   * lock is never followed through a symlink nor truncated before it is ours. */
   if (hf__pathf(path, sizeof path, "%s/agent.lock", r->hub.state_dir) != 0) return HF_EBADARG;
-  fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  fd = hf_sf_open_own(path, 0600, false, false, NULL, err, sizeof err);
   if (fd < 0) {
-    snprintf(r->msg, sizeof r->msg, "cannot open lock %s: %s", path, strerror(errno));
+    snprintf(r->msg, sizeof r->msg, "cannot open the host lock: %s", err);
     return HF_EJOURNAL;
   }
   while (flock(fd, LOCK_EX | LOCK_NB) != 0) {
@@ -1570,7 +1580,11 @@ int hf__op_dispatch(struct hf_req *r, json_t **data) {
   r->timeout_ms = json_is_integer(to) && json_integer_value(to) > 0 ? json_integer_value(to) : e->default_timeout_ms;
   if (r->timeout_ms > 24 * 3600 * 1000) r->timeout_ms = 24 * 3600 * 1000;
   r->deadline_ms = hf__now_ms() + r->timeout_ms;
+  if (strcmp(e->name, "facts") != 0 &&
+      (rc = check_dirs(r, e->name, e->changes || strcmp(e->name, "preflight") == 0)) != 0)
+    return rc;
   if ((*data = json_object()) == NULL) return HF_ENOMEM;
+  if (strcmp(e->name, "health") == 0 && (rc = refuse_stale(r)) != 0) return rc;
   if (e->changes) {
     /* Who does the work: lets an operator (or a test) find this process. */
     hf__event(r, "debug", "agent pid %d: %s for rollout %s", (int)getpid(), e->name, r->rollout);

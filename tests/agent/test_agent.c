@@ -2,6 +2,7 @@
  * simulation), metadata and environment reading, HTTP parsing and probing, the process runner,
  * and the request loop fed hostile frames. */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -16,8 +17,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "agent_int.h"
 #include "hf_agent.h"
+#include "hf_safefile.h"
 
 static int failures, checks;
 
@@ -855,6 +859,337 @@ static void test_validators(void) {
   }
 }
 
+
+/* ---- a host whose hub user is hostile (issue 13, docs/security.md) ------------------------ */
+
+#define HUBUSER 65534 /* the hub's own, unprivileged user: owns the hub's directories */
+
+static void sql(const char *db, const char *stmt) {
+  sqlite3 *h = NULL;
+  CHECK(sqlite3_open(db, &h) == SQLITE_OK);
+  CHECK(sqlite3_exec(h, stmt, NULL, NULL, NULL) == SQLITE_OK);
+  sqlite3_close(h);
+}
+
+static long long sql_count(const char *db, const char *name) {
+  sqlite3 *h = NULL;
+  sqlite3_stmt *st = NULL;
+  long long n = -1;
+  if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+      sqlite3_prepare_v2(h, "SELECT count(*) FROM users WHERE name = ?", -1, &st, NULL) == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW) n = sqlite3_column_int64(st, 0);
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(h);
+  return n;
+}
+
+static char *slurp(const char *path) {
+  FILE *f = fopen(path, "r");
+  static char buf[4][4096];
+  static int k;
+  char *b = buf[k++ % 4];
+  size_t n;
+  if (f == NULL) return strcpy(b, "(missing)");
+  n = fread(b, 1, sizeof buf[0] - 1, f);
+  b[n] = '\0';
+  fclose(f);
+  return b;
+}
+
+/* Entries of dir whose name starts with prefix. */
+static int count_prefixed(const char *dir, const char *prefix) {
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  int n = 0;
+  if (d == NULL) return -1;
+  while ((e = readdir(d)) != NULL) n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+  closedir(d);
+  return n;
+}
+
+/* One request to a fresh agent (hub: the JSON of args.hub); plant, when not
+ * NULL, runs with the agent's pid before the request is sent. Returns the result (new). */
+static json_t *one_request(const char *op, const char *hub, const char *rollout, const char *extra,
+                           void (*plant)(pid_t, void *), void *ud) {
+  struct session s = start_agent();
+  char req[8192];
+  json_t *f;
+  json_decref(read_frame(s.from));
+  if (plant) plant(s.pid, ud);
+  snprintf(req, sizeof req, "{\"type\":\"request\",\"id\":1,\"op\":\"%s\",\"args\":{\"hub\":%s,\"rollout\":\"%s\"%s%s}}",
+           op, hub, rollout, extra ? "," : "", extra ? extra : "");
+  send_json(s.to, req);
+  f = next_result(s.from);
+  CHECK(finish(&s) == 0);
+  return f;
+}
+
+static const char *code_of(const json_t *res) {
+  if (json_is_true(json_object_get(res, "ok"))) return "ok";
+  return json_string_value(json_object_get(json_object_get(res, "error"), "code")) ?: "?";
+}
+
+static const char *msg_of(const json_t *res) {
+  return json_string_value(json_object_get(json_object_get(res, "error"), "message")) ?: "";
+}
+
+static char hubdir[PATH_MAX], livedb[PATH_MAX], livecfg[PATH_MAX], victim[PATH_MAX];
+
+/* The old restore's temporary names (".hf-tmp-PID-NAME") planted as symlinks
+ * to a root-only file, as the hub user could (it reads the pid from /proc). */
+static void plant_tmp_links(pid_t pid, void *ud) {
+  char p[PATH_MAX];
+  (void)ud;
+  snprintf(p, sizeof p, "%s/.hf-tmp-%d-jupyterhub.sqlite", hubdir, (int)pid);
+  CHECK(symlink(victim, p) == 0);
+  CHECK(lchown(p, HUBUSER, HUBUSER) == 0);
+  snprintf(p, sizeof p, "%s/.hf-tmp-%d-jupyterhub_config.py", hubdir, (int)pid);
+  CHECK(symlink(victim, p) == 0);
+  CHECK(lchown(p, HUBUSER, HUBUSER) == 0);
+}
+
+static void make_hub(const char *hub_json_state, char *hub, size_t hublen) {
+  struct stat st;
+  snprintf(hubdir, sizeof hubdir, "%s/hubhome", tmpdir);
+  snprintf(livedb, sizeof livedb, "%s/jupyterhub.sqlite", hubdir);
+  snprintf(livecfg, sizeof livecfg, "%s/jupyterhub_config.py", hubdir);
+  snprintf(victim, sizeof victim, "%s/root-only", tmpdir);
+  if (stat(hubdir, &st) != 0) {
+    mkpath("%s", hubdir);
+    write_file(victim, "root secret\n");
+    chmod(victim, 0600);
+  }
+  unlink(livedb);
+  sql(livedb, "CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('alice');");
+  write_file(livecfg, "c.JupyterHub.bind_url = 'http://127.0.0.1:1'\n");
+  CHECK(chown(hubdir, HUBUSER, HUBUSER) == 0 && chown(livedb, HUBUSER, HUBUSER) == 0 &&
+        chown(livecfg, HUBUSER, HUBUSER) == 0);
+  chmod(hubdir, 0755);
+  chmod(livedb, 0640);
+  snprintf(hub, hublen, "{\"hub_env\":\"%s/venv\",\"config\":\"%s\",\"db\":\"sqlite:///%s\",\"service\":\"command\","
+           "\"start\":[\"/bin/true\"],\"stop\":[\"/bin/true\"],\"health_url\":\"http://127.0.0.1:1\","
+           "\"state_dir\":\"%s\"}", tmpdir, livecfg, livedb, hub_json_state);
+}
+
+/* Items 1, 2, 3 (agent side) and 7 of issue 13. */
+static void test_hostile_restore(void) {
+  char hub[2048], state[PATH_MAX], wal[PATH_MAX], bk[PATH_MAX], sha_before[HF_SHA256_HEX], sha_after[HF_SHA256_HEX];
+  json_t *res;
+  struct stat st;
+
+  snprintf(state, sizeof state, "%s/secstate", tmpdir);
+  make_hub(state, hub, sizeof hub);
+  res = one_request("backup", hub, "sec1", "\"target\":\"3.1.0\"", NULL, NULL);
+  CHECK_STR(code_of(res), "ok");
+  json_decref(res);
+  /* The hub goes on: bob signs up; a -wal the restore must not apply. */
+  sql(livedb, "INSERT INTO users VALUES ('bob');");
+  snprintf(wal, sizeof wal, "%s-wal", livedb);
+  write_file(wal, "stale wal bytes");
+  CHECK(chown(wal, HUBUSER, HUBUSER) == 0);
+  write_file(livecfg, "c.JupyterHub.bind_url = 'http://127.0.0.1:2'\n");
+  CHECK(chown(livecfg, HUBUSER, HUBUSER) == 0);
+
+  /* 1: the symlinks under the old temporary names change nothing. */
+  res = one_request("rollback", hub, "sec1", NULL, plant_tmp_links, NULL);
+  CHECK_STR(code_of(res), "ok");
+  if (strcmp(code_of(res), "ok") != 0) fprintf(stderr, "rollback: %s\n", msg_of(res));
+  json_decref(res);
+  CHECK_STR(slurp(victim), "root secret\n");
+  CHECK(lstat(livedb, &st) == 0 && S_ISREG(st.st_mode));
+  /* 2: the restored database and config keep their owner and mode. */
+  CHECK_EQ_INT(st.st_uid, HUBUSER);
+  CHECK_EQ_INT(st.st_gid, HUBUSER);
+  CHECK_EQ_INT(st.st_mode & 07777, 0640);
+  CHECK(lstat(livecfg, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == HUBUSER);
+  CHECK_STR(slurp(livecfg), "c.JupyterHub.bind_url = 'http://127.0.0.1:1'\n");
+  CHECK_EQ_INT(sql_count(livedb, "alice"), 1);
+  CHECK_EQ_INT(sql_count(livedb, "bob"), 0);
+  /* 7: the side file was moved aside and deleted only after it worked. */
+  CHECK(access(wal, F_OK) != 0);
+  CHECK_EQ_INT(count_prefixed(hubdir, ".hf-aside-"), 0);
+  CHECK_EQ_INT(count_prefixed(hubdir, ".hf-tmp-"), 2); /* the two planted links, nothing of ours */
+
+  /* 3: after the rollback, no upgrade step of the rollout runs again, also
+   * after "rollback done" (a stale controller's re-sent install). */
+  sql(livedb, "INSERT INTO users VALUES ('carol');");
+  hf_sha256_file(livedb, sha_before);
+  res = one_request("install", hub, "sec1", "\"target\":\"3.1.0\"", NULL, NULL);
+  CHECK_STR(code_of(res), "bad_state");
+  CHECK(strstr(msg_of(res), "rolled back") != NULL);
+  json_decref(res);
+  res = one_request("migrate", hub, "sec1", NULL, NULL, NULL);
+  CHECK_STR(code_of(res), "bad_state");
+  json_decref(res);
+  res = one_request("health", hub, "sec1", "\"target\":\"3.1.0\",\"timeout_ms\":200", NULL, NULL);
+  CHECK_STR(code_of(res), "bad_state");
+  json_decref(res);
+  /* A second rollback is the first one's answer: carol stays. */
+  res = one_request("rollback", hub, "sec1", NULL, NULL, NULL);
+  CHECK_STR(code_of(res), "ok");
+  CHECK(json_is_true(json_object_get(json_object_get(res, "data"), "already")));
+  json_decref(res);
+  hf_sha256_file(livedb, sha_after);
+  CHECK_STR(sha_after, sha_before);
+  CHECK_EQ_INT(sql_count(livedb, "carol"), 1);
+
+  /* 3: a step runs only after its predecessor: migrate right after backup is refused. */
+  res = one_request("backup", hub, "sec3", "\"target\":\"3.1.0\"", NULL, NULL);
+  CHECK_STR(code_of(res), "ok");
+  json_decref(res);
+  res = one_request("migrate", hub, "sec3", NULL, NULL, NULL);
+  CHECK_STR(code_of(res), "bad_state");
+  CHECK(strstr(msg_of(res), "migrate runs after install") != NULL);
+  json_decref(res);
+  res = one_request("stop", hub, "sec3", NULL, NULL, NULL);
+  CHECK_STR(code_of(res), "ok");
+  json_decref(res);
+  res = one_request("stop", hub, "sec3", NULL, NULL, NULL); /* again: idempotent */
+  CHECK_STR(code_of(res), "ok");
+  json_decref(res);
+
+  /* 7: a damaged backup changes nothing: the live database and its -wal stay. */
+  make_hub(state, hub, sizeof hub);
+  res = one_request("backup", hub, "sec2", "\"target\":\"3.1.0\"", NULL, NULL);
+  CHECK_STR(code_of(res), "ok");
+  json_decref(res);
+  sql(livedb, "INSERT INTO users VALUES ('dave');");
+  write_file(wal, "committed rows live here");
+  CHECK(chown(wal, HUBUSER, HUBUSER) == 0);
+  snprintf(bk, sizeof bk, "%s/backups/sec2/jupyterhub.sqlite", state);
+  {
+    FILE *f = fopen(bk, "r+");
+    CHECK(f != NULL);
+    if (f) { fseek(f, 200, SEEK_SET); fputs("damage", f); fclose(f); }
+  }
+  hf_sha256_file(livedb, sha_before);
+  res = one_request("rollback", hub, "sec2", NULL, NULL, NULL);
+  CHECK_STR(code_of(res), "rollback_failed");
+  CHECK(strstr(msg_of(res), "checksum") != NULL);
+  json_decref(res);
+  hf_sha256_file(livedb, sha_after);
+  CHECK_STR(sha_after, sha_before);
+  CHECK_STR(slurp(wal), "committed rows live here");
+  CHECK_EQ_INT(count_prefixed(hubdir, ".hf-aside-"), 0);
+  /* ...and the rollout's upgrade steps stay refused after the failed rollback. */
+  res = one_request("install", hub, "sec2", "\"target\":\"3.1.0\"", NULL, NULL);
+  CHECK_STR(code_of(res), "bad_state");
+  json_decref(res);
+  unlink(wal);
+
+  /* A live database that is a symlink is refused, not backed up through it. */
+  make_hub(state, hub, sizeof hub);
+  unlink(livedb);
+  CHECK(symlink(victim, livedb) == 0);
+  res = one_request("backup", hub, "sec4", "\"target\":\"3.1.0\"", NULL, NULL);
+  CHECK(strcmp(code_of(res), "ok") != 0);
+  json_decref(res);
+  unlink(livedb);
+  CHECK_STR(slurp(victim), "root secret\n");
+}
+
+/* Item 6 of issue 13: the agent's own directories and files. */
+static void test_hostile_state_dir(void) {
+  char hub[2048], state[PATH_MAX], open_parent[PATH_MAX], p[PATH_MAX], err[1024];
+  json_t *res;
+
+  /* A state directory the hub user owns: refused, with the fix, nothing written. */
+  snprintf(state, sizeof state, "%s/userstate", tmpdir);
+  mkpath("%s", state);
+  chmod(state, 0700);
+  CHECK(chown(state, HUBUSER, HUBUSER) == 0);
+  make_hub(state, hub, sizeof hub);
+  res = one_request("backup", hub, "sd1", "\"target\":\"3.1.0\"", NULL, NULL);
+  CHECK_STR(code_of(res), "bad_state");
+  CHECK(strstr(msg_of(res), "chown 0") != NULL);
+  json_decref(res);
+  res = one_request("journal", hub, "sd1", NULL, NULL, NULL); /* a forged journal is not read either */
+  CHECK_STR(code_of(res), "bad_state");
+  json_decref(res);
+  CHECK_EQ_INT(count_prefixed(state, ""), 2); /* . and .. */
+
+  /* Writable by others: refused, naming chmod. */
+  snprintf(state, sizeof state, "%s/openstate", tmpdir);
+  mkpath("%s", state);
+  chmod(state, 0777);
+  make_hub(state, hub, sizeof hub);
+  res = one_request("stop", hub, "sd2", NULL, NULL, NULL);
+  CHECK_STR(code_of(res), "bad_state");
+  CHECK(strstr(msg_of(res), "chmod go-w") != NULL);
+  json_decref(res);
+
+  /* A parent the hub user can write (it could swap the state dir): refused. */
+  snprintf(open_parent, sizeof open_parent, "%s/hubowned", tmpdir);
+  mkpath("%s/state", open_parent);
+  chmod(open_parent, 0755);
+  CHECK(chown(open_parent, HUBUSER, HUBUSER) == 0);
+  snprintf(state, sizeof state, "%s/state", open_parent);
+  chmod(state, 0700);
+  make_hub(state, hub, sizeof hub);
+  res = one_request("backup", hub, "sd3", "\"target\":\"3.1.0\"", NULL, NULL);
+  CHECK_STR(code_of(res), "bad_state");
+  CHECK(strstr(msg_of(res), open_parent) != NULL);
+  json_decref(res);
+  /* ...also through a symlink on the way. */
+  snprintf(p, sizeof p, "%s/link-to-hubowned", tmpdir);
+  CHECK(symlink(open_parent, p) == 0);
+  CHECK(hf_sf_private_dir(strcat(p, "/state"), false, "state directory", err, sizeof err) == HF_ESTATE);
+
+  /* A backup directory the hub user owns: refused. */
+  snprintf(state, sizeof state, "%s/goodstate", tmpdir);
+  snprintf(p, sizeof p, "%s/hubbackups", tmpdir);
+  mkpath("%s", p);
+  chmod(p, 0700);
+  CHECK(chown(p, HUBUSER, HUBUSER) == 0);
+  make_hub(state, hub, sizeof hub);
+  hub[strlen(hub) - 1] = '\0';
+  snprintf(hub + strlen(hub), sizeof hub - strlen(hub), ",\"backup_dir\":\"%s\"}", p);
+  res = one_request("backup", hub, "sd4", "\"target\":\"3.1.0\"", NULL, NULL);
+  CHECK_STR(code_of(res), "bad_state");
+  CHECK(strstr(msg_of(res), "backup directory") != NULL);
+  json_decref(res);
+
+  /* The lock and the journal are never followed through a symlink, and the
+   * lock is not truncated before it is ours: the root file keeps its bytes. */
+  make_hub(state, hub, sizeof hub);
+  hf_sf_private_dir(state, true, "state directory", err, sizeof err);
+  snprintf(p, sizeof p, "%s/agent.lock", state);
+  CHECK(symlink(victim, p) == 0);
+  res = one_request("backup", hub, "sd5", "\"target\":\"3.1.0\"", NULL, NULL);
+  CHECK(strcmp(code_of(res), "ok") != 0);
+  CHECK(strstr(msg_of(res), "symbolic link") != NULL);
+  json_decref(res);
+  CHECK_STR(slurp(victim), "root secret\n");
+  unlink(p);
+  snprintf(p, sizeof p, "%s/journal-sd6", state);
+  CHECK(symlink(victim, p) == 0);
+  res = one_request("backup", hub, "sd6", "\"target\":\"3.1.0\"", NULL, NULL);
+  CHECK_STR(code_of(res), "journal");
+  json_decref(res);
+  CHECK_STR(slurp(victim), "root secret\n");
+  unlink(p);
+
+  /* The helper itself: a destination that is a symlink is refused, a new
+   * file gets the effective user, a replaced one keeps owner and mode. */
+  snprintf(p, sizeof p, "%s/sf-link", hubdir);
+  CHECK(symlink(victim, p) == 0);
+  CHECK_EQ_INT(hf_sf_write_file(p, "x", 1, 0600, err, sizeof err), HF_ESTATE);
+  CHECK(strstr(err, "symbolic link") != NULL);
+  CHECK_STR(slurp(victim), "root secret\n");
+  {
+    struct stat st;
+    snprintf(p, sizeof p, "%s/sf-file", hubdir);
+    write_file(p, "old");
+    CHECK(chown(p, HUBUSER, 100) == 0);
+    chmod(p, 0604);
+    CHECK_EQ_INT(hf_sf_write_file(p, "new", 3, 0600, err, sizeof err), 0);
+    CHECK(stat(p, &st) == 0 && st.st_uid == HUBUSER && st.st_gid == 100 && (st.st_mode & 07777) == 0604);
+    CHECK_STR(slurp(p), "new");
+  }
+}
+
 int main(void) {
   char tmpl[] = "/tmp/hf-agent-test-XXXXXX";
   signal(SIGPIPE, SIG_IGN);
@@ -871,6 +1206,8 @@ int main(void) {
   test_run();
   test_loop();
   test_validators();
+  test_hostile_restore();
+  test_hostile_state_dir();
   {
     char *argv[] = { (char *)"/bin/rm", (char *)"-rf", tmpdir, NULL };
     struct hf_run r;
