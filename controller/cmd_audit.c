@@ -1,6 +1,7 @@
 /* cmd_audit.c: `hubfleet audit`: facts from every host in parallel, folded
  * into a version table (or one JSON document). */
 #include <getopt.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,8 @@ static const char usage_text[] =
   "      --handshakes N       SSH handshakes in flight per endpoint (default 8)\n"
   "      --max-handshakes N   SSH handshakes in flight overall (default 64)\n"
   "      --retries N          retries of connections sshd drops in banner/key exchange (default 10)\n"
+  "      --max-uploads N      agent uploads in flight at once (default 8); a host waiting for\n"
+  "                           its turn looks again first, so hosts sharing a home upload once\n"
   "  -t, --timeout SECONDS    deadline of each phase: connect, handshake, agent start, facts (default 15)\n"
   "      --expect VERSION     exit 1 unless every environment of every host runs VERSION\n"
   "      --json               one JSON document on stdout instead of the table\n"
@@ -51,9 +54,13 @@ struct audit_run {
   struct hf_inventory *inv;
   const struct hf_host **hosts;
   size_t nhosts;
-  json_t **records;      /* per host, new */
+  json_t **records;      /* per host, new: the bounded record the output needs */
   size_t done, failed;
   int inflight;
+  size_t next;           /* next host to open: sessions are opened as slots free, so
+                            the controller holds at most --parallel of them */
+  struct hf_engine *engine;
+  int exit_code;
   uv_timer_t progress;
   bool tty;
   unsigned timeout_ms;
@@ -69,11 +76,87 @@ static void record_error(struct audit_run *r, size_t idx, int code, const char *
   r->failed++;
 }
 
+static void open_more(struct audit_run *r);
+
 static void on_closed(struct hf_session *s, void *ctx) {
   struct host_ctx *hc = ctx;
-  hc->run->inflight--;
-  hc->run->done++;
+  struct audit_run *r = hc->run;
+  r->inflight--;
+  r->done++;
   free(hc);
+  open_more(r);
+}
+
+/* What a host said, cut to what the output needs and bounded whatever the
+ * host sent: the controller keeps one such record per host for the whole
+ * run, so its memory must not grow with a host's answer. */
+#define REC_STR_MAX 256
+#define REC_ENVS_MAX 16
+#define REC_PKGS_MAX 32
+
+static json_t *rec_str(const json_t *v) {
+  const char *s = json_string_value(v);
+  if (!s) return json_is_null(v) || !v ? json_null() : NULL;
+  size_t n = strnlen(s, REC_STR_MAX + 1);
+  if (n <= REC_STR_MAX) return json_string(s);
+  /* Cut on a UTF-8 boundary. */
+  n = REC_STR_MAX;
+  while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80) n--;
+  return json_stringn(s, n);
+}
+
+/* Copies the listed keys of src into dst: strings bounded, numbers and
+ * booleans as they are; anything else is left out. */
+static void rec_keys(json_t *dst, const json_t *src, const char *const *keys) {
+  for (; *keys; keys++) {
+    const json_t *v = json_object_get(src, *keys);
+    if (!v) continue;
+    json_t *c = NULL;
+    if (json_is_string(v) || json_is_null(v)) c = rec_str(v);
+    else if (json_is_number(v) || json_is_boolean(v)) c = json_copy((json_t *)(uintptr_t)v);
+    if (c) json_object_set_new(dst, *keys, c);
+  }
+}
+
+static json_t *facts_record(const json_t *facts) {
+  static const char *const top[] = { "api_version", "hub_running", "backup_free_bytes", NULL };
+  static const char *const envk[] = { "role", "jupyterhub", "prefix", "installer", "python", "exists", NULL };
+  static const char *const dbk[] = { "kind", "alembic_revision", "users", "running_servers", "bytes", "path", NULL };
+  static const char *const smk[] = { "kind", "name", NULL };
+  json_t *out = json_object(), *envs = json_array();
+  if (!out || !envs) { json_decref(out); json_decref(envs); return NULL; }
+  rec_keys(out, facts, top);
+  size_t i;
+  const json_t *e;
+  json_array_foreach(json_object_get(facts, "envs"), i, e) {
+    if (i >= REC_ENVS_MAX) break;
+    json_t *re = json_object(), *pk = json_object();
+    rec_keys(re, e, envk);
+    const char *name;
+    const json_t *ver;
+    size_t k = 0;
+    json_object_foreach((json_t *)(uintptr_t)json_object_get(e, "packages"), name, ver) {
+      if (k++ >= REC_PKGS_MAX || strlen(name) > REC_STR_MAX) break;
+      json_t *c = rec_str(ver);
+      if (c) json_object_set_new(pk, name, c);
+    }
+    json_object_set_new(re, "packages", pk);
+    json_array_append_new(envs, re);
+  }
+  json_object_set_new(out, "envs", envs);
+  const json_t *db = json_object_get(facts, "db");
+  if (json_is_object(db)) {
+    json_t *rd = json_object();
+    rec_keys(rd, db, dbk);
+    json_object_set_new(out, "db", rd);
+  }
+  const json_t *sm = json_object_get(facts, "service_manager");
+  if (json_is_object(sm)) {
+    json_t *rs = json_object();
+    rec_keys(rs, sm, smk);
+    json_object_set_new(out, "service_manager", rs);
+  }
+  return out;
 }
 
 static void on_facts(struct hf_session *s, int status, const json_t *data, const char *msg, void *ctx) {
@@ -82,7 +165,7 @@ static void on_facts(struct hf_session *s, int status, const json_t *data, const
   if (status == 0) {
     json_decref(r->records[hc->idx]);
     r->records[hc->idx] = json_pack("{s:s, s:b, s:o, s:s, s:b, s:i}", "name", r->hosts[hc->idx]->name,
-                                    "ok", 1, "facts", data ? json_deep_copy(data) : json_object(),
+                                    "ok", 1, "facts", data ? facts_record(data) : json_object(),
                                     "agent", hf_session_agent_version(s),
                                     "uploaded", hf_session_uploaded(s),
                                     "retries", hf_session_retries(s));
@@ -109,11 +192,31 @@ static void on_ready(struct hf_session *s, int status, void *ctx) {
   hf_session_close(s, on_closed, hc);
 }
 
+static void open_more(struct audit_run *r) {
+  while (r->next < r->nhosts && r->inflight < r->parallel) {
+    size_t i = r->next++;
+    struct host_ctx *hc = malloc(sizeof *hc);
+    if (!hc) { r->exit_code = HF_EXIT_INTERNAL; r->next = r->nhosts; return; }
+    hc->run = r;
+    hc->idx = i;
+    struct hf_session *s;
+    int rc = hf_session_open(r->engine, r->hosts[i], on_ready, NULL, hc, &s);
+    if (rc < 0) {
+      char buf[512];
+      snprintf(buf, sizeof buf, "%s: cannot open a session: %s", r->hosts[i]->name, hf_strerror(rc));
+      record_error(r, i, rc, buf);
+      r->done++;
+      free(hc);
+      continue;
+    }
+    r->inflight++;
+  }
+}
+
 static void on_progress(uv_timer_t *t) {
   struct audit_run *r = t->data;
-  int active = r->inflight < r->parallel ? r->inflight : r->parallel;
-  fprintf(stderr, "\r\033[Kaudit: %zu/%zu hosts done, %zu failed, %d in progress, %d waiting",
-          r->done, r->nhosts, r->failed, active, r->inflight - active);
+  fprintf(stderr, "\r\033[Kaudit: %zu/%zu hosts done, %zu failed, %d in progress, %zu waiting",
+          r->done, r->nhosts, r->failed, r->inflight, r->nhosts - r->next);
   fflush(stderr);
 }
 
@@ -125,6 +228,7 @@ int hf_cmd_audit(int argc, char **argv) {
     { "handshakes", required_argument, NULL, 'H' },
     { "max-handshakes", required_argument, NULL, 'M' },
     { "retries", required_argument, NULL, 'R' },
+    { "max-uploads", required_argument, NULL, 'U' },
     { "timeout", required_argument, NULL, 't' },
     { "expect", required_argument, NULL, 'e' },
     { "json", no_argument, NULL, 'j' },
@@ -151,6 +255,7 @@ int hf_cmd_audit(int argc, char **argv) {
     case 'H': if (hf_parse_uint(optarg, 1, 1000, &v)) goto bad; eo.endpoint_handshakes = (int)v; break;
     case 'M': if (hf_parse_uint(optarg, 1, 10000, &v)) goto bad; eo.max_handshakes = (int)v; break;
     case 'R': if (hf_parse_uint(optarg, 0, 100, &v)) goto bad; eo.max_retries = (int)v; break;
+    case 'U': if (hf_parse_uint(optarg, 1, 10000, &v)) goto bad; eo.max_uploads = (int)v; break;
     case 't': if (hf_parse_uint(optarg, 1, 86400, &timeout_s)) goto bad; break;
     case 'e':
       if (!hf_valid_version(optarg)) {
@@ -170,7 +275,7 @@ int hf_cmd_audit(int argc, char **argv) {
     default: fputs(usage_text, stderr); return HF_EXIT_USAGE;
     bad:
       fprintf(stderr, "hubfleet audit: --%s: bad value '%s'\n", c == 'p' ? "parallel" : c == 't' ? "timeout" :
-              c == 'H' ? "handshakes" : c == 'M' ? "max-handshakes" : "retries", optarg);
+              c == 'H' ? "handshakes" : c == 'M' ? "max-handshakes" : c == 'U' ? "max-uploads" : "retries", optarg);
       return HF_EXIT_USAGE;
     }
   }
@@ -225,24 +330,10 @@ int hf_cmd_audit(int argc, char **argv) {
     hf_inv_free(r.inv);
     return rc == HF_ENOMEM ? HF_EXIT_INTERNAL : HF_EXIT_USAGE;
   }
-  int exit_code = HF_EXIT_OK;
-  for (size_t i = 0; i < r.nhosts; i++) {
-    struct host_ctx *hc = malloc(sizeof *hc);
-    struct hf_session *s;
-    if (!hc) { exit_code = HF_EXIT_INTERNAL; break; }
-    hc->run = &r;
-    hc->idx = i;
-    rc = hf_session_open(e, r.hosts[i], on_ready, NULL, hc, &s);
-    if (rc < 0) {
-      char buf[512];
-      snprintf(buf, sizeof buf, "%s: cannot open a session: %s", r.hosts[i]->name, hf_strerror(rc));
-      record_error(&r, i, rc, buf);
-      r.done++;
-      free(hc);
-      continue;
-    }
-    r.inflight++;
-  }
+  r.engine = e;
+  r.parallel = hf_engine_parallel(e);
+  r.exit_code = HF_EXIT_OK;
+  open_more(&r);
   r.tty = isatty(2) && !eo.verbose;
   if (r.tty) {
     uv_timer_init(&loop, &r.progress);
@@ -259,6 +350,7 @@ int hf_cmd_audit(int argc, char **argv) {
   struct hf_engine_stats st;
   hf_engine_stats(e, &st);
   hf_engine_free(e);
+  int exit_code = r.exit_code;
   uv_run(&loop, UV_RUN_DEFAULT);
   if (uv_loop_close(&loop) != 0) fprintf(stderr, "hubfleet audit: internal: handles left open\n");
 
@@ -271,7 +363,7 @@ int hf_cmd_audit(int argc, char **argv) {
   json_decref(hosts);
   if (!doc) { exit_code = HF_EXIT_INTERNAL; goto out; }
   if (stats) {
-    json_object_set_new(doc, "stats", json_pack("{s:f, s:I, s:f, s:f, s:f, s:f, s:I, s:I, s:I, s:I, s:I, s:i, s:I}",
+    json_object_set_new(doc, "stats", json_pack("{s:f, s:I, s:f, s:f, s:f, s:f, s:I, s:I, s:I, s:I, s:I, s:i, s:I, s:I, s:I, s:I, s:i}",
         "wall_s", (double)wall_ns / 1e9, "cpu_us", (json_int_t)st.cpu_us,
         "cpu_ms_per_host", (double)st.cpu_us / 1000.0 / (double)r.nhosts,
         "max_stall_ms", (double)st.max_stall_ns / 1e6,
@@ -279,7 +371,9 @@ int hf_cmd_audit(int argc, char **argv) {
         "max_stall_cpu_ms", (double)st.max_stall_cpu_ns / 1e6, "retries", (json_int_t)st.retries,
         "uploads", (json_int_t)st.uploads, "upload_bytes", (json_int_t)st.upload_bytes,
         "reused", (json_int_t)st.reused, "maxrss_kb", (json_int_t)st.maxrss_kb,
-        "peak_handshakes", st.peak_handshakes, "deferred", (json_int_t)st.deferred));
+        "peak_handshakes", st.peak_handshakes, "deferred", (json_int_t)st.deferred,
+        "upload_skipped", (json_int_t)st.upload_skipped, "agent_bytes", (json_int_t)st.agent_bytes,
+        "payload_bytes", (json_int_t)st.payload_bytes, "parallel", r.parallel));
   }
   if (prom_path) {
     char perr[512];
@@ -296,13 +390,16 @@ int hf_cmd_audit(int argc, char **argv) {
   }
   if (stats)
     fprintf(stderr, "stats: %zu hosts, wall %.2f s, cpu %.1f ms (%.3f ms/host), longest loop stall "
-            "%.1f ms (%.1f ms CPU; %.1f ms of wall time counting waits for a CPU), handshake retries %llu, uploads %llu (%llu bytes), agents reused %llu, "
+            "%.1f ms (%.1f ms CPU; %.1f ms of wall time counting waits for a CPU), handshake retries %llu, uploads %llu (%llu bytes, "
+            "%.0f per upload), uploads skipped (a shared home had the agent) %llu, agents reused %llu, "
             "peak handshakes %d, max rss %.1f MB\n",
             r.nhosts, (double)wall_ns / 1e9, (double)st.cpu_us / 1000.0,
             (double)st.cpu_us / 1000.0 / (double)r.nhosts, (double)st.max_stall_ns / 1e6,
             (double)st.max_stall_cpu_ns / 1e6, (double)st.max_stall_wall_ns / 1e6,
             (unsigned long long)st.retries, (unsigned long long)st.uploads,
-            (unsigned long long)st.upload_bytes, (unsigned long long)st.reused,
+            (unsigned long long)st.upload_bytes,
+            st.uploads ? (double)st.upload_bytes / (double)st.uploads : 0.0,
+            (unsigned long long)st.upload_skipped, (unsigned long long)st.reused,
             st.peak_handshakes, (double)st.maxrss_kb / 1024.0);
   if (exit_code == HF_EXIT_OK) exit_code = hf_audit_exit_code(doc);
   json_decref(doc);

@@ -25,6 +25,7 @@
 #include "hf_engine.h"
 #include "hf_ctl_util.h"
 #include "hf_knownhosts.h"
+#include "hf_payload.h"
 
 #define READ_CHUNK   16384u
 #define UPLOAD_CHUNK 32768u
@@ -34,6 +35,7 @@
 #define DRIVE_MAX_STEPS 64      /* state steps per wakeup: a bound, not a budget */
 #define EP_BUCKETS 1024
 #define ITER_BUDGET_NS (2u * 1000u * 1000u)   /* socket work per loop iteration */
+#define FD_RESERVE 32           /* descriptors not for sessions: stdio, libuv, state db, files */
 
 /* ---- small intrusive queue of sessions ---------------------------------- */
 struct squeue { struct hf_session *head, *tail; };
@@ -55,16 +57,19 @@ struct jump;
 struct hf_engine {
   uv_loop_t *loop;
   struct hf_engine_opts o;
-  char *agent;                  /* the agent binary (new) */
-  size_t agent_len;
-  char agent_hex[HF_SHA256_HEX];
-  char cmd_start[512];
-  char cmd_upload[1024];
+  struct hf_payload agent;      /* the agent binary, its SHA-256 and its gzip stream */
+  char cmd_start[2048];
+  char cmd_upload[2048];
   char home[PATH_MAX];
   int active;                   /* sessions holding a --parallel slot */
+  long fd_limit;                /* RLIMIT_NOFILE's soft limit, raised toward the hard one at start */
+  bool jump_seen;               /* a host behind a bastion: 2 descriptors per session */
+  int fd_slots;                 /* sessions the descriptor limit allows at once */
   struct squeue slotq;          /* sessions waiting for a slot */
   struct squeue hsq;            /* sessions waiting for a handshake slot */
   int hs_inflight;
+  struct squeue upq;            /* sessions waiting for an upload slot */
+  int up_inflight;
   struct endpoint *ep[EP_BUCKETS];
   struct authkey *keys;         /* private keys imported once, by path */
   bool have_agent_sock;
@@ -94,8 +99,11 @@ struct hf_session {
   const struct hf_host *host;
   enum hf_sess_state state;
   struct hf_session *qprev, *qnext;
-  bool queued;                  /* in slotq or hsq */
-  bool slot_held, hs_held;
+  bool queued;                  /* in slotq, hsq or upq (which one: the state) */
+  bool slot_held, hs_held, up_held;
+  uint64_t progress_ns;         /* when the host last sent bytes (phase deadlines
+                                   measure the host's silence, not our queue) */
+  uint64_t phase_ns;            /* when the current phase's deadline was armed */
   struct endpoint *ep;
 
   hf_session_ready_cb ready_cb;
@@ -129,7 +137,7 @@ struct hf_session {
   int retries;
   bool uploaded;
   size_t up_off;
-  char line[64];                /* first bytes of a command's stdout */
+  char line[160];               /* first bytes of a command's stdout (a verdict, a path) */
   size_t line_len;
   char tail[TAIL_MAX + 1];      /* last bytes of remote stderr */
   size_t tail_len;
@@ -192,7 +200,7 @@ struct jump {
 
 static const char *const state_names[HF_SS__COUNT] = {
   "queued", "resolving", "waitslot", "connecting", "handshake", "backoff", "auth",
-  "chanopen", "exec", "probe", "upopen", "upexec", "upload", "upverify", "hello",
+  "chanopen", "exec", "probe", "upwait", "upopen", "upexec", "upload", "upverify", "hello",
   "ready", "busy", "failed", "closing",
 };
 
@@ -204,6 +212,7 @@ static void drive(struct hf_session *s);
 static void rearm(struct hf_session *s);
 static void start_connect(struct hf_session *s);
 static void hs_release(struct hf_session *s);
+static void up_release(struct hf_session *s);
 
 /* ---- the one transition function --------------------------------------- */
 static void set_state(struct hf_session *s, enum hf_sess_state st) {
@@ -224,6 +233,9 @@ static void q_push(struct squeue *q, struct hf_session *s) {
   q->tail = s;
   s->queued = true;
 }
+static struct squeue *sess_queue(struct hf_session *s) {
+  return s->state == HF_SS_QUEUED ? &s->e->slotq : s->state == HF_SS_UPWAIT ? &s->e->upq : &s->e->hsq;
+}
 static void q_remove(struct squeue *q, struct hf_session *s) {
   if (s->qprev) s->qprev->qnext = s->qnext; else q->head = s->qnext;
   if (s->qnext) s->qnext->qprev = s->qprev; else q->tail = s->qprev;
@@ -242,16 +254,23 @@ static void set_err(struct hf_session *s, int code, const char *fmt, ...) {
   s->errcode = code;
 }
 
+/* Copies at most n bytes of what a host sent into dst (size n + 1) with
+ * anything but printable ASCII as a space: nothing a host sends may move a
+ * terminal's cursor or fake a line. */
+static void clean_copy(char *dst, const char *src, size_t n) {
+  size_t j = 0;
+  for (size_t i = 0; i < n && src[i]; i++) {
+    unsigned char c = (unsigned char)src[i];
+    dst[j++] = (c >= 0x20 && c < 0x7f) ? (char)c : ' ';
+  }
+  dst[j] = 0;
+}
+
 /* Appends the remote stderr tail (sanitised) to the error, when there is one. */
 static void err_add_tail(struct hf_session *s) {
   if (!s->tail_len) return;
   char clean[TAIL_MAX + 1];
-  size_t j = 0;
-  for (size_t i = 0; i < s->tail_len && j < TAIL_MAX; i++) {
-    unsigned char c = (unsigned char)s->tail[i];
-    clean[j++] = (c >= 0x20 && c < 0x7f) ? (char)c : ' ';
-  }
-  clean[j] = 0;
+  clean_copy(clean, s->tail, s->tail_len);
   size_t n = strlen(s->err);
   snprintf(s->err + n, sizeof s->err - n, " (remote stderr: %s)", clean);
 }
@@ -291,8 +310,9 @@ static void fail(struct hf_session *s) {
   if (s->closing || s->state == HF_SS_FAILED) return;
   if (s->e->o.verbose) fprintf(stderr, "hubfleet: %s: failed: %s\n", s->host->name, s->err);
   enum hf_sess_state was = s->state;
-  if (s->queued) q_remove(s->state == HF_SS_QUEUED ? &s->e->slotq : &s->e->hsq, s);
+  if (s->queued) q_remove(sess_queue(s), s);
   hs_release(s);
+  up_release(s);
   teardown_ssh(s);
   deadline(s, 0);
   set_state(s, HF_SS_FAILED);
@@ -353,6 +373,7 @@ static void hs_take(struct hf_session *s) {
 }
 
 static void on_timer(uv_timer_t *t);
+static void reprobe(struct hf_session *s);
 
 static void hs_release(struct hf_session *s) {
   struct hf_engine *e = s->e;
@@ -375,10 +396,29 @@ static void hs_release(struct hf_session *s) {
   }
 }
 
+/* Upload slots: at most max_uploads agents in flight. A session that finds
+ * no agent waits for a slot without a deadline (the wait is ours, not the
+ * host's), then probes again: hosts sharing one home (NFS homes, several
+ * hubs under one login) find the copy the first upload wrote. */
+static void up_release(struct hf_session *s) {
+  struct hf_engine *e = s->e;
+  if (!s->up_held) return;
+  s->up_held = false;
+  e->up_inflight--;
+  if (e->upq.head && e->up_inflight < e->o.max_uploads) {
+    struct hf_session *w = e->upq.head;
+    q_remove(&e->upq, w);
+    w->up_held = true;
+    e->up_inflight++;
+    uv_timer_start(&w->timer, on_timer, 0, 0);   /* from the loop, not inside the caller */
+  }
+}
+
 /* ---- deadlines ---------------------------------------------------------- */
 
 static void deadline(struct hf_session *s, uint64_t ms) {
   if (s->closing) return;
+  s->phase_ns = uv_hrtime();
   if (ms) uv_timer_start(&s->timer, on_timer, ms, 0);
   else uv_timer_stop(&s->timer);
 }
@@ -397,6 +437,7 @@ static const char *phase_words(enum hf_sess_state st) {
 }
 
 static void slots_refill(struct hf_engine *e);
+static void fd_budget(struct hf_engine *e);
 static void sess_begin(struct hf_session *s);
 static void jump_closed_cb(struct hf_session *js, void *ctx);
 
@@ -425,10 +466,24 @@ static void on_timer(uv_timer_t *t) {
   case HF_SS_BACKOFF:
     hs_wait(s);                        /* retry like a new connection */
     return;
+  case HF_SS_UPWAIT:
+    if (s->up_held) reprobe(s);       /* an upload slot was given to it */
+    return;
   default:
     break;
   }
   unsigned ms = s->state == HF_SS_BUSY ? 0 : s->e->o.timeout_ms;
+  if (ms) {
+    /* The host's silence, not the phase's age: bytes that arrived (even
+     * ones a busy loop has not read yet) push the deadline back, up to four
+     * times the timeout in one phase. */
+    uint64_t now = uv_hrtime(), tmo = (uint64_t)ms * 1000000u;
+    uint64_t last = s->progress_ns > s->phase_ns ? s->progress_ns : s->phase_ns;
+    if (now - last < tmo && now - s->phase_ns < 4 * tmo) {
+      uv_timer_start(&s->timer, on_timer, (tmo - (now - last)) / 1000000u + 1, 0);
+      return;
+    }
+  }
   if (ms)
     failf(s, s->state == HF_SS_CONNECTING ? HF_EUNREACH : HF_ETIMEDOUT,
           "%s: no progress in %s within %u s (host unreachable or link cut?)",
@@ -485,6 +540,7 @@ static void on_poll(uv_poll_t *p, int status, int events) {
    * the loop. */
   struct hf_engine *e = s->e;
   uint64_t now = uv_hrtime();
+  if (events & UV_READABLE) s->progress_ns = now;
   if (!e->iter_start_ns) {
     e->iter_start_ns = now;
     e->iter_runq_ns = runq_wait_ns(e);
@@ -520,6 +576,8 @@ static void rearm(struct hf_session *s) {
      * read for: do not spin on it. */
     if (s->bare && s->state == HF_SS_READY && s->jump && !s->jump->nusers)
       ev &= ~UV_READABLE;
+    /* Waiting for an upload slot: nothing to do until it comes. */
+    if (s->state == HF_SS_UPWAIT) ev = 0;
   }
   if (ev != s->poll_events) {
     if (ev) uv_poll_start(s->poll, ev, on_poll);
@@ -928,6 +986,7 @@ static int in_probe(struct hf_session *s) {
        * fails there as a protocol error. */
       set_state(s, HF_SS_HELLO);
       if (!s->uploaded) s->e->st.reused++;
+      if (s->up_held) { s->e->st.upload_skipped++; up_release(s); }
       if (feed(s, buf, (size_t)n) < 0) return -1;
       return 0;
     }
@@ -939,6 +998,16 @@ static int in_probe(struct hf_session *s) {
     if (strchr(s->line, '\n') || s->line_len >= sizeof s->line - 1) {
       if (!strncmp(s->line, HF_DEPLOY_NEED_UPLOAD "\n", strlen(HF_DEPLOY_NEED_UPLOAD) + 1))
         goto need_upload;
+      if (!strncmp(s->line, HF_DEPLOY_UNSAFE " ", strlen(HF_DEPLOY_UNSAFE) + 1)) {
+        char path[sizeof s->line];
+        clean_copy(path, s->line + strlen(HF_DEPLOY_UNSAFE) + 1, sizeof path - 1);
+        char *nl = strchr(path, ' ');
+        if (nl && nl[1] == 0) *nl = 0;
+        failf(s, HF_EINTEGRITY, "%s: refusing to run the agent: %s is writable by group or others, "
+              "or not the login's own (fix: chmod go-w, or chown it to the login)",
+              s->host->name, path);
+        return -1;
+      }
       failf(s, HF_EPROTO, "%s: unexpected output from the agent start command", s->host->name);
       return -1;
     }
@@ -952,9 +1021,27 @@ need_upload:
   ssh_channel_close(s->ch);
   ssh_channel_free(s->ch);
   s->ch = NULL;
+  struct hf_engine *e = s->e;
+  if (!s->up_held) {
+    if (e->up_inflight >= e->o.max_uploads) {
+      /* Wait for a slot, then probe again (see up_release). */
+      deadline(s, 0);
+      set_state(s, HF_SS_UPWAIT);
+      q_push(&e->upq, s);
+      return 1;
+    }
+    s->up_held = true;
+    e->up_inflight++;
+  }
+  char perr[600];
+  if (hf_payload_gzip(&e->agent, perr, sizeof perr) < 0) {
+    failf(s, HF_EIO, "%s: %s", s->host->name, perr);
+    return -1;
+  }
+  e->st.payload_bytes = e->agent.gz_len;
   s->up = ssh_channel_new(s->ssh);
   if (!s->up) { fail_ssh(s, HF_ESSH, "channel"); return -1; }
-  s->e->st.uploads++;
+  e->st.uploads++;
   set_state(s, HF_SS_UPOPEN);
   /* During the upload the deadline means "no progress for that long": it
    * is re-armed with every chunk the host takes. */
@@ -964,17 +1051,23 @@ need_upload:
 
 static int in_upload(struct hf_session *s) {
   struct hf_engine *e = s->e;
+  const unsigned char *gz = e->agent.gz;
+  size_t len = e->agent.gz_len;
   for (int i = 0; i < 256; i++) {
+    /* Reading runs libssh's packet handling: window adjusts come in and
+     * what it still holds goes out when the socket takes it. */
     if (drain_stderr(s, s->up) < 0) { fail_ssh(s, HF_EIO, "agent upload"); return -1; }
-    if (s->up_off == e->agent_len) {
+    if (s->up_off == len) {
       if (ssh_channel_send_eof(s->up) == SSH_ERROR) { fail_ssh(s, HF_EIO, "agent upload"); return -1; }
       s->line_len = 0;
       set_state(s, HF_SS_UPVERIFY);
       return 0;
     }
     /* Only write when libssh has flushed what it holds, so at most one
-     * chunk per session sits in memory whatever the window. */
-    if (ssh_get_poll_flags(s->ssh) & SSH_WRITE_PENDING) return 1;
+     * chunk per session sits in memory whatever the window. What is really
+     * queued counts (ssh_get_status), not libssh's stale POLLOUT interest,
+     * which would cost a loop iteration per chunk. */
+    if (ssh_get_status(s->ssh) & SSH_WRITE_PENDING) return 1;
     uint32_t win = ssh_channel_window_size(s->up);
     if (win == 0) {
       /* Process incoming packets (window adjust) without blocking. */
@@ -984,10 +1077,10 @@ static int in_upload(struct hf_session *s) {
       if (ssh_channel_window_size(s->up) == 0) return 1;
       continue;
     }
-    size_t n = e->agent_len - s->up_off;
+    size_t n = len - s->up_off;
     if (n > UPLOAD_CHUNK) n = UPLOAD_CHUNK;
     if (n > win) n = win;
-    int w = ssh_channel_write(s->up, e->agent + s->up_off, (uint32_t)n);
+    int w = ssh_channel_write(s->up, gz + s->up_off, (uint32_t)n);
     if (w < 0) { fail_ssh(s, HF_EIO, "agent upload"); return -1; }
     s->up_off += (size_t)w;
     e->st.upload_bytes += (uint64_t)w;
@@ -1014,14 +1107,16 @@ static int in_upverify(struct hf_session *s) {
     }
     /* EOF: the command's verdict is complete. */
     if (strncmp(s->line, HF_DEPLOY_UPLOADED, strlen(HF_DEPLOY_UPLOADED))) {
+      char verdict[sizeof s->line];
+      clean_copy(verdict, s->line, s->line_len);
       set_err(s, HF_EINTEGRITY, "%s: agent upload not verified on the host (%.60s)", s->host->name,
-              s->line_len ? s->line : "no verdict");
-      for (char *p = s->err; *p; p++) if (*p == '\n') *p = ' ';
+              s->line_len ? verdict : "no verdict");
       err_add_tail(s);
       fail(s);
       return -1;
     }
     s->uploaded = true;
+    up_release(s);
     ssh_channel_close(s->up);
     ssh_channel_free(s->up);
     s->up = NULL;
@@ -1031,6 +1126,16 @@ static int in_upverify(struct hf_session *s) {
     deadline(s, s->e->o.timeout_ms);
     return 0;
   }
+}
+
+/* Its turn to upload came: probe again on a new channel first (another
+ * host sharing the home may have uploaded the agent meanwhile). */
+static void reprobe(struct hf_session *s) {
+  s->ch = ssh_channel_new(s->ssh);
+  if (!s->ch) { fail_ssh(s, HF_ESSH, "channel"); return; }
+  set_state(s, HF_SS_CHANOPEN);
+  deadline(s, s->e->o.timeout_ms);
+  drive(s);
 }
 
 /* Reads agent frames (hello, ready, busy). */
@@ -1594,24 +1699,6 @@ static void on_engine_handle_closed(uv_handle_t *h) {
   free(e);
 }
 
-static int read_file(const char *path, char **out, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return -errno;
-  struct stat stt;
-  if (fstat(fileno(f), &stt) < 0 || stt.st_size <= 0 || stt.st_size > (64 << 20)) {
-    fclose(f);
-    return -EINVAL;
-  }
-  char *buf = malloc((size_t)stt.st_size);
-  if (!buf) { fclose(f); return -ENOMEM; }
-  size_t n = fread(buf, 1, (size_t)stt.st_size, f);
-  fclose(f);
-  if (n != (size_t)stt.st_size) { free(buf); return -EIO; }
-  *out = buf;
-  *len = n;
-  return 0;
-}
-
 int hf_engine_find_agent(const char *explicit_path, char *buf, size_t len) {
   /* build tree: BUILD/controller/hubfleet beside BUILD/agent/hubfleet-agent;
    * installed: PREFIX/bin/hubfleet and PREFIX/libexec/hubfleet/hubfleet-agent */
@@ -1635,6 +1722,8 @@ int hf_engine_new(uv_loop_t *loop, const struct hf_engine_opts *opts,
   if (e->o.endpoint_handshakes <= 0) e->o.endpoint_handshakes = 8;
   if (e->o.max_handshakes <= 0) e->o.max_handshakes = 64;
   if (e->o.max_retries < 0) e->o.max_retries = 10;
+  if (e->o.max_uploads <= 0) e->o.max_uploads = 8;
+  fd_budget(e);
   if (!e->o.timeout_ms) e->o.timeout_ms = 15000;
   if (!e->o.request_timeout_ms) e->o.request_timeout_ms = 60000;
   e->rng = e->o.seed ? e->o.seed : (uv_hrtime() ^ (uint64_t)getpid() << 32);
@@ -1648,24 +1737,22 @@ int hf_engine_new(uv_loop_t *loop, const struct hf_engine_opts *opts,
     free(e);
     return HF_EINVAL;
   }
-  int r = read_file(opts->agent_path, &e->agent, &e->agent_len);
+  int r = hf_payload_load(opts->agent_path, &e->agent, err, errlen);
   if (r < 0) {
-    snprintf(err, errlen, "cannot read the agent %s: %s", opts->agent_path,
-             r == -EINVAL ? "empty, not a regular file or too large" : strerror(-r));
     free(e);
-    return HF_EIO;
+    return r == -ENOMEM ? HF_ENOMEM : HF_EIO;
   }
-  hf_sha256_hex(e->agent, e->agent_len, e->agent_hex);
-  if (hf_deploy_cmd_start(e->agent_hex, e->cmd_start, sizeof e->cmd_start) < 0 ||
-      hf_deploy_cmd_upload(e->agent_hex, e->cmd_upload, sizeof e->cmd_upload) < 0) {
+  e->st.agent_bytes = e->agent.bin_len;
+  if (hf_deploy_cmd_start(e->agent.hex, e->cmd_start, sizeof e->cmd_start) < 0 ||
+      hf_deploy_cmd_upload(e->agent.hex, e->cmd_upload, sizeof e->cmd_upload) < 0) {
     snprintf(err, errlen, "internal: deploy command does not fit");
-    free(e->agent);
+    hf_payload_free(&e->agent);
     free(e);
     return HF_EINVAL;
   }
   if (!(e->kh = hf_kh_new())) {
     snprintf(err, errlen, "out of memory");
-    free(e->agent);
+    hf_payload_free(&e->agent);
     free(e);
     return HF_ENOMEM;
   }
@@ -1693,8 +1780,7 @@ void hf_engine_free(struct hf_engine *e) {
   for (size_t i = 0; i < EP_BUCKETS; i++)
     for (struct endpoint *ep = e->ep[i], *n; ep; ep = n) { n = ep->next; free(ep); }
   for (struct authkey *k = e->keys, *n; k; k = n) { n = k->next; ssh_key_free(k->key); free(k); }
-  free(e->agent);
-  e->agent = NULL;
+  hf_payload_free(&e->agent);
   jump_free_all(e);
   /* e is freed when its check and prepare handles have closed (libuv close callbacks). */
 }
@@ -1709,7 +1795,7 @@ void hf_engine_stats(struct hf_engine *e, struct hf_engine_stats *st) {
   }
 }
 
-const char *hf_engine_agent_sha256(const struct hf_engine *e) { return e->agent_hex; }
+const char *hf_engine_agent_sha256(const struct hf_engine *e) { return e->agent.hex; }
 
 /* A private key imported once per engine: parsing it per host would cost
  * more CPU than the whole handshake. NULL when it cannot be read. */
@@ -1753,7 +1839,8 @@ static void plan_auth(struct hf_session *s) {
 /* Gives free --parallel slots to queued sessions; each starts from its own
  * zero timer, so no callback runs inside the caller (open or close). */
 static void slots_refill(struct hf_engine *e) {
-  while (e->active < e->o.parallel && e->slotq.head) {
+  int cap = e->o.parallel < e->fd_slots ? e->o.parallel : e->fd_slots;
+  while (e->active < cap && e->slotq.head) {
     struct hf_session *s = e->slotq.head;
     q_remove(&e->slotq, s);
     s->slot_held = true;
@@ -1761,6 +1848,37 @@ static void slots_refill(struct hf_engine *e) {
     uv_timer_start(&s->timer, on_timer, 0, 0);
   }
 }
+
+/* The descriptors the sessions may use: the soft RLIMIT_NOFILE, raised up
+ * to the hard limit when --parallel needs it (as OpenSSH's sshd and most
+ * servers do); when even that is too low, fewer sessions run at once, with
+ * one notice, rather than hosts failing with EMFILE. */
+static void fd_budget(struct hf_engine *e) {
+  int per = e->jump_seen ? 2 : 1;
+  long need = (long)e->o.parallel * per + FD_RESERVE;
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0) { e->fd_limit = 1024; }
+  else {
+    if (rl.rlim_cur != RLIM_INFINITY && (long)rl.rlim_cur < need) {
+      rlim_t want = (rlim_t)need;
+      if (rl.rlim_max != RLIM_INFINITY && want > rl.rlim_max) want = rl.rlim_max;
+      if (want > rl.rlim_cur) {
+        struct rlimit nl = { want, rl.rlim_max };
+        if (setrlimit(RLIMIT_NOFILE, &nl) == 0) rl.rlim_cur = want;
+      }
+    }
+    e->fd_limit = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (rlim_t)1 << 30 ? 1L << 30 : (long)rl.rlim_cur;
+  }
+  long slots = (e->fd_limit - FD_RESERVE) / per;
+  if (slots < 1) slots = 1;
+  e->fd_slots = slots > e->o.parallel ? e->o.parallel : (int)slots;
+  if (e->fd_slots < e->o.parallel)
+    fprintf(stderr, "hubfleet: --parallel %d lowered to %d: the open-file limit is %ld (ulimit -n)%s; "
+            "raise it to run %d hosts at once\n", e->o.parallel, e->fd_slots, e->fd_limit,
+            per == 2 ? " and hosts behind a bastion need two descriptors each" : "", e->o.parallel);
+}
+
+int hf_engine_parallel(const struct hf_engine *e) { return e->fd_slots; }
 
 int hf_session_open(struct hf_engine *e, const struct hf_host *host,
                     hf_session_ready_cb ready, hf_session_lost_cb lost, void *ctx,
@@ -1802,6 +1920,11 @@ int hf_session_open(struct hf_engine *e, const struct hf_host *host,
   e->st.sessions++;
   s->state = HF_SS_QUEUED;
   *out = s;
+  if (host->jump && *host->jump && !e->jump_seen) {
+    /* Behind a bastion a session holds both ends of a socketpair. */
+    e->jump_seen = true;
+    fd_budget(e);
+  }
   /* Everything starts from the loop so no callback fires inside this call. */
   q_push(&e->slotq, s);
   slots_refill(e);
@@ -1880,8 +2003,9 @@ void hf_session_close(struct hf_session *s, hf_close_cb cb, void *ctx) {
   struct hf_engine *e = s->e;
   s->close_cb = cb;
   s->close_ctx = ctx;
-  if (s->queued) q_remove(s->state == HF_SS_QUEUED ? &e->slotq : &e->hsq, s);
+  if (s->queued) q_remove(sess_queue(s), s);
   hs_release(s);
+  up_release(s);
   teardown_ssh(s);
   set_state(s, HF_SS_CLOSING);
   s->closing = true;

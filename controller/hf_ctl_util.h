@@ -48,16 +48,20 @@ int hf_find_shipped_file(const char *explicit_path, const char *env_var, const c
 /* True for exactly 64 lowercase hex digits. */
 bool hf_valid_sha256_hex(const char *s);
 
-/* Remote command that starts the cached agent named by hex, or prints
- * HF_DEPLOY_NEED_UPLOAD when it is absent. Only fixed text plus the
- * validated hex. Returns 0, or HF_EINVAL (bad hex / buffer too small). */
+/* Remote command that starts the cached agent named by hex after checking
+ * its SHA-256 and that nobody but the login can change it, or prints
+ * HF_DEPLOY_NEED_UPLOAD when it is absent (or not the agent), or
+ * HF_DEPLOY_UNSAFE PATH when the cache or a parent is writable by others.
+ * Only fixed text plus the validated hex. Returns 0, or HF_EINVAL (bad hex /
+ * buffer too small). */
 int hf_deploy_cmd_start(const char *hex, char *buf, size_t len);
-/* Remote command that reads the agent on stdin into a temporary name,
- * verifies its SHA-256 against hex, then makes it executable and renames it;
- * prints HF_DEPLOY_UPLOADED on success. Returns 0 or HF_EINVAL. */
+/* Remote command that inflates a gzip stream on stdin into a temporary
+ * name, verifies its SHA-256 against hex, then makes it executable and
+ * renames it; prints HF_DEPLOY_UPLOADED on success. Returns 0 or HF_EINVAL. */
 int hf_deploy_cmd_upload(const char *hex, char *buf, size_t len);
 #define HF_DEPLOY_NEED_UPLOAD "HUBFLEET-NEED-UPLOAD"
 #define HF_DEPLOY_UPLOADED    "HUBFLEET-UPLOADED"
+#define HF_DEPLOY_UNSAFE      "HUBFLEET-UNSAFE"
 
 /* Endpoint key for handshake limits: "jump:SPEC" when behind a jump host
  * (all hosts behind one bastion share it), else "ADDRESS:PORT". */

@@ -7,8 +7,12 @@
  * Lifecycle of one host:
  *   hf_session_open()  -> queued until a --parallel slot is free, then
  *   resolve -> TCP connect -> SSH banner/kex (retried with backoff when sshd
- *   drops it) -> host key check -> auth -> agent probe (+ upload) -> hello
- *   -> ready: cbs.ready(sess, 0) fires once.
+ *   drops it) -> host key check -> auth -> agent probe (+ upload: at most
+ *   max_uploads at once; a host waiting for its turn probes again first) ->
+ *   hello -> ready: cbs.ready(sess, 0) fires once.
+ * A phase deadline (timeout_ms) measures the host's silence: it is pushed
+ * back whenever the host sends bytes, and never runs while the session waits
+ * in a queue of ours (slot, handshake, upload).
  *   hf_session_request() any number of times, one at a time: events stream
  *   to on_event, then exactly one on_result.
  *   hf_session_close() when done (always, also after a failure); the session
@@ -44,6 +48,7 @@ struct hf_engine_opts {
   int         endpoint_handshakes; /* SSH handshakes in flight per endpoint (address:port or jump); <= 0 means 8 */
   int         max_handshakes;   /* handshakes in flight overall; <= 0 means 64 */
   int         max_retries;      /* retries of connections dropped in banner/kex; < 0 means 10 */
+  int         max_uploads;      /* agent uploads in flight at once; <= 0 means 8 */
   unsigned    timeout_ms;       /* deadline of each phase (connect, handshake, deploy, hello); 0 means 15000 */
   unsigned    request_timeout_ms; /* default deadline of a request; 0 means 60000 */
   const char *known_hosts;      /* --known-hosts (borrowed), NULL = host's, else ~/.ssh/known_hosts */
@@ -57,8 +62,12 @@ struct hf_engine_stats {
   uint64_t sessions;        /* sessions opened */
   uint64_t retries;         /* handshake retries after sshd dropped the connection */
   uint64_t uploads;         /* agent uploads started */
-  uint64_t upload_bytes;
+  uint64_t upload_bytes;    /* bytes of the compressed agent sent */
   uint64_t reused;          /* agents found in the host's cache */
+  uint64_t upload_skipped;  /* of which found after waiting for an upload slot: another
+                               host sharing the home had uploaded it meanwhile */
+  uint64_t agent_bytes;     /* size of the agent binary, and of what one upload sends */
+  uint64_t payload_bytes;
   uint64_t max_stall_ns;    /* longest loop stall: wall time of one iteration's own work,
                                computing or blocked in a call (not waiting in poll, and not
                                runnable-but-waiting for a CPU the kernel gave to other
@@ -83,6 +92,8 @@ enum hf_sess_state {
   HF_SS_CHANOPEN,    /* opening the exec channel that starts the agent */
   HF_SS_EXEC,        /* exec request of the probe-and-start command */
   HF_SS_PROBE,       /* first bytes: agent hello, or the upload marker */
+  HF_SS_UPWAIT,      /* the agent is missing: waiting for an upload slot, then probing again
+                        (hosts sharing a home find the copy another upload wrote) */
   HF_SS_UPOPEN,      /* opening the upload channel */
   HF_SS_UPEXEC,      /* exec request of the upload command */
   HF_SS_UPLOAD,      /* streaming the agent binary to the host */
@@ -120,6 +131,10 @@ int hf_engine_new(uv_loop_t *loop, const struct hf_engine_opts *opts,
 void hf_engine_free(struct hf_engine *e);
 /* Fills *st (cpu and rss sampled now). */
 void hf_engine_stats(struct hf_engine *e, struct hf_engine_stats *st);
+/* Sessions that run at once: --parallel, or fewer when the open-file limit
+ * (raised toward its hard limit at start) cannot hold that many (a notice
+ * then went to stderr). */
+int hf_engine_parallel(const struct hf_engine *e);
 /* The deployed agent's hex SHA-256 (borrowed from the engine). */
 const char *hf_engine_agent_sha256(const struct hf_engine *e);
 

@@ -82,24 +82,47 @@ bool hf_valid_sha256_hex(const char *s) {
   return i == 64;
 }
 
+/* The cache directory and the agent in it are trusted only when nobody but
+ * the login (or root) can change them, as OpenSSH's StrictModes judges a
+ * home: $HOME and $HOME/.cache owned by the user or root and not writable
+ * by group or others; ~/.cache/hubfleet a real directory of the user's
+ * (its mode is set back to 0700). Anything else prints
+ * HF_DEPLOY_UNSAFE PATH and runs nothing. */
+#define DEPLOY_SAFE_DIRS \
+  "umask 077; d=\"$HOME/.cache/hubfleet\"; u=$(id -u) || exit 1; " \
+  "for p in \"$HOME\" \"$HOME/.cache\"; do [ -e \"$p\" ] || continue; " \
+  "if [ -n \"$(find \"$p/.\" -maxdepth 0 \\( -perm -0002 -o -perm -0020 -o ! \\( -user \"$u\" -o -user 0 \\) \\) -print 2>&1)\" ]; " \
+  "then echo \"" HF_DEPLOY_UNSAFE " $p\"; exit 1; fi; done; " \
+  "if [ -e \"$d\" ] || [ -L \"$d\" ]; then " \
+  "if [ -L \"$d\" ] || [ ! -d \"$d\" ] || [ ! -O \"$d\" ]; then echo \"" HF_DEPLOY_UNSAFE " $d\"; exit 1; fi; " \
+  "chmod 700 \"$d\" || exit 1; fi; "
+
 int hf_deploy_cmd_start(const char *hex, char *buf, size_t len) {
   if (!hf_valid_sha256_hex(hex)) return HF_EINVAL;
+  /* The agent runs only after its SHA-256 is checked, in the same command. */
   int n = snprintf(buf, len,
-                   "a=\"$HOME/.cache/hubfleet/agent-%s\"; "
-                   "if [ -x \"$a\" ]; then exec \"$a\"; else echo " HF_DEPLOY_NEED_UPLOAD "; fi",
-                   hex);
+                   DEPLOY_SAFE_DIRS
+                   "a=\"$d/agent-%s\"; "
+                   "if [ -f \"$a\" ] && [ ! -L \"$a\" ] && [ -O \"$a\" ] && "
+                   "[ \"$(sha256sum < \"$a\" 2>/dev/null)\" = \"%s  -\" ]; then exec \"$a\"; fi; "
+                   "echo " HF_DEPLOY_NEED_UPLOAD,
+                   hex, hex);
   return (n < 0 || (size_t)n >= len) ? HF_EINVAL : 0;
 }
 
 int hf_deploy_cmd_upload(const char *hex, char *buf, size_t len) {
   if (!hf_valid_sha256_hex(hex)) return HF_EINVAL;
-  /* The binary lands under a temporary name that is never executed; only a
-   * copy whose checksum matches is made executable and renamed into place,
-   * so a cut upload leaves nothing that could run. */
+  /* The gzip stream is inflated under a temporary name that is never
+   * executed (created exclusively: set -C); only a copy whose SHA-256 is
+   * the agent's is made executable and renamed into place, so a cut or
+   * corrupted upload leaves nothing that could run. Two hosts sharing the
+   * home and uploading at once each rename a whole, verified file. */
   int n = snprintf(buf, len,
-                   "umask 077; d=\"$HOME/.cache/hubfleet\"; mkdir -p \"$d\" || exit 1; "
-                   "t=\"$d/agent-%s.tmp.$$\"; trap 'rm -f \"$t\"' EXIT HUP INT TERM PIPE; "
-                   "cat > \"$t\" || exit 1; s=$(sha256sum < \"$t\") || exit 1; "
+                   DEPLOY_SAFE_DIRS
+                   "mkdir -p \"$d\" || exit 1; "
+                   "command -v gzip >/dev/null || { echo \"HUBFLEET-NO-GZIP\"; exit 1; }; "
+                   "t=\"$d/agent-%s.tmp.$$\"; trap 'rm -f \"$t\"' EXIT HUP INT TERM PIPE; set -C; "
+                   "gzip -dc > \"$t\" || exit 1; s=$(sha256sum < \"$t\") || exit 1; "
                    "if [ \"${s%%%% *}\" != %s ]; then echo \"HUBFLEET-BAD-CHECKSUM ${s%%%% *}\"; exit 1; fi; "
                    "chmod 700 \"$t\" && mv -f \"$t\" \"$d/agent-%s\" && trap - EXIT && echo " HF_DEPLOY_UPLOADED,
                    hex, hex, hex);

@@ -85,7 +85,7 @@ static void test_known_hosts(void) {
 }
 
 static void test_deploy_cmds(void) {
-  char buf[1024];
+  char buf[2048];
   CHECK(hf_valid_sha256_hex(HEX));
   CHECK(!hf_valid_sha256_hex("08DD0B246AC324AB25B2B5516BC7EBC61A7F42FC7CCDAB6D13545D34525A1CB6"));
   CHECK(!hf_valid_sha256_hex("abc"));
@@ -98,16 +98,28 @@ static void test_deploy_cmds(void) {
   CHECK(hf_deploy_cmd_upload(evil, buf, sizeof buf) == HF_EINVAL);
 
   CHECK(hf_deploy_cmd_start(HEX, buf, sizeof buf) == 0);
-  CHECK(strstr(buf, "$HOME/.cache/hubfleet/agent-08dd0b") && strstr(buf, "exec \"$a\"") &&
+  CHECK(strstr(buf, "d=\"$HOME/.cache/hubfleet\"") && strstr(buf, "a=\"$d/agent-08dd0b") && strstr(buf, "exec \"$a\"") &&
         strstr(buf, HF_DEPLOY_NEED_UPLOAD));
+  /* The cached agent runs only after its SHA-256 is checked, in the same
+   * command, and only from a cache nobody else can write. */
+  const char *chk = strstr(buf, "sha256sum < \"$a\""), *ex = strstr(buf, "exec \"$a\"");
+  char want[80];
+  snprintf(want, sizeof want, "\"%s  -\"", HEX);
+  CHECK(chk && ex && chk < ex && strstr(buf, want));
+  CHECK(strstr(buf, "-perm -0002") && strstr(buf, "-perm -0020") && strstr(buf, "[ ! -O \"$d\" ]") &&
+        strstr(buf, "chmod 700 \"$d\"") && strstr(buf, HF_DEPLOY_UNSAFE));
+  CHECK(strstr(buf, "find \"$p/.\"") < ex);
   CHECK(hf_deploy_cmd_start(HEX, buf, 20) == HF_EINVAL);
 
   CHECK(hf_deploy_cmd_upload(HEX, buf, sizeof buf) == 0);
   /* Written under a temporary name, checked, then made executable and renamed. */
   const char *tmp = strstr(buf, ".tmp.$$"), *sum = strstr(buf, "sha256sum"),
-             *chm = strstr(buf, "chmod 700"), *mv = strstr(buf, "mv -f");
+             *chm = strstr(buf, "chmod 700 \"$t\""), *mv = strstr(buf, "mv -f");
   CHECK(tmp && sum && chm && mv && tmp < sum && sum < chm && chm < mv);
   CHECK(strstr(buf, "umask 077") && strstr(buf, HF_DEPLOY_UPLOADED));
+  /* A gzip stream, inflated into an exclusively created temporary file. */
+  const char *gz = strstr(buf, "gzip -dc > \"$t\""), *noclob = strstr(buf, "set -C");
+  CHECK(gz && noclob && noclob < gz && gz < sum && strstr(buf, HF_DEPLOY_UNSAFE));
   /* The sh parameter expansion survived printf formatting. */
   CHECK(strstr(buf, "${s%% *}") != NULL);
   CHECK(hf_deploy_cmd_upload(HEX, buf, 100) == HF_EINVAL);
