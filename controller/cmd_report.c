@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "hf_sanitize.h"
 #include <time.h>
 #include <unistd.h>
 #include "hf_controller.h"
@@ -14,20 +15,25 @@
 #include "hf_proto.h"
 
 /* Writes s with HTML's five special characters escaped; control characters
- * other than tab and newline become U+FFFD so hostile log lines stay text. */
+ * other than tab and newline become '?' (hf_clean_bytes) so hostile log lines stay text. */
 static void esc(FILE *f, const char *s) {
-  for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+  /* Through the one sanitiser first: no C1 control, bidi override, DEL or
+   * broken UTF-8 reaches the page (or a terminal that cats it). */
+  size_t n = s ? strlen(s) : 0;
+  char *clean = malloc(n + 1);
+  if (clean == NULL) return;
+  clean[hf_clean_bytes(s ? s : "", n, clean, NULL, true)] = '\0';
+  for (const unsigned char *p = (const unsigned char *)clean; *p; p++) {
     switch (*p) {
     case '<': fputs("&lt;", f); break;
     case '>': fputs("&gt;", f); break;
     case '&': fputs("&amp;", f); break;
     case '"': fputs("&quot;", f); break;
     case '\'': fputs("&#39;", f); break;
-    default:
-      if (*p < 0x20 && *p != '\t' && *p != '\n') fputs("&#xFFFD;", f);
-      else fputc(*p, f);
+    default: fputc(*p, f); /* controls are '?' already */
     }
   }
+  free(clean);
 }
 
 static const char *jstr(const json_t *o, const char *k) {
@@ -428,10 +434,11 @@ int hf_cmd_report(int argc, char **argv) {
   if (optind < argc || !out) { usage(stderr); return HF_EXIT_USAGE; }
   if (id && !hf_valid_id(id)) { fprintf(stderr, "hubfleet report: '%s' is not a rollout id\n", id); return HF_EXIT_USAGE; }
 
-  char tmp[4096];
-  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", out, (long)getpid());
-  FILE *f = fopen(tmp, "w");
-  if (!f) { fprintf(stderr, "hubfleet report: %s: %s\n", tmp, strerror(errno)); return HF_EXIT_USAGE; }
+  hf_sanitize_stdio(); /* error messages may quote what hosts sent */
+  struct hf_out o;
+  char oerr[600];
+  if (hf_out_open(&o, out, 0644, oerr, sizeof oerr) != 0) { fprintf(stderr, "hubfleet report: %s\n", oerr); return HF_EXIT_USAGE; }
+  FILE *f = o.f;
   int r, rc = 0;
   if (audit) {
     json_error_t je;
@@ -464,9 +471,7 @@ int hf_cmd_report(int argc, char **argv) {
     if (r) { fprintf(stderr, "hubfleet report: no rollout '%s' in the state file\n", id); rc = HF_EXIT_USAGE; goto out; }
   }
 out:
-  if (fclose(f) != 0 && rc == 0) { fprintf(stderr, "hubfleet report: %s: %s\n", tmp, strerror(errno)); rc = HF_EXIT_INTERNAL; }
-  if (rc == 0 && rename(tmp, out) != 0) { fprintf(stderr, "hubfleet report: %s: %s\n", out, strerror(errno)); rc = HF_EXIT_INTERNAL; }
-  if (rc) unlink(tmp);
-  else fprintf(stderr, "hubfleet report: wrote %s\n", out);
+  if (hf_out_commit(&o, rc == 0, oerr, sizeof oerr) != 0) { fprintf(stderr, "hubfleet report: %s\n", oerr); rc = HF_EXIT_INTERNAL; }
+  if (rc == 0) fprintf(stderr, "hubfleet report: wrote %s\n", out);
   return rc;
 }

@@ -5,6 +5,7 @@
 #include <time.h>
 #include <getopt.h>
 #include "hf_controller.h"
+#include "hf_sanitize.h"
 #include "hf_state.h"
 #include "hf_rollout.h"
 #include "hf_proto.h"
@@ -25,6 +26,12 @@ static void fmt_ms(json_t *ms, char *buf, size_t len) {
 static const char *str(json_t *o, const char *k) {
   const char *s = json_string_value(json_object_get(o, k));
   return s ? s : "";
+}
+
+/* A value hosts wrote (error texts) as one line of a table row: no newline
+ * of its own, nothing a terminal would act on (hf_sanitize.h). */
+static const char *cell(json_t *o, const char *k, char *buf, size_t len) {
+  return hf_clean_line(buf, len, str(o, k));
 }
 
 /* Prints one rollout's header, per-stage counts and host table. */
@@ -62,11 +69,11 @@ static void print_rollout(FILE *f, json_t *r, json_t *hosts) {
   size_t i;
   json_t *h;
   json_array_foreach(hosts, i, h) {
-    char down[32];
+    char down[32], err[2048];
     fmt_ms(json_object_get(h, "downtime_ms"), down, sizeof down);
     fprintf(f, "  %-24s %-5lld %-16s %-10s %-9s %s\n", str(h, "host"),
             (long long)json_integer_value(json_object_get(h, "stage")) + 1, str(h, "status"), str(h, "step"),
-            down, str(h, "error"));
+            down, cell(h, "error", err, sizeof err));
   }
 }
 
@@ -105,6 +112,7 @@ static int parse(int argc, char **argv, const char **state, bool *json, bool *st
 }
 
 int hf_cmd_status(int argc, char **argv) {
+  hf_sanitize_stdio(); /* hosts' error and event texts are replayed from the state */
   const char *state = NULL, *rollout = NULL;
   bool json = false, steps = false, ids = false;
   int r = parse(argc, argv, &state, &json, &steps, &rollout, &ids);
@@ -140,9 +148,10 @@ int hf_cmd_status(int argc, char **argv) {
       json_t *s;
       printf("\n  %-24s %-10s %-8s %-20s %s\n", "HOST", "STEP", "OUTCOME", "STARTED", "ERROR");
       json_array_foreach(stp, i, s) {
-        char t[32];
+        char t[32], cellbuf[2048];
         fmt_time(json_object_get(s, "started"), t, sizeof t);
-        printf("  %-24s %-10s %-8s %-20s %s\n", str(s, "host"), str(s, "step"), str(s, "outcome"), t, str(s, "error"));
+        printf("  %-24s %-10s %-8s %-20s %s\n", str(s, "host"), str(s, "step"), str(s, "outcome"), t,
+               cell(s, "error", cellbuf, sizeof cellbuf));
       }
     }
   }
@@ -154,6 +163,7 @@ int hf_cmd_status(int argc, char **argv) {
 }
 
 int hf_cmd_history(int argc, char **argv) {
+  hf_sanitize_stdio();
   const char *state = NULL, *rollout = NULL;
   bool json = false, steps = false, ids = false;
   int r = parse(argc, argv, &state, &json, &steps, &rollout, &ids);

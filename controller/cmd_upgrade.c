@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "hf_controller.h"
+#include "hf_sanitize.h"
 #include "hf_rollout.h"
 #include "hf_plan.h"
 #include "hf_proto.h"
@@ -86,6 +87,9 @@ static int seconds(const char *opt, const char *s, unsigned *ms) {
 }
 
 static int run(int argc, char **argv, enum hf_rollout_mode mode) {
+  /* Everything printed from here on (host events and errors, inventory
+   * messages, the summary) passes the one terminal filter (issue 13). */
+  hf_sanitize_stdio();
   enum { O_TO = 256, O_STAGES, O_PARALLEL, O_MAXF, O_SOAK, O_CONFIRM, O_DRY, O_NOREH, O_LIMIT, O_EXCL, O_STATE,
          O_EVENTS, O_JSON, O_KH, O_ACCEPT, O_AGENT, O_TIMEOUT, O_RECONNECT, O_STATS, O_HOSTS, O_RULES, O_HEALTH };
   static const struct option opts[] = {

@@ -36,6 +36,9 @@ struct hf_state;
 #define HF_HOST_FAILED      "failed"      /* failed before anything changed (preflight, unreachable) */
 #define HF_HOST_ROLLEDBACK  "rolled_back" /* failed after the backup, rollback restored the old hub */
 #define HF_HOST_ATTENTION   "needs_attention" /* rollback failed too: see error and backup */
+/* The host row's step while an automatic rollback is under way (status running):
+ * recorded before the rollback is sent, so resume continues it (issue 13). */
+#define HF_STEP_ROLLBACK    "rollback"
 
 /* Opens (creating with mode 0600 if missing) and migrates the state file.
  * path NULL = hf_state_default_path(). Returns 0 and *out (new), or HF_EDB

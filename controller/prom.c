@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "hf_prom.h"
+#include "hf_sanitize.h"
 #include "hf_proto.h"
 
 /* Writes s as a label value: backslash, double quote and newline escaped
@@ -124,26 +125,13 @@ static int write_metrics(FILE *f, const json_t *doc, const struct hf_inventory *
 
 int hf_prom_write_audit(const char *path, const json_t *doc, const struct hf_inventory *inv, double wall_s,
                         char *err, size_t errlen) {
-  char tmp[4096];
-  if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {
-    snprintf(err, errlen, "%s: path too long", path);
-    return HF_EINVAL;
-  }
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
-  if (!f) {
-    snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
-    if (fd >= 0) close(fd);
-    return HF_EIO;
-  }
-  int r = write_metrics(f, doc, inv, wall_s);
+  struct hf_out o;
+  /* A random O_EXCL|O_NOFOLLOW name beside path: nobody who can write the
+   * collector's directory can point the write elsewhere (issue 13). */
+  if (hf_out_open(&o, path, 0644, err, errlen) != 0) return HF_EIO;
+  int r = write_metrics(o.f, doc, inv, wall_s);
+  if (r != 0) snprintf(err, errlen, "%s: %s", path, strerror(errno));
   /* The collector must never read half a file: data on disk, then rename. */
-  if (fflush(f) != 0 || fsync(fileno(f)) != 0) r = HF_EIO;
-  if (fclose(f) != 0) r = HF_EIO;
-  if (r == 0 && rename(tmp, path) != 0) r = HF_EIO;
-  if (r != 0) {
-    snprintf(err, errlen, "%s: %s", path, strerror(errno));
-    unlink(tmp);
-  }
+  if (hf_out_commit(&o, r == 0, err, errlen) != 0) r = HF_EIO;
   return r;
 }

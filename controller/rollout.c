@@ -15,6 +15,7 @@
 #include "hf_plan.h"
 #include "hf_rollout.h"
 #include "hf_rules.h"
+#include "hf_sanitize.h"
 #include "hf_proto.h"
 
 /* The per-host procedure, in order. A failure at or after "stop" means the
@@ -35,6 +36,11 @@ static const struct step_def {
 };
 #define ROLLBACK_TIMEOUT_MS 1800000u
 #define RESULT_GRACE_MS     30000u
+/* Warnings and errors a host's agent may have recorded and printed per
+ * request (issue 13: a flooding agent wrote 28 MB of state in 3.7 s); past
+ * either cap they are counted and summarised in one line. */
+#define EVENT_CAP_COUNT     200u
+#define EVENT_CAP_BYTES     (64u * 1024)
 
 /* What a host is doing. */
 enum hr_phase {
@@ -73,6 +79,9 @@ struct rhost {
   bool                     selected;    /* part of this run */
   json_t                  *preflight;   /* dry run: the preflight data (new) */
   char                     error[512];
+  unsigned                 ev_logged;   /* warn/error events recorded for the request in flight */
+  size_t                   ev_bytes;    /* ... and their text bytes */
+  unsigned                 ev_dropped;  /* ... past the caps (summarised when its result comes) */
 };
 
 struct rollout {
@@ -104,18 +113,23 @@ struct rollout {
 
 /* ---- output ---------------------------------------------------------------- */
 
+/* The controller's own escapes pass the terminal filter (hf_sanitize.h) by
+ * hf_term_raw; everything else, host text included, is filtered. */
 static void progress_clear(struct rollout *ro) {
-  if (ro->tty) fputs("\r\033[K", stderr);
+  if (ro->tty) hf_term_raw(stderr, "\r\033[K");
 }
 
 /* One line for people: on a TTY above the live progress line, else plain. */
 static void say(struct rollout *ro, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void say(struct rollout *ro, const char *fmt, ...) {
+  char line[4096], clean[4096];
   va_list ap;
   progress_clear(ro);
   va_start(ap, fmt);
-  vfprintf(ro->o->json ? stderr : stdout, fmt, ap);
+  vsnprintf(line, sizeof line, fmt, ap);
   va_end(ap);
+  /* Host text inside the line stays inside it (no newline of its own). */
+  fputs(hf_clean_line(clean, sizeof clean, line), ro->o->json ? stderr : stdout);
   fputc('\n', ro->o->json ? stderr : stdout);
   fflush(ro->o->json ? stderr : stdout);
 }
@@ -137,7 +151,8 @@ static void progress_draw(struct rollout *ro) {
   for (int i = 0; i < 20; i++) bar[i] = i < fill ? '#' : '.';
   bar[20] = '\0';
   int64_t el = (hf_state_now_ms() - ro->t0) / 1000;
-  fprintf(stderr, "\r\033[Kstage %u/%u [%s] %d/%d done, %d running, %d failed, %d rolled back  %02" PRId64 ":%02" PRId64,
+  hf_term_raw(stderr, "\r\033[K");
+  fprintf(stderr, "stage %u/%u [%s] %d/%d done, %d running, %d failed, %d rolled back  %02" PRId64 ":%02" PRId64,
           ro->stage + 1, ro->nstages, bar, done, total, running, failed, rolled, el / 60, el % 60);
   fflush(stderr);
 }
@@ -247,9 +262,20 @@ static void host_done(struct rhost *h, const char *status, const char *error) {
   launch_more(ro);
 }
 
+/* The rollback goal made durable before anything acts on it (issue 13): the
+ * host row says "running, step rollback", so a resume after this controller
+ * dies continues the rollback and never re-sends the step that failed. */
+static void rollback_record_goal(struct rhost *h, const char *why) {
+  struct rollout *ro = h->ro;
+  if (ro->o->state && ro->id[0] && ro->o->mode != HF_RM_DRYRUN)
+    hf_state_host_set(ro->o->state, ro->id, h->host->name, HF_HOST_RUNNING, HF_STEP_ROLLBACK, why);
+  h->status = HF_HOST_RUNNING;
+}
+
 static void rollback_start(struct rhost *h, const char *why) {
   struct rollout *ro = h->ro;
   snprintf(h->error, sizeof h->error, "%s", why);
+  rollback_record_goal(h, why);
   say(ro, "%s: %s; rolling back", h->host->name, why);
   emit(ro, h, "host", "warn", "rolling back: %s", why);
   h->goal = G_ROLLBACK;
@@ -298,12 +324,28 @@ static void on_event(struct hf_session *s, const json_t *ev, void *ctx) {
   const char *text = json_string_value(json_object_get(ev, "text"));
   const char *level = json_string_value(json_object_get(ev, "level"));
   if (!text || !level) return;
+  bool loud = !strcmp(level, "warn") || !strcmp(level, "error");
+  if (loud) {
+    size_t len = strlen(text);
+    if (h->ev_logged >= EVENT_CAP_COUNT || h->ev_bytes + len > EVENT_CAP_BYTES) { h->ev_dropped++; return; }
+    h->ev_logged++;
+    h->ev_bytes += len;
+  }
   if (h->ro->o->verbose || !strcmp(level, "error"))
     say(h->ro, "%s: %s", h->host->name, text);
   /* Warnings and errors go to the state's event log (the report shows a
    * failed host's last lines); everything goes to --events. */
-  if (!strcmp(level, "warn") || !strcmp(level, "error")) emit(h->ro, h, "log", level, "%s", text);
+  if (loud) emit(h->ro, h, "log", level, "%s", text);
   else if (h->ro->o->events) emit_ndjson(h->ro, h, "log", level, text);
+}
+
+/* The end of a request: one line for the events the caps held back. */
+static void events_summary(struct rhost *h) {
+  if (h->ev_dropped)
+    emit(h->ro, h, "log", "warn", "%u more warning/error lines from the agent not recorded (cap: %u lines, %u bytes "
+         "per request)", h->ev_dropped, EVENT_CAP_COUNT, EVENT_CAP_BYTES);
+  h->ev_logged = h->ev_dropped = 0;
+  h->ev_bytes = 0;
 }
 
 /* Records the data a step returned into the host row. */
@@ -346,10 +388,15 @@ static void on_step_result(struct hf_session *s, int status, const json_t *data,
   struct rhost *h = ctx;
   struct rollout *ro = h->ro;
   const char *name = steps[h->step].name;
+  events_summary(h);
   int64_t took = hf_state_now_ms() - h->t_step;
   bool lost = status != 0 && (hf_session_state(s) == HF_SS_FAILED || status == HF_ECANCELED);
   char why[700];
 
+  if (status != 0) snprintf(why, sizeof why, "%s failed: %s", name, message && *message ? message : hf_strerror(status));
+  /* A failure that will be rolled back: the goal is in the state before the
+   * failed step's end is, so no moment exists where a resume would re-send it. */
+  if (status != 0 && !(lost && h->step >= ST_BACKUP) && h->step >= ST_STOP) rollback_record_goal(h, why);
   if (ro->o->state && h->step_id)
     hf_state_step_end(ro->o->state, h->step_id, status == 0 ? "ok" : lost ? "unknown" : "failed",
                       data, status == 0 ? NULL : message);
@@ -399,7 +446,6 @@ static void on_step_result(struct hf_session *s, int status, const json_t *data,
     return;
   }
 
-  snprintf(why, sizeof why, "%s failed: %s", name, message && *message ? message : hf_strerror(status));
   emit(ro, h, "step", "error", "%s", why);
   if (lost && h->step >= ST_BACKUP) {   /* the hub may be mid-change: find out, never guess */
     host_wait_reconnect(h, message && *message ? message : hf_strerror(status));
@@ -415,6 +461,7 @@ static void on_step_result(struct hf_session *s, int status, const json_t *data,
 static void on_rollback_result(struct hf_session *s, int status, const json_t *data, const char *message, void *ctx) {
   struct rhost *h = ctx;
   struct rollout *ro = h->ro;
+  events_summary(h);
   bool lost = status != 0 && hf_session_state(s) == HF_SS_FAILED;
   if (ro->o->state && h->step_id)
     hf_state_step_end(ro->o->state, h->step_id, status == 0 ? "ok" : lost ? "unknown" : "failed", data,
@@ -454,6 +501,7 @@ static void on_rollback_result(struct hf_session *s, int status, const json_t *d
 static void on_recheck_result(struct hf_session *s, int status, const json_t *data, const char *message, void *ctx) {
   struct rhost *h = ctx;
   (void)s; (void)data;
+  events_summary(h);
   h->ro->rechecks--;
   if (status == 0) {
     emit(h->ro, h, "recheck", "info", "healthy after soak");
@@ -515,6 +563,7 @@ static json_t *journal_step_data(const json_t *data, int step) {
 static void on_journal_result(struct hf_session *s, int status, const json_t *data, const char *message, void *ctx) {
   struct rhost *h = ctx;
   struct rollout *ro = h->ro;
+  events_summary(h);
   h->journal_first = false;
   if (status != 0) {
     if (hf_session_state(s) == HF_SS_FAILED) { host_wait_reconnect(h, message ? message : ""); return; }
@@ -939,6 +988,7 @@ static int load_recorded(struct rollout *ro) {
     if (is_failure(h->status)) ro->failures++;
     h->step = ST_PREFLIGHT;
     for (int s = 0; step && s < ST__COUNT; s++) if (!strcmp(steps[s].name, step)) h->step = s;
+    if (step && !strcmp(step, HF_STEP_ROLLBACK)) h->step = ST__COUNT; /* past every step: may have changed */
     if (o->mode == HF_RM_RESUME) {
       /* Running hosts continue from their recorded step after asking the journal;
        * pending ones start from the beginning. */
@@ -946,6 +996,13 @@ static int load_recorded(struct rollout *ro) {
       h->journal_first = !strcmp(h->status, HF_HOST_RUNNING);
       if (!strcmp(h->status, HF_HOST_PENDING)) h->step = ST_PREFLIGHT;
       if (h->step >= ST_STOP) h->t_stop = 0;
+      if (!strcmp(h->status, HF_HOST_RUNNING) && step && !strcmp(step, HF_STEP_ROLLBACK)) {
+        /* An automatic rollback was under way: it goes on (its journal says
+         * whether it already finished); the failed step is never re-sent. */
+        const char *err = json_string_value(json_object_get(row, "error"));
+        h->goal = G_ROLLBACK;
+        snprintf(h->error, sizeof h->error, "%s", err ? err : "rollback under way when the controller stopped");
+      }
     } else {
       /* rollback: every host the rollout may have changed */
       bool changed = !strcmp(h->status, HF_HOST_UPGRADED) || !strcmp(h->status, HF_HOST_ATTENTION) ||

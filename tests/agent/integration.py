@@ -368,6 +368,12 @@ def main():
     res, _ = req(a, 'backup', hub=cmd, rollout='cmd', target=base)
     r1, _ = req(a, 'stop', hub=cmd, rollout='cmd')
     down = state(host, a)
+    # A step runs only after its predecessor (issue 13): start straight after stop is stale.
+    skip, _ = req(a, 'start', hub=cmd, rollout='cmd')
+    check(err(skip) == 'bad_state', 'h: start right after stop (install, migrate not done) refused (%s)' % err(skip))
+    ri, _ = req(a, 'install', hub=cmd, rollout='cmd', target=base)
+    rm, _ = req(a, 'migrate', hub=cmd, rollout='cmd')
+    check(ok(ri) and ok(rm), 'h: install (nothing to do) and migrate at %s (%s %s)' % (base, err(ri), err(rm)))
     r2, _ = req(a, 'start', hub=cmd, rollout='cmd')
     r3, _ = req(a, 'health', hub=cmd, rollout='cmd', target=base, timeout_ms=60000)
     check(ok(res) and ok(r1) and r1['data']['was_running'] and not down['running'] and ok(r2) and ok(r3),

@@ -1,0 +1,63 @@
+#!/bin/bash
+# Issue 13, items 5 and 8: a hostile host's agent (hostile-agent.py) floods
+# warn/error events whose text, like its error message, carries terminal
+# escapes (title, OSC 52 clipboard, clear screen, a carriage return and a
+# spoofed "h2: upgraded" line, C1 CSI, a bidi override). The controller's
+# output (upgrade, status, history, report) must hold none of them; the state
+# records at most the per-request cap plus one summary line; the hub is untouched.
+# usage: test-hostile-host.sh HUBFLEET AGENT
+. "$(dirname "$0")/lib.sh"
+NHUBS=${HF_TEST_HUBS:-1}
+HOSTILE=$(cd "$(dirname "$0")" && pwd)/hostile-agent.py
+up_fleet
+H=${HUBLIST[0]}
+procs_snapshot > "$W/procs"
+# escapes_in FILE: counts the bytes/sequences no output may carry
+escapes_in() {
+  $PY - "$1" <<'PYEOF'
+import sys
+b = open(sys.argv[1], 'rb').read()
+bad = sum(b.count(x) for x in (b'\x1b', b'\x07', b'\r', b'\x08', b'\x7f', b'\xc2\x9b', b'\xe2\x80\xae'))
+spoof = sum(1 for l in b.split(b'\n') if l.startswith(b'h2: upgraded') or l.startswith(b'h3: upgraded'))
+print(bad + spoof)
+PYEOF
+}
+
+step "upgrade through the hostile agent (HF_FLOOD=${HF_FLOOD:-50000} events per request)"
+t0=$(date +%s.%N)
+"$HUBFLEET" upgrade -i "$INV" --to "$NEW" --agent "$HOSTILE" --state "$STATE" > "$W/out" 2> "$W/err"
+rc=$?
+t1=$(date +%s.%N)
+echo "# upgrade exited $rc after $($PY -c "print('%.1f' % ($t1 - $t0))") s; state file $(stat -c %s "$STATE") bytes"
+check "upgrade fails the host (exit 1, rc=$rc)" test $rc -eq 1
+check "upgrade's stdout holds no terminal escape or spoofed line" test "$(escapes_in "$W/out")" = 0
+check "upgrade's stderr holds no terminal escape or spoofed line" test "$(escapes_in "$W/err")" = 0
+check "the host's error is still shown (escapes as ?)" grep -q "refused" "$W/out" "$W/err"
+RID=$(hf history --state "$STATE" --ids | head -1)
+$PY - "$STATE" "$RID" "$H" > "$W/evcount" <<'PYEOF'
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+rows = c.execute("SELECT text FROM events WHERE rollout=? AND host=?", (sys.argv[2], sys.argv[3])).fetchall()
+print(len(rows), sum(len(r[0]) for r in rows), sum('not recorded (cap' in r[0] for r in rows))
+PYEOF
+read -r nev bytes summ < "$W/evcount"
+echo "# state: $nev events, $bytes bytes of text for $H"
+check "state: at most 200 agent lines + a few of the controller's ($nev)" test "$nev" -le 210
+check "state: at most 64 KiB + a few lines of text ($bytes bytes)" test "$bytes" -le 70000
+check "state: one summary line of what was held back ($summ)" test "$summ" -eq 1
+check "state file under 1 MB" test "$(stat -c %s "$STATE")" -lt 1048576
+
+step "status, history and report replay the stored text"
+hf status --state "$STATE" > "$W/status.out" 2>&1
+check "status exits 0" test $? -eq 0
+check "status output holds no terminal escape" test "$(escapes_in "$W/status.out")" = 0
+hf status --state "$STATE" --steps > "$W/steps.out" 2>&1
+check "status --steps output holds no terminal escape" test "$(escapes_in "$W/steps.out")" = 0
+hf history --state "$STATE" > "$W/history.out" 2>&1
+check "history output holds no terminal escape" test "$(escapes_in "$W/history.out")" = 0
+hf report "$RID" --state "$STATE" -o "$W/report.html" > "$W/report.out" 2>&1
+check "report written" test -s "$W/report.html"
+check "report holds no raw escape" test "$(escapes_in "$W/report.html")" = 0
+check "no report temporary file left" test -z "$(ls -A "$W" | grep 'report.html.tmp')"
+check "$H untouched (no journal, no backup, same hub process)" untouched "$H" "$RID" "$W/procs"
+finish
