@@ -59,6 +59,13 @@ for h in json.load(sys.stdin)["_meta"]["hostvars"]:
 check "hub/user major mismatch flagged on the $want_mis 2.x hubs" \
   test "$(jq_ "$W/all.json" 'len(d["mismatch"])')" = "$want_mis"
 check "drift flagged" test "$(jq_ "$W/all.json" 'd["drift"]')" = True
+# The fleet is new, so that audit was cold: 3 homes (hub01, hub02, and the
+# one every scale host shares), at most 8 uploads at once.
+tail -1 "$W/all.err"
+check "cold audit: uploads <= homes (3) + the upload bound (8)" \
+  test "$(jq_ "$W/all.json" '0 < d["stats"]["uploads"] <= 3 + 8')" = True
+check "cold audit: each upload sends the compressed agent (<= 1.5 MB)" \
+  test "$(jq_ "$W/all.json" 'd["stats"]["upload_bytes"] <= 1.5e6 * d["stats"]["uploads"]')" = True
 audit --limit hubs --expect 3.0.0 > "$W/expect-hubs.out" 2>&1
 check "--expect 3.0.0 on the hubs: exit 0" test $? -eq 0
 audit --limit 'scale000*' --expect 3.0.0 > "$W/expect-scale.out" 2>&1
@@ -115,9 +122,28 @@ check "cut before: within the deadline (${took}s)" test $took -le 12
 fleet fault restore hub02
 fleet fault restore scale0003
 
-# A padded copy of the agent: its own cache entry, and an upload long enough to cut.
+step "hosts behind a slow link (tc tbf 10mbit on their veths): a cold deploy within the deadlines"
+for h in hub01 hub02; do
+  fleet ssh "$h" -- rm -rf .cache/hubfleet
+  dev=$(fleet path "$h" | $PY -c 'import json,sys; print(json.load(sys.stdin)["veth"])')
+  tc qdisc add dev "$dev" root tbf rate 10mbit burst 32kbit latency 400ms
+done
+t0=$EPOCHREALTIME
+audit --limit hubs --json --stats > "$W/slow.json" 2> "$W/slow.err"
+rc=$?
+took=$(awk "BEGIN { printf \"%.2f\", $EPOCHREALTIME - $t0 }")
+for h in hub01 hub02; do
+  dev=$(fleet path "$h" | $PY -c 'import json,sys; print(json.load(sys.stdin)["veth"])')
+  tc qdisc del dev "$dev" root
+done
+echo "slow link: 2 cold hosts at 10 mbit/s deployed and audited in ${took} s"; tail -1 "$W/slow.err"
+check "slow link: both audited with the default deadlines (rc=$rc)" \
+  test "$(jq_ "$W/slow.json" '(d["summary"]["audited"], d["stats"]["uploads"])')" = "(2, 2)"
+
+# A padded copy of the agent: its own cache entry, and an upload long enough
+# to cut (random bytes: the agent travels compressed).
 cp "$AGENT" "$W/agent-big"
-head -c $((60 << 20)) /dev/zero >> "$W/agent-big"
+head -c $((24 << 20)) /dev/urandom >> "$W/agent-big"
 BIGHEX=$(sha256sum < "$W/agent-big" | cut -c1-64)
 
 # cut_during_upload HOST FAULT: start a cold audit of HOST, apply FAULT once its upload streams

@@ -257,6 +257,52 @@ check "agent in place after the re-upload, checksum verified" \
   [ "$(sha256sum < "$CACHE/agent-$BIGHEX" | cut -c1-64)" = "$BIGHEX" ]
 rm -f "$CACHE/agent-$BIGHEX".tmp.*
 
+# --- 4b. cut and corrupted compressed uploads, run as the engine runs them ----
+# The upload command itself, over OpenSSH, fed what a broken link or a
+# broken controller could deliver: nothing runnable may be left behind.
+AHEX=$(sha256sum < "$AGENT" | cut -c1-64)
+UPCMD=$("$TBUILD/deploy-cmd" upload "$AHEX")
+STCMD=$("$TBUILD/deploy-cmd" start "$AHEX")
+tssh() { ssh -i "$T/id" -p "$PORT_A" -o UserKnownHostsFile="$T/kh" -o StrictHostKeyChecking=yes \
+  -o BatchMode=yes "$TUSER@127.0.0.1" "$@"; }
+gzip -9 -n -c "$AGENT" > "$T/agent.gz"
+GZLEN=$(stat -c %s "$T/agent.gz")
+head -c $((GZLEN / 2)) "$T/agent.gz" > "$T/agent.gz.cut"
+cp "$T/agent.gz" "$T/agent.gz.bad"
+printf '\xff\xff\xff\xff' | dd of="$T/agent.gz.bad" bs=1 seek=$((GZLEN / 2)) conv=notrunc status=none
+printf '#!/bin/sh\necho pwned\n' | gzip -c > "$T/other.gz"
+rm -rf "$CACHE"
+for kind in cut bad; do
+  out=$(tssh "$UPCMD" < "$T/agent.gz.$kind" 2>&1); rc=$?
+  check "$kind gzip stream: the upload command fails (rc=$rc)" [ $rc -ne 0 ]
+  check "$kind gzip stream: no agent, no temporary file left" [ -z "$(ls -A "$CACHE" 2>/dev/null)" ]
+done
+out=$(tssh "$UPCMD" < "$T/other.gz" 2>&1); rc=$?
+check "another binary, whole gzip: refused by its SHA-256 (rc=$rc)" sh -c "[ $rc -ne 0 ] && echo '$out' | grep -q HUBFLEET-BAD-CHECKSUM"
+check "another binary: nothing left" [ -z "$(ls -A "$CACHE" 2>/dev/null)" ]
+out=$(tssh "$UPCMD" < "$T/agent.gz" 2>&1); rc=$?
+check "the whole stream: uploaded and verified (rc=$rc)" sh -c "[ $rc -eq 0 ] && echo '$out' | grep -q HUBFLEET-UPLOADED"
+check "the whole stream: the agent is the binary, mode 0700" \
+  [ "$(sha256sum < "$CACHE/agent-$AHEX" | cut -c1-64) $(stat -c %a "$CACHE/agent-$AHEX")" = "$AHEX 700" ]
+# The cached agent is verified in the command that runs it: a replaced
+# binary (same name, the login could write it) is never executed.
+printf '#!/bin/sh\necho pwned\n' > "$CACHE/agent-$AHEX"; chown "$TUSER:" "$CACHE/agent-$AHEX"
+out=$(tssh "$STCMD" < /dev/null 2>&1)
+check "a replaced cached agent is not run: upload asked for" sh -c "echo '$out' | grep -q '^HUBFLEET-NEED-UPLOAD' && ! echo '$out' | grep -q pwned"
+# A cache directory others can write is set back to 0700; a home others can
+# write is refused (as OpenSSH's StrictModes would), and nothing runs.
+chmod 777 "$CACHE"
+tssh "$STCMD" < /dev/null > /dev/null 2>&1
+check "a cache others could write is set back to 0700" [ "$(stat -c %a "$CACHE")" = 700 ]
+chmod 775 "$THOME"
+out=$(tssh "$STCMD" < /dev/null 2>&1)
+check "a group-writable home: refused, naming it" sh -c "echo '$out' | grep -q '^HUBFLEET-UNSAFE $THOME\$'"
+"$HUBFLEET" audit -i "$T/inv1.ini" --agent "$AGENT" > "$T/unsafe.out" 2>&1
+check "a group-writable home: the audit says which path and how to fix it" \
+  grep -q "refusing to run the agent: $THOME is writable by group or others.*chmod go-w" "$T/unsafe.out"
+chmod 700 "$THOME"
+rm -rf "$CACHE"
+
 # --- 5. hostile agents --------------------------------------------------------
 inventory "$T/inv2.ini" 2 "$PORT_A" "$T/kh"
 for m in garbage:protocol huge:protocol silent:timeout version:proto_version; do
