@@ -81,6 +81,16 @@ struct hf_run {
  * not be started (errno of execve in r->status); HF_ENOMEM. */
 int  hf_run_exec(struct hf_run *r);
 void hf_run_free(struct hf_run *r);
+/* become: sudo's setuid exec drops PR_SET_PDEATHSIG and Debian's "Defaults
+ * use_pty" runs the command in a session of its own, so a killed agent's
+ * deadline kill never reaches it. Every command run through sudo is
+ * therefore started as `hubfleet-agent --watch PID START -- ARGV`: the agent
+ * itself, as root, runs ARGV in its own process group as a subreaper and
+ * kills that group (and anything reparented to it) as soon as the agent with
+ * that pid and start time is gone, or it gets SIGTERM/SIGHUP. */
+int hf_watchdog_main(int argc, char **argv);
+/* Start time of this process (/proc/self/stat field 22, clock ticks). */
+unsigned long long hf__self_start(void);
 #define HF_RUN_MAX_LINES  4000
 #define HF_RUN_MAX_LINE   2000
 #define HF_RUN_MAX_STREAM (1u << 20)  /* bytes of lines streamed per command */

@@ -3,6 +3,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "agent_int.h"
 #include "hf_agent.h"
 #include "hf_proto.h"
 
@@ -11,6 +12,7 @@ int main(int argc, char **argv) {
     printf("hubfleet-agent %s (protocol %d)\n", HF_VERSION, HF_PROTO_VERSION);
     return 0;
   }
+  if (argc >= 2 && strcmp(argv[1], "--watch") == 0) return hf_watchdog_main(argc, argv);
   if (argc != 1) {
     fprintf(stderr, "usage: hubfleet-agent [--version]\n"
                     "Speaks the hubfleet protocol on stdin/stdout; started by hubfleet over SSH.\n");

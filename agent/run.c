@@ -1,5 +1,7 @@
 /* run.c: the agent's process runner: fork/execve of argv arrays (never a shell), output read
- * through pipes with poll and streamed line by line, a deadline that kills the child's group. */
+ * through pipes with poll and streamed line by line, a deadline that kills the child's group;
+ * and the watchdog that runs under sudo (become) and kills the command when the agent dies. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -258,4 +260,120 @@ void hf_run_free(struct hf_run *r) {
   free(r->out);
   r->out = NULL;
   r->out_len = 0;
+}
+
+/* ---- the become watchdog ------------------------------------------------------------ */
+
+/* Field 22 of /proc/PID/stat (start time in clock ticks since boot), or 0. */
+static unsigned long long proc_start(pid_t pid) {
+  char path[64], buf[1024], *p;
+  unsigned long long v = 0;
+  ssize_t n;
+  int fd, field;
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) return 0;
+  n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  /* The command name may hold anything: count fields after its last ')'. */
+  if ((p = strrchr(buf, ')')) == NULL) return 0;
+  for (field = 2; *p && field < 22; p++)
+    if (*p == ' ') field++;
+  if (field == 22) v = strtoull(p, NULL, 10);
+  return v;
+}
+
+unsigned long long hf__self_start(void) {
+  return proc_start(getpid());
+}
+
+/* SIGKILL to every process whose parent is this one (descendants that left
+ * the command's group were reparented here: PR_SET_CHILD_SUBREAPER). */
+static void kill_reparented(void) {
+  char path[64], buf[512], *p;
+  pid_t me = getpid();
+  for (int round = 0; round < 2; round++) {
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    if (d == NULL) return;
+    while ((e = readdir(d)) != NULL) {
+      int fd;
+      ssize_t n;
+      if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+      snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+      if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) continue;
+      n = read(fd, buf, sizeof buf - 1);
+      close(fd);
+      if (n <= 0) continue;
+      buf[n] = '\0';
+      if ((p = strrchr(buf, ')')) == NULL || strlen(p) < 5) continue;
+      if (atoi(p + 4) == (int)me) kill(atoi(e->d_name), SIGKILL); /* ") S PPID" */
+    }
+    closedir(d);
+  }
+}
+
+static volatile sig_atomic_t watch_signal;
+static void on_watch_signal(int sig) { watch_signal = sig; }
+
+int hf_watchdog_main(int argc, char **argv) {
+  pid_t agent, child, w;
+  unsigned long long start;
+  int64_t kill_at = 0, gone_since = 0;
+  int st = 0, status = -1;
+  struct sigaction sa;
+
+  if (argc < 6 || strcmp(argv[4], "--") != 0 || argv[5][0] != '/') {
+    fprintf(stderr, "hubfleet-agent --watch: usage: --watch AGENT_PID AGENT_START -- /ABS/COMMAND [ARGS...]\n");
+    return 2;
+  }
+  agent = (pid_t)atoi(argv[2]);
+  start = strtoull(argv[3], NULL, 10);
+  /* Whatever the command leaves behind is reparented here, not to init. */
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_watch_signal;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+  child = fork();
+  if (child < 0) { perror("hubfleet-agent --watch: fork"); return 127; }
+  if (child == 0) {
+    setpgid(0, 0);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    execv(argv[5], argv + 5);
+    fprintf(stderr, "hubfleet-agent --watch: %s: %s\n", argv[5], strerror(errno));
+    _exit(127);
+  }
+  setpgid(child, child);
+  for (;;) {
+    while ((w = waitpid(-1, &st, WNOHANG)) > 0)
+      if (w == child) status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+    if (status >= 0 && kill_at == 0) return status;
+    if (status >= 0 && w < 0) break; /* killed on purpose, every child reaped */
+    /* The agent that asked for this is gone (its pid dead or reused): nothing
+     * may keep changing the hub behind the next agent's back. */
+    if (kill_at == 0 && (watch_signal || proc_start(agent) != start || start == 0)) {
+      if (!watch_signal) gone_since = hf__now_ms();
+      kill(-child, SIGTERM);
+      kill_at = hf__now_ms() + (watch_signal ? HF_RUN_KILL_GRACE_MS : 1000);
+    }
+    if (kill_at && hf__now_ms() >= kill_at) {
+      kill(-child, SIGKILL);
+      kill_reparented();
+      kill_at = hf__now_ms() + 3600 * 1000; /* once */
+    }
+    if (status >= 0 && kill_at) {
+      kill(-child, SIGKILL);
+      kill_reparented();
+      if (w < 0) break;
+    }
+    usleep(50000);
+  }
+  if (gone_since) fprintf(stderr, "hubfleet-agent --watch: agent %d is gone: killed %s after %lld ms\n", (int)agent,
+                          argv[5], (long long)(hf__now_ms() - gone_since));
+  return status >= 0 ? status : 137;
 }

@@ -878,14 +878,16 @@ static void print_dryrun(struct rollout *ro) {
                              "preflight", h->preflight, "error", h->error[0] ? h->error : NULL);
       json_array_append_new(json_object_get(doc, "hosts"), hj);
       if (ro->o->json) continue;
-      fprintf(f, "  %-24s %s -> %s  %s\n", h->host->name, from[0] ? from : "?", ro->target,
-              !strcmp(h->status, HF_HOST_UPGRADED) ? "ready" : h->error);
+      char line[2048], name[64], cfrom[512];
+      fprintf(f, "  %-24s %s -> %s  %s\n", h->host->name, hf_clean_line(cfrom, sizeof cfrom, from[0] ? from : "?"),
+              ro->target, !strcmp(h->status, HF_HOST_UPGRADED) ? "ready" : hf_clean_line(line, sizeof line, h->error));
       size_t i;
       json_t *c;
       json_array_foreach(json_object_get(h->preflight, "checks"), i, c) {
         const char *oc = json_string_value(json_object_get(c, "outcome"));
-        fprintf(f, "      %-7s %-22s %s\n", oc ? oc : "?", json_string_value(json_object_get(c, "name")) ?: "?",
-                json_string_value(json_object_get(c, "detail")) ?: "");
+        fprintf(f, "      %-7s %-22s ", oc ? oc : "?",
+                hf_clean_line(name, sizeof name, json_string_value(json_object_get(c, "name")) ?: "?"));
+        fprintf(f, "%s\n", hf_clean_line(line, sizeof line, json_string_value(json_object_get(c, "detail")) ?: ""));
       }
     }
   }
@@ -925,10 +927,11 @@ static void print_summary(struct rollout *ro) {
       char down[32] = "-";
       json_t *d = json_object_get(row, "downtime_ms");
       if (json_is_integer(d)) snprintf(down, sizeof down, "%.1fs", (double)json_integer_value(d) / 1000.0);
-      const char *err = json_string_value(json_object_get(row, "error"));
+      char err[2048];
+      hf_clean_line(err, sizeof err, json_string_value(json_object_get(row, "error")));
       printf("  %-24s %-5lld %-16s %-9s %s\n", json_string_value(json_object_get(row, "host")),
              (long long)json_integer_value(json_object_get(row, "stage")) + 1,
-             json_string_value(json_object_get(row, "status")), down, err ? err : "");
+             json_string_value(json_object_get(row, "status")), down, err);
     }
     printf("  details: hubfleet status %s\n", ro->id);
   }

@@ -1190,6 +1190,128 @@ static void test_hostile_state_dir(void) {
   }
 }
 
+/* Item 4 of issue 13: the watchdog that runs sudo'd commands kills them (and
+ * what they left in other sessions) once the agent that asked is gone. */
+static pid_t child_of(pid_t parent) {
+  for (int tries = 0; tries < 200; tries++) {
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    pid_t found = 0;
+    while (d && (e = readdir(d)) != NULL) {
+      char path[300], buf[512], *p;
+      FILE *f;
+      if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+      snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+      if ((f = fopen(path, "r")) == NULL) continue;
+      if (fgets(buf, sizeof buf, f) && (p = strrchr(buf, ')')) != NULL && atoi(p + 4) == (int)parent)
+        found = (pid_t)atoi(e->d_name);
+      fclose(f);
+    }
+    if (d) closedir(d);
+    if (found) return found;
+    usleep(10000);
+  }
+  return 0;
+}
+
+static bool alive_not_zombie(pid_t pid) {
+  char path[64], buf[512], *p;
+  FILE *f;
+  bool alive = false;
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  if ((f = fopen(path, "r")) == NULL) return false;
+  if (fgets(buf, sizeof buf, f) && (p = strrchr(buf, ')')) != NULL) alive = p[2] != 'Z';
+  fclose(f);
+  return alive;
+}
+
+/* Whether a live process runs exactly /bin/sleep ARG. */
+static bool sleep_running(const char *arg) {
+  DIR *d = opendir("/proc");
+  struct dirent *e;
+  char want[64], path[300], buf[64];
+  size_t wl = (size_t)snprintf(want, sizeof want, "/bin/sleep%c%s", 0, arg) + 1;
+  bool found = false;
+  while (d && (e = readdir(d)) != NULL) {
+    int fd;
+    ssize_t n;
+    if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+    snprintf(path, sizeof path, "/proc/%s/cmdline", e->d_name);
+    if ((fd = open(path, O_RDONLY)) < 0) continue;
+    n = read(fd, buf, sizeof buf);
+    close(fd);
+    if (n == (ssize_t)wl && memcmp(buf, want, wl) == 0 && alive_not_zombie((pid_t)atoi(e->d_name))) found = true;
+  }
+  if (d) closedir(d);
+  return found;
+}
+
+static void test_watchdog(void) {
+  pid_t agent, watch, cmd;
+  char apid[32], astart[32];
+  int st;
+  int64_t t0;
+
+  /* The "agent": a process the test SIGKILLs, as the deadline or an operator would. */
+  agent = fork();
+  if (agent == 0) { pause(); _exit(0); }
+  {
+    /* its start time, as the agent passes it (hf__self_start in that process) */
+    char path[64], buf[1024], *p;
+    FILE *f;
+    int field;
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)agent);
+    f = fopen(path, "r");
+    CHECK(f != NULL && fgets(buf, sizeof buf, f) != NULL);
+    if (f) fclose(f);
+    p = strrchr(buf, ')');
+    for (field = 2; p && *p && field < 22; p++) if (*p == ' ') field++;
+    snprintf(astart, sizeof astart, "%s", p ? p : "0");
+    *strchrnul(astart, ' ') = '\0';
+  }
+  snprintf(apid, sizeof apid, "%d", (int)agent);
+  watch = fork();
+  if (watch == 0) {
+    char *argv[] = { (char *)"hubfleet-agent", (char *)"--watch", apid, astart, (char *)"--",
+                     (char *)"/bin/sleep", (char *)"4321", NULL };
+    _exit(hf_watchdog_main(7, argv));
+  }
+  cmd = child_of(watch);
+  CHECK(cmd > 0 && alive_not_zombie(cmd));
+  usleep(200000);
+  CHECK(alive_not_zombie(cmd)); /* the agent lives: the command runs on */
+  CHECK(sleep_running("4321"));
+  kill(agent, SIGKILL);
+  waitpid(agent, &st, 0);
+  t0 = hf__now_ms();
+  CHECK(waitpid(watch, &st, 0) == watch);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 128 + SIGTERM);
+  CHECK(cmd > 0 && !alive_not_zombie(cmd));
+  CHECK(hf__now_ms() - t0 < 3000);
+  fprintf(stderr, "watchdog: command gone %lld ms after the agent was killed\n", (long long)(hf__now_ms() - t0));
+
+  /* A wrong start time (the pid reused by another process) counts as gone;
+   * a command that ignores SIGTERM is SIGKILLed. */
+  watch = fork();
+  if (watch == 0) {
+    char self[32];
+    char *argv[] = { (char *)"hubfleet-agent", (char *)"--watch", self, (char *)"1", (char *)"--",
+                     (char *)"/usr/bin/setsid", (char *)"--wait", (char *)"/bin/sleep", (char *)"4322", NULL };
+    snprintf(self, sizeof self, "%d", (int)getppid());
+    signal(SIGTERM, SIG_IGN); /* inherited by setsid and sleep: only SIGKILL ends them */
+    _exit(hf_watchdog_main(9, argv));
+  }
+  CHECK(waitpid(watch, &st, 0) == watch);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+  CHECK(!sleep_running("4322")); /* it left the group and the session: still found and killed */
+  /* Bad usage is refused with the usage line. */
+  {
+    char *argv[] = { (char *)"hubfleet-agent", (char *)"--watch", (char *)"1", (char *)"2", (char *)"--",
+                     (char *)"sleep", NULL };
+    CHECK_EQ_INT(hf_watchdog_main(6, argv), 2);
+  }
+}
+
 int main(void) {
   char tmpl[] = "/tmp/hf-agent-test-XXXXXX";
   signal(SIGPIPE, SIG_IGN);
@@ -1208,6 +1330,7 @@ int main(void) {
   test_validators();
   test_hostile_restore();
   test_hostile_state_dir();
+  test_watchdog();
   {
     char *argv[] = { (char *)"/bin/rm", (char *)"-rf", tmpdir, NULL };
     struct hf_run r;
