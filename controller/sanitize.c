@@ -131,19 +131,22 @@ static int filt_close(void *cookie) {
     char out[8];
     size_t w = hf_clean_bytes(ft->tail, ft->ntail, out, NULL, true);
     write_fd(ft->fd, out, w);
+    ft->ntail = 0;
   }
-  free(ft);
   return 0;
 }
 
-static FILE *filtered(FILE *orig) {
+/* One state per filtered stream (stdout, stderr): static, as the streams
+ * live until exit flushes them. */
+static struct filt filt_state[2];
+
+static FILE *filtered(FILE *orig, struct filt *ft) {
   cookie_io_functions_t io = { .read = NULL, .write = filt_write, .seek = NULL, .close = filt_close };
-  struct filt *ft = calloc(1, sizeof *ft);
   FILE *f;
-  if (ft == NULL) return NULL;
+  memset(ft, 0, sizeof *ft);
   ft->fd = fileno(orig);
   f = fopencookie(ft, "w", io);
-  if (f == NULL) { free(ft); return NULL; }
+  if (f == NULL) return NULL;
   setvbuf(f, NULL, _IOLBF, 0);
   return f;
 }
@@ -155,8 +158,8 @@ int hf_sanitize_stdio(void) {
   if (installed) return 0;
   fflush(stdout);
   fflush(stderr);
-  o = filtered(stdout);
-  e = filtered(stderr);
+  o = filtered(stdout, &filt_state[0]);
+  e = filtered(stderr, &filt_state[1]);
   if (o == NULL || e == NULL) {
     if (o) fclose(o);
     if (e) fclose(e);

@@ -70,6 +70,58 @@ def installers():
     return out
 
 
+def sleeping(arg):
+    """Pids of live processes running exactly /bin/sleep ARG."""
+    out = []
+    for p in os.listdir('/proc'):
+        try:
+            if p.isdigit() and open('/proc/%s/cmdline' % p, 'rb').read() == b'/bin/sleep\0%s\0' % arg.encode() \
+                    and open('/proc/%s/stat' % p).read().rsplit(')', 1)[1].split()[0] != 'Z':
+                out.append(int(p))
+        except OSError:
+            pass
+    return out
+
+
+# 1. A quiet command (nothing written for sudo to fail on): the hub's own
+#    stop command, run through sudo, sleeping. Before the watchdog it ran on
+#    as root after the agent's SIGKILL, whatever came next.
+quiet = dict(hub, service='command', start=['/bin/true'], stop=['/bin/sleep', '4323'])
+del quiet['supervisor_config']
+a = Agent(ssh + ['--', './' + REMOTE])
+res, _ = a.request('backup', {'hub': quiet, 'rollout': 'become-quiet', 'target': newer})
+check(res.get('ok') is True, 'backup (service command) with become (%s)' % (res.get('error') or {}).get('message', '')[:200])
+qpid = [None]
+
+
+def on_quiet(e):
+    t = e.get('text') or ''
+    if t.startswith('agent pid '):
+        qpid[0] = int(t.split()[2].rstrip(':'))
+        deadline = time.monotonic() + 20
+        while not sleeping('4323') and time.monotonic() < deadline:
+            time.sleep(0.05)
+        check(bool(sleeping('4323')), 'the stop command runs (as root, through sudo): %s' % sleeping('4323'))
+        os.kill(qpid[0], signal.SIGKILL)
+        qpid.append(time.monotonic())
+
+
+try:
+    a.request('stop', {'hub': quiet, 'rollout': 'become-quiet'}, timeout=120, on_event=on_quiet)
+except EOFError:
+    pass
+a.close()
+check(len(qpid) == 2, 'agent SIGKILLed while its sudo\'d command ran')
+while sleeping('4323') and len(qpid) == 2 and time.monotonic() - qpid[1] < 10:
+    time.sleep(0.05)
+if len(qpid) == 2:
+    print('# quiet command gone %.0f ms after the agent was killed' % ((time.monotonic() - qpid[1]) * 1000), flush=True)
+left = sleeping('4323')
+check(not left, 'the quiet sudo\'d command does not outlive the agent (left: %s)' % left)
+for p in left:
+    os.kill(p, signal.SIGKILL)
+
+# 2. pip itself, installing side by side.
 a = Agent(ssh + ['--', './' + REMOTE])
 rollout = 'become-kill'
 for op in ('backup', 'stop'):
