@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "agent_int.h"
+#include "hf_sha256.h"
 #include "hub.h"
 
 static const char *str(const json_t *o, const char *k) {
@@ -93,9 +94,15 @@ int hf_hub_parse(const json_t *hub, struct hf_hub *h, char *err, size_t errlen) 
   } else {
     /* No getpwuid in a static binary (it would need NSS modules): sshd
      * always sets HOME for the session. */
+    /* One directory per hub, named for its config path: several hubs under
+     * one login (one machine, or NFS homes on a cluster) never share a
+     * journal, a lock or backups, whatever the inventory says. */
+    char key[HF_SHA256_HEX];
+    hf_sha256_hex(h->config, strlen(h->config), key);
+    key[16] = '\0';
     home = getenv("HOME");
     if (home == NULL || !hf_valid_abspath(home) ||
-        hf__pathf(h->state_dir, sizeof h->state_dir, "%s/.local/state/hubfleet", home) != 0) {
+        hf__pathf(h->state_dir, sizeof h->state_dir, "%s/.local/state/hubfleet/hub-%s", home, key) != 0) {
       snprintf(err, errlen, "args.hub.state_dir: not given and $HOME is not an absolute path");
       return HF_EBADARG;
     }

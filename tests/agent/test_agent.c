@@ -845,6 +845,23 @@ static void test_validators(void) {
     CHECK_STR(h.config_dir, "/etc/jupyterhub");
     CHECK_STR(h.svc_name, "jupyterhub");
     CHECK_STR(h.health_url, "http://127.0.0.1:8000");
+    {
+      /* With no state_dir, each hub gets its own, named for its config path:
+       * two hubs under one login never share a journal, lock or backups. */
+      char first[sizeof h.state_dir], *home = getenv("HOME");
+      setenv("HOME", "/home/admin", 1);
+      CHECK_EQ_INT(hf_hub_parse(hub, &h, err, sizeof err), 0);
+      snprintf(first, sizeof first, "%s", h.state_dir);
+      CHECK(strncmp(first, "/home/admin/.local/state/hubfleet/hub-", 38) == 0 && strlen(first) == 38 + 16);
+      CHECK_STR(h.backup_dir, (snprintf(err, sizeof err, "%s/backups", first), err));
+      json_object_set_new(hub, "config", json_string("/srv/hub2/jupyterhub_config.py"));
+      CHECK_EQ_INT(hf_hub_parse(hub, &h, err, sizeof err), 0);
+      CHECK(strncmp(h.state_dir, "/home/admin/.local/state/hubfleet/hub-", 38) == 0 && strcmp(h.state_dir, first) != 0);
+      json_object_set_new(hub, "config", json_string("/etc/jupyterhub/jupyterhub_config.py"));
+      CHECK_EQ_INT(hf_hub_parse(hub, &h, err, sizeof err), 0);
+      CHECK_STR(h.state_dir, first);   /* the same hub: the same directory every time */
+      if (home) setenv("HOME", home, 1); else unsetenv("HOME");
+    }
     json_object_set_new(hub, "service", json_string("supervisord:jupyterhub;reboot"));
     CHECK_EQ_INT(hf_hub_parse(hub, &h, err, sizeof err), HF_EBADARG);
     json_object_set_new(hub, "service", json_string("command"));
