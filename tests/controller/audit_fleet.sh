@@ -90,6 +90,38 @@ check "500 hosts audited" test "$(jq_ "$W/m500.json" 'd["summary"]["audited"]')"
 check "dropped handshakes retried and counted in --stats" test "$(jq_ "$W/m500.json" 'd["stats"]["retries"] > 0')" = True
 fleet fault maxstartups scale raised
 
+# watch_bound NAME LIMIT CMD...: runs CMD while sampling, every 0.1 s, the
+# controller's open descriptors and the fleet's established SSH connections
+# (inside the scale hosts' namespace); fails if either passes LIMIT.
+watch_bound() {
+  local name=$1 limit=$2; shift 2
+  "$@" > "$W/$name.out" 2> "$W/$name.err" &
+  local pid=$! maxfd=0 maxconn=0 c
+  while kill -0 "$pid" 2>/dev/null; do
+    c=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l); [ "$c" -gt "$maxfd" ] && maxfd=$c
+    c=$(fleet exec scale0001 -- ss -Htn state established '( sport = :22 )' 2>/dev/null | wc -l)
+    [ "$c" -gt "$maxconn" ] && maxconn=$c
+    sleep 0.1
+  done
+  wait "$pid"
+  echo "$name: peak controller descriptors $maxfd, peak fleet connections $maxconn (limit $limit)"
+  check "$name: controller descriptors stay within the parallelism ($maxfd <= $limit)" test "$maxfd" -le "$limit"
+  check "$name: fleet connections stay within the parallelism ($maxconn <= $limit)" test "$maxconn" -le "$limit"
+}
+
+step "a finished host lets go of its connection: descriptors and connections bounded by --parallel"
+watch_bound audit-p20 $((20 + 16)) "$HUBFLEET" audit -i "$W/inv.ini" --agent "$AGENT" --limit scale --parallel 20 --json
+check "audit at --parallel 20: every scale host audited" test "$(jq_ "$W/audit-p20.out" 'd["summary"]["audited"]')" = "$SCALE"
+# The rollout engine: a dry run preflights every host (the scale hosts have
+# no running hub, so they are refused; each host's session still ends there).
+XDG_STATE_HOME=$W/xdg watch_bound dryrun-p20 $((20 + 16)) "$HUBFLEET" upgrade -i "$W/inv.ini" --agent "$AGENT" \
+  --limit 'scale0[01]*' --to 3.0.1 --dry-run --parallel 20
+check "dry run at --parallel 20: each of the 199 scale hosts got an answer" \
+  test "$(grep -c '^scale[0-9]*: ' "$W/dryrun-p20.out")" -ge 199
+(ulimit -n 128; "$HUBFLEET" audit -i "$W/inv.ini" --agent "$AGENT" --parallel 200 --json > "$W/ulimit.json" 2> "$W/ulimit.err")
+check "ulimit -n 128, --parallel 200: every host audited" test "$(jq_ "$W/ulimit.json" 'd["summary"]["audited"]')" = $((SCALE + 2))
+check "ulimit -n 128: a one-line notice says the parallelism was lowered" grep -q "parallel 200 lowered to 96: the open-file limit is 128" "$W/ulimit.err"
+
 step "host keys"
 fleet fault rekey hub02
 audit --limit 'hubs:scale000*' --accept-new > "$W/rekey.out" 2>&1
