@@ -110,6 +110,7 @@ struct hf_session {
   hf_session_lost_cb lost_cb;
   void *ctx;
   bool ready_fired, lost_fired;
+  bool lost;                    /* failed after ready: the connection or the agent is gone */
 
   uv_timer_t timer;
   uv_getaddrinfo_t gai;
@@ -310,6 +311,7 @@ static void fail(struct hf_session *s) {
   if (s->closing || s->state == HF_SS_FAILED) return;
   if (s->e->o.verbose) fprintf(stderr, "hubfleet: %s: failed: %s\n", s->host->name, s->err);
   enum hf_sess_state was = s->state;
+  if (s->ready_fired) s->lost = true;
   if (s->queued) q_remove(sess_queue(s), s);
   hs_release(s);
   up_release(s);
@@ -595,6 +597,12 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
   if (s->closing) {
     uv_freeaddrinfo(res);
     if (s->timer_closed) sess_free(s);   /* the close waited for this request */
+    return;
+  }
+  if (s->state != HF_SS_RESOLVING) {
+    /* The resolve's deadline passed first and the session failed: a late
+     * answer must not bring it back (ready fired already). */
+    uv_freeaddrinfo(res);
     return;
   }
   if (status < 0 || !res) {
@@ -2026,3 +2034,4 @@ int hf_session_errcode(const struct hf_session *s) { return s->errcode; }
 const char *hf_session_agent_version(const struct hf_session *s) { return s->agent_version; }
 int hf_session_retries(const struct hf_session *s) { return s->retries; }
 bool hf_session_uploaded(const struct hf_session *s) { return s->uploaded; }
+bool hf_session_lost(const struct hf_session *s) { return s->lost; }

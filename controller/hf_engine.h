@@ -174,5 +174,10 @@ const char *hf_session_agent_version(const struct hf_session *s);
 int hf_session_retries(const struct hf_session *s);
 /* Whether this session uploaded the agent. */
 bool hf_session_uploaded(const struct hf_session *s);
+/* Whether the session was lost: it failed after ready (connection dropped,
+ * agent exited, a deadline passed), so a request in flight may or may not
+ * have run on the host. Only a close follows; a failed session never comes
+ * back (a late resolve, timer or socket event is ignored). */
+bool hf_session_lost(const struct hf_session *s);
 
 #endif /* HF_ENGINE_H */
