@@ -5,7 +5,11 @@ HF_PACKAGES="build-essential pkgconf meson ninja-build file
   clang libclang-rt-14-dev valgrind
   openssh-server openssh-client sudo iproute2 procps psmisc curl
   supervisor jupyterhub node-configurable-http-proxy python3-venv python3-pip python3-wheel python3-setuptools python3-packaging
-  ansible-core pdsh time chromium prometheus"
+  ansible-core pdsh time chromium prometheus
+  zlib1g-dev binutils gzip
+  postgresql-15 postgresql-client-15 python3-psycopg2
+  systemd systemd-container
+  python3-jupyter-server python3-notebook"
 
 hf_deps() {
   local missing=() p
