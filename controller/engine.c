@@ -26,6 +26,7 @@
 #include "hf_ctl_util.h"
 #include "hf_knownhosts.h"
 #include "hf_payload.h"
+#include "hf_sanitize.h"
 
 #define READ_CHUNK   16384u
 #define UPLOAD_CHUNK 32768u
@@ -255,23 +256,13 @@ static void set_err(struct hf_session *s, int code, const char *fmt, ...) {
   s->errcode = code;
 }
 
-/* Copies at most n bytes of what a host sent into dst (size n + 1) with
- * anything but printable ASCII as a space: nothing a host sends may move a
- * terminal's cursor or fake a line. */
-static void clean_copy(char *dst, const char *src, size_t n) {
-  size_t j = 0;
-  for (size_t i = 0; i < n && src[i]; i++) {
-    unsigned char c = (unsigned char)src[i];
-    dst[j++] = (c >= 0x20 && c < 0x7f) ? (char)c : ' ';
-  }
-  dst[j] = 0;
-}
-
-/* Appends the remote stderr tail (sanitised) to the error, when there is one. */
+/* Appends the remote stderr tail (kept on one line: hf_clean_line) to the
+ * error, when there is one. */
 static void err_add_tail(struct hf_session *s) {
   if (!s->tail_len) return;
   char clean[TAIL_MAX + 1];
-  clean_copy(clean, s->tail, s->tail_len);
+  s->tail[s->tail_len] = '\0';
+  hf_clean_line(clean, sizeof clean, s->tail);
   size_t n = strlen(s->err);
   snprintf(s->err + n, sizeof s->err - n, " (remote stderr: %s)", clean);
 }
@@ -1008,9 +999,9 @@ static int in_probe(struct hf_session *s) {
         goto need_upload;
       if (!strncmp(s->line, HF_DEPLOY_UNSAFE " ", strlen(HF_DEPLOY_UNSAFE) + 1)) {
         char path[sizeof s->line];
-        clean_copy(path, s->line + strlen(HF_DEPLOY_UNSAFE) + 1, sizeof path - 1);
-        char *nl = strchr(path, ' ');
-        if (nl && nl[1] == 0) *nl = 0;
+        char *nl = strchr(s->line, '\n');
+        if (nl) *nl = '\0';
+        hf_clean_line(path, sizeof path, s->line + strlen(HF_DEPLOY_UNSAFE) + 1);
         failf(s, HF_EINTEGRITY, "%s: refusing to run the agent: %s is writable by group or others, "
               "or not the login's own (fix: chmod go-w, or chown it to the login)",
               s->host->name, path);
@@ -1116,7 +1107,7 @@ static int in_upverify(struct hf_session *s) {
     /* EOF: the command's verdict is complete. */
     if (strncmp(s->line, HF_DEPLOY_UPLOADED, strlen(HF_DEPLOY_UPLOADED))) {
       char verdict[sizeof s->line];
-      clean_copy(verdict, s->line, s->line_len);
+      hf_clean_line(verdict, sizeof verdict, s->line);
       set_err(s, HF_EINTEGRITY, "%s: agent upload not verified on the host (%.60s)", s->host->name,
               s->line_len ? verdict : "no verdict");
       err_add_tail(s);
