@@ -1,15 +1,21 @@
 /* hub.c: the hub description turned into typed fields, and the commands that act on a hub
  * (supervisor start/stop/status, installers) built as argv arrays from validated data only. */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent_int.h"
 #include "hf_sha256.h"
 #include "hub.h"
+#include "prep.h"
 
 static const char *str(const json_t *o, const char *k) {
   return json_string_value(json_object_get(o, k));
@@ -101,7 +107,11 @@ int hf_hub_parse(const json_t *hub, struct hf_hub *h, char *err, size_t errlen) 
     hf_sha256_hex(h->config, strlen(h->config), key);
     key[16] = '\0';
     home = getenv("HOME");
-    if (home == NULL || !hf_valid_abspath(home) ||
+    if (h->become && geteuid() == 0) {
+      /* become: the agent runs as root (hf__become_relay), and root's files
+       * live in root's place, out of the login's reach. */
+      if (hf__pathf(h->state_dir, sizeof h->state_dir, "/var/lib/hubfleet/hub-%s", key) != 0) return HF_EBADARG;
+    } else if (home == NULL || !hf_valid_abspath(home) ||
         hf__pathf(h->state_dir, sizeof h->state_dir, "%s/.local/state/hubfleet/hub-%s", home, key) != 0) {
       snprintf(err, errlen, "args.hub.state_dir: not given and $HOME is not an absolute path");
       return HF_EBADARG;
@@ -127,7 +137,9 @@ void hf__argv_start(struct hf_req *r, struct hf_argv *a) {
   char self[PATH_MAX];
   ssize_t n;
   hf_argv_init(a);
-  if (r->hub.become) {
+  /* Under become the request already runs as root (hf__become_relay): its
+   * commands need no second sudo. */
+  if (r->hub.become && geteuid() != 0) {
     hf_argv_push(a, "/usr/bin/sudo");
     hf_argv_push(a, "-n");
     hf_argv_push(a, "--");
@@ -151,24 +163,58 @@ struct line_ctx {
   struct hf_req *r;
   const char *tag;
   bool quiet;
+  char *so;             /* stdout only (cmd_run's so_out), or NULL */
+  size_t so_len, so_cap;
 };
 
 static void on_line(void *ud, int stream, const char *line) {
   struct line_ctx *c = ud;
+  if (c->so != NULL && stream == 1) {
+    /* A status is read from stdout alone: sudo's and the tool's warnings
+     * ("unable to resolve host") go to stderr. */
+    size_t l = strlen(line);
+    if (c->so_len + l + 2 <= c->so_cap) {
+      memcpy(c->so + c->so_len, line, l);
+      c->so_len += l;
+      c->so[c->so_len++] = '\n';
+      c->so[c->so_len] = '\0';
+    }
+  }
   if (c->quiet) return;
   hf__event(c->r, stream == 2 ? "warn" : "info", "%s: %s", c->tag, line);
 }
 
+static int cmd_run(struct hf_req *r, struct hf_argv *a, const char *cwd, const char *path_prefix,
+                   char *const *extra_env, int64_t timeout_ms, const char *tag, bool quiet, char **out,
+                   char **so_out);
+
 int hf__cmd(struct hf_req *r, struct hf_argv *a, const char *cwd, const char *path_prefix,
             char *const *extra_env, int64_t timeout_ms, const char *tag, bool quiet, char **out) {
+  return cmd_run(r, a, cwd, path_prefix, extra_env, timeout_ms, tag, quiet, out, NULL);
+}
+
+int hf__cmd_stdout(struct hf_req *r, struct hf_argv *a, int64_t timeout_ms, const char *tag, char **so) {
+  return cmd_run(r, a, NULL, NULL, NULL, timeout_ms, tag, true, NULL, so);
+}
+
+static int cmd_run(struct hf_req *r, struct hf_argv *a, const char *cwd, const char *path_prefix,
+                   char *const *extra_env, int64_t timeout_ms, const char *tag, bool quiet, char **out,
+                   char **so_out) {
   struct hf_run run;
-  struct line_ctx c = { r, tag, quiet };
+  struct line_ctx c = { r, tag, quiet, NULL, 0, 0 };
   char shown[1024];
   size_t o = 0;
   int i, rc;
 
   if (out) *out = NULL;
+  if (so_out) {
+    *so_out = NULL;
+    c.so_cap = 16384;
+    if ((c.so = malloc(c.so_cap)) == NULL) return HF_ENOMEM;
+    c.so[0] = '\0';
+  }
   if ((rc = hf_argv_error(a)) != 0) {
+    free(c.so);
     snprintf(r->msg, sizeof r->msg, "%s: command line too long", tag);
     return rc;
   }
@@ -206,6 +252,7 @@ int hf__cmd(struct hf_req *r, struct hf_argv *a, const char *cwd, const char *pa
     while (n > 0 && (r->msg[n - 1] == '\n' || r->msg[n - 1] == ' ')) r->msg[--n] = '\0';
   }
   if (out && run.out) { *out = run.out; run.out = NULL; }
+  if (so_out) *so_out = c.so;
   hf_run_free(&run);
   return rc;
 }
@@ -237,7 +284,14 @@ static int svc_argv(struct hf_req *r, struct hf_argv *a, const char *verb) {
   case HF_SVC_SYSTEMD:
     if (!hf__which("systemctl", tool, sizeof tool)) goto missing;
     hf_argv_push(a, tool);
-    hf_argv_push(a, strcmp(verb, "status") == 0 ? "is-active" : verb);
+    if (strcmp(verb, "status") == 0) {
+      /* Key=value lines: a unit restarting after a crash is "activating"
+       * to is-active, "activating/auto-restart" here. */
+      hf_argv_push(a, "show");
+      hf_argv_push(a, "--property=LoadState,ActiveState,SubState,Result");
+    } else {
+      hf_argv_push(a, verb);
+    }
     hf_argv_push(a, "--");
     hf_argv_push(a, r->hub.svc_name);
     return 0;
@@ -268,9 +322,50 @@ missing:
   return HF_EUNSUPPORTED;
 }
 
+/* The value of KEY= in systemctl show's output, into out. */
+static void show_value(const char *text, const char *key, char *out, size_t outlen) {
+  size_t kl = strlen(key);
+  const char *p = text;
+  out[0] = '\0';
+  while (p && *p) {
+    const char *e = strchr(p, '\n');
+    size_t l = e ? (size_t)(e - p) : strlen(p);
+    if (l > kl && strncmp(p, key, kl) == 0 && p[kl] == '=') {
+      snprintf(out, outlen, "%.*s", (int)(l - kl - 1), p + kl + 1);
+      return;
+    }
+    p = e ? e + 1 : NULL;
+  }
+}
+
+/* systemd's view of the unit from `systemctl show` (stdout only). */
+static int systemd_state(struct hf_req *r, const char *out, bool *running, char *state, size_t statelen) {
+  char load[32], active[32], sub[32], result[32];
+  show_value(out, "LoadState", load, sizeof load);
+  show_value(out, "ActiveState", active, sizeof active);
+  show_value(out, "SubState", sub, sizeof sub);
+  show_value(out, "Result", result, sizeof result);
+  if (active[0] == '\0') {
+    snprintf(r->msg, sizeof r->msg, "systemctl show %s printed no ActiveState", r->hub.svc_name);
+    return HF_ECMD;
+  }
+  if (strcmp(load, "not-found") == 0) {
+    snprintf(state, statelen, "not-found");
+    snprintf(r->msg, sizeof r->msg, "unit %s is not known to systemd (LoadState=not-found)", r->hub.svc_name);
+    return HF_ENOTFOUND;
+  }
+  /* Crashed and waiting to be restarted is not up. */
+  *running = strcmp(active, "active") == 0 || strcmp(active, "reloading") == 0 ||
+             (strcmp(active, "activating") == 0 && strcmp(sub, "auto-restart") != 0);
+  if (strcmp(active, "active") == 0 || strcmp(active, "inactive") == 0) snprintf(state, statelen, "%s", active);
+  else if (strcmp(active, "failed") == 0) snprintf(state, statelen, "failed (%s)", result);
+  else snprintf(state, statelen, "%s/%s", active, sub);
+  return 0;
+}
+
 int hf__svc_status(struct hf_req *r, bool *running, char *state, size_t statelen) {
   struct hf_argv a;
-  char *out = NULL, word[64] = "";
+  char *out = NULL, *all = NULL, word[64] = "";
   int rc;
 
   *running = false;
@@ -285,9 +380,26 @@ int hf__svc_status(struct hf_req *r, bool *running, char *state, size_t statelen
     return 0;
   }
   if ((rc = svc_argv(r, &a, "status")) != 0) return rc;
-  rc = hf__cmd(r, &a, NULL, NULL, NULL, 15000, "status", true, &out);
+  if (r->hub.svc == HF_SVC_SYSTEMD) {
+    rc = hf__cmd_stdout(r, &a, 15000, "status", &out);
+    hf_argv_free(&a);
+    if (rc != 0) {
+      char keep[sizeof r->msg];
+      snprintf(keep, sizeof keep, "%s", r->msg);
+      snprintf(r->msg, sizeof r->msg, "systemctl show %s: %s", r->hub.svc_name, keep);
+      free(out);
+      return rc;
+    }
+    r->msg[0] = '\0';
+    rc = systemd_state(r, out, running, state, statelen);
+    free(out);
+    return rc;
+  }
+  /* The state word from stdout alone; supervisorctl's own complaints from
+   * both streams. */
+  rc = cmd_run(r, &a, NULL, NULL, NULL, 15000, "status", true, &all, &out);
   hf_argv_free(&a);
-  if (rc == HF_EEXEC || rc == HF_ETIMEDOUT) { free(out); return rc; }
+  if (rc == HF_EEXEC || rc == HF_ETIMEDOUT) { free(out); free(all); return rc; }
   r->msg[0] = '\0';
   if (out != NULL) {
     const char *p = out;
@@ -298,14 +410,16 @@ int hf__svc_status(struct hf_req *r, bool *running, char *state, size_t statelen
     while (*p == ' ' || *p == '\t') p++;
     sscanf(p, "%63s", word);
   }
-  if (r->hub.svc == HF_SVC_SUPERVISORD && out != NULL &&
-      (strstr(out, "no such file") != NULL || strstr(out, "refused connection") != NULL)) {
+  if (r->hub.svc == HF_SVC_SUPERVISORD && all != NULL &&
+      (strstr(all, "no such file") != NULL || strstr(all, "refused connection") != NULL)) {
     free(out);
+    free(all);
     snprintf(r->msg, sizeof r->msg, "supervisord is not running (supervisorctl cannot reach it)");
     snprintf(state, statelen, "supervisord-down");
     return HF_ECMD;
   }
   free(out);
+  free(all);
   snprintf(state, statelen, "%s", word[0] ? word : "unknown");
   switch (r->hub.svc) {
   case HF_SVC_SUPERVISORD:
@@ -329,6 +443,55 @@ int hf__svc_status(struct hf_req *r, bool *running, char *state, size_t statelen
     break;
   }
   return 0;
+}
+
+char *hf__unit_journal(struct hf_req *r, int64_t since_us, int lines) {
+  struct hf_argv a;
+  char tool[PATH_MAX], msg[sizeof r->msg], *buf = NULL;
+  if (!hf__which("journalctl", tool, sizeof tool)) return NULL;
+  snprintf(msg, sizeof msg, "%s", r->msg); /* a failed read is no step's error */
+  hf__argv_start(r, &a);
+  hf_argv_push(&a, tool);
+  hf_argv_push(&a, "--no-pager");
+  hf_argv_push(&a, "--quiet");
+  hf_argv_push(&a, "--output=cat");
+  hf_argv_pushf(&a, "--lines=%d", lines);
+  if (since_us < 0) since_us = 0;
+  hf_argv_pushf(&a, "--since=@%lld.%06lld", (long long)(since_us / 1000000), (long long)(since_us % 1000000));
+  hf_argv_pushf(&a, "--unit=%s", r->hub.svc_name);
+  if (hf__cmd_stdout(r, &a, 10000, "journal", &buf) != 0) { free(buf); buf = NULL; }
+  hf_argv_free(&a);
+  snprintf(r->msg, sizeof r->msg, "%s", msg);
+  return buf;
+}
+
+int64_t hf__wall_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void hf__unit_words(struct hf_req *r, int64_t since_us, char *out, size_t outlen) {
+  char *j;
+  size_t o = 0;
+  const char *p;
+  out[0] = '\0';
+  if (r->hub.svc != HF_SVC_SYSTEMD) return;
+  /* The last lines the unit wrote since this start: systemd's own
+   * ("Main process exited, code=exited, status=1/FAILURE") and the hub's. */
+  if ((j = hf__unit_journal(r, since_us, 6)) == NULL) return;
+  for (p = j; *p && o + 8 < outlen;) {
+    const char *e = strchr(p, '\n');
+    size_t l = e ? (size_t)(e - p) : strlen(p);
+    if (l > 0) {
+      int n = snprintf(out + o, outlen - o, "%s%.*s", o ? " | " : "", (int)l, p);
+      if (n < 0) break;
+      o += (size_t)n < outlen - o ? (size_t)n : outlen - o - 1;
+    }
+    if (e == NULL) break;
+    p = e + 1;
+  }
+  free(j);
 }
 
 /* Waits until the service is (want=true) or is not running, bounded. */
@@ -387,7 +550,7 @@ confirm:
 int hf__svc_start(struct hf_req *r, bool *was_running) {
   struct hf_argv a;
   char state[64];
-  int64_t deadline = hf__now_ms() + hf__left_ms(r);
+  int64_t deadline = hf__now_ms() + hf__left_ms(r), since;
   int rc;
 
   if (r->hub.svc == HF_SVC_SUPERVISORD) {
@@ -417,21 +580,263 @@ int hf__svc_start(struct hf_req *r, bool *was_running) {
   }
   if ((rc = hf__svc_status(r, was_running, state, sizeof state)) != 0) return rc;
   if (*was_running) return 0;
+  since = hf__wall_us() - 1000;
   if ((rc = svc_argv(r, &a, "start")) != 0) return rc;
   rc = hf__cmd(r, &a, NULL, NULL, NULL, hf__left_ms(r), "start", false, NULL);
   hf_argv_free(&a);
   if (rc != 0) {
-    char keep[sizeof r->msg];
+    char keep[sizeof r->msg], words[1500];
     snprintf(keep, sizeof keep, "%s", r->msg);
     hf__svc_status(r, was_running, state, sizeof state);
-    snprintf(r->msg, sizeof r->msg, "service %s did not start (state %s): %s", r->hub.svc_name, state, keep);
+    hf__unit_words(r, since, words, sizeof words);
+    snprintf(r->msg, sizeof r->msg, "service %s did not start (state %s): %s%s%s", r->hub.svc_name, state, keep,
+             words[0] ? "; journal: " : "", words);
     *was_running = false;
     return rc == HF_ECMD ? HF_ECMD : rc;
   }
   if (svc_wait(r, true, deadline, state, sizeof state) != 0) {
-    snprintf(r->msg, sizeof r->msg, "service %s did not come up (state %s)", r->hub.svc_name, state);
+    char words[1500];
+    hf__unit_words(r, since, words, sizeof words);
+    snprintf(r->msg, sizeof r->msg, "service %s did not come up (state %s)%s%s", r->hub.svc_name, state,
+             words[0] ? "; journal: " : "", words);
     return HF_ECMD;
   }
   *was_running = false;
   return 0;
+}
+
+/* ---- become: one request run as root by this agent's own binary under sudo -n ------------ */
+
+int hf__outer_pid;
+
+int hf__agent_pid(void) {
+  return hf__outer_pid > 0 ? hf__outer_pid : (int)getpid();
+}
+
+/* What sudo said on stderr, turned into the cause an operator can act on. */
+static void sudo_cause(const char *err, int status, char *out, size_t outlen) {
+  char line[600];
+  const char *user = getenv("USER") ? getenv("USER") : getenv("LOGNAME");
+  hf__why_line(err, line, sizeof line);
+  if (user == NULL || !hf_valid_service_name(user)) user = "the SSH login";
+  if (strstr(err, "password is required") || strstr(err, "a password"))
+    snprintf(out, outlen, "become: sudo asks %s for a password (hubfleet runs sudo -n, never typing one): "
+             "grant NOPASSWD for the agent binary (docs/sudoers.example)", user);
+  else if (strstr(err, "terminal is required") || strstr(err, "requiretty"))
+    snprintf(out, outlen, "become: sudo requires a terminal for %s (Defaults requiretty): "
+             "add 'Defaults:%s !requiretty' (docs/sudoers.example)", user, user);
+  else if (strstr(err, "not in the sudoers") || strstr(err, "not allowed to") || strstr(err, "Sorry, user") ||
+           strstr(err, "may not run sudo"))
+    snprintf(out, outlen, "become: the sudoers rules refuse %s running the hubfleet agent as root (sudo: %s); "
+             "grant it as in docs/sudoers.example", user, line);
+  else
+    snprintf(out, outlen, "become: sudo -n exited with status %d before the agent answered: %s", status,
+             line[0] ? line : "(no message)");
+}
+
+/* One stream being read from the sudo'd agent. */
+struct relay_in {
+  int fd;
+  struct hf_frame_decoder d;
+};
+
+int hf__become_relay(struct hf_req *r, json_t **data) {
+  char self[PATH_MAX], sudo[PATH_MAX], errbuf[4096];
+  struct hf_argv a;
+  struct relay_in out;
+  json_t *req, *result = NULL;
+  char *frame = NULL;
+  size_t flen = 0, errlen = 0;
+  int pin[2] = { -1, -1 }, pout[2] = { -1, -1 }, perr[2] = { -1, -1 };
+  int errfd, rc = 0, wst = 0, status = -1;
+  bool hello = false, reaped = false, gone = false;
+  int64_t deadline, killat = 0;
+  ssize_t n;
+  pid_t pid;
+
+  *data = NULL;
+  errbuf[0] = '\0';
+  memset(&out, 0, sizeof out);
+  out.fd = -1;
+  if (!hf__which("sudo", sudo, sizeof sudo)) {
+    snprintf(r->msg, sizeof r->msg, "become: sudo is not installed on this host (none in /usr/local/sbin, "
+             "/usr/local/bin, /usr/sbin, /usr/bin, /sbin, /bin): install sudo, or drive this hub as a login that "
+             "owns its files (hubfleet_become=false)");
+    return HF_EEXEC;
+  }
+  n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0 || self[0] != '/' || (size_t)n >= sizeof self - 1) {
+    snprintf(r->msg, sizeof r->msg, "become: cannot find this agent's own binary (/proc/self/exe)");
+    return HF_EEXEC;
+  }
+  self[n] = '\0';
+  /* sudo -n -- AGENT --watch PID START -- AGENT --become PID: the request
+   * runs as root in this same binary, and dies with this agent. */
+  hf_argv_init(&a);
+  hf_argv_push(&a, sudo);
+  hf_argv_push(&a, "-n");
+  hf_argv_push(&a, "--");
+  hf_argv_push(&a, self);
+  hf_argv_push(&a, "--watch");
+  hf_argv_pushf(&a, "%d", (int)getpid());
+  hf_argv_pushf(&a, "%llu", hf__self_start());
+  hf_argv_push(&a, "--");
+  hf_argv_push(&a, self);
+  hf_argv_push(&a, "--become");
+  hf_argv_pushf(&a, "%d", hf__agent_pid());
+  req = hf_msg_request(r->id, r->op, json_deep_copy(r->args));
+  if (hf_argv_error(&a) != 0 || req == NULL || hf_frame_encode(req, &frame, &flen) != 0) {
+    json_decref(req);
+    hf_argv_free(&a);
+    snprintf(r->msg, sizeof r->msg, "become: cannot build the request for the sudo'd agent");
+    return HF_ENOMEM;
+  }
+  json_decref(req);
+  if (pipe2(pin, O_CLOEXEC) != 0 || pipe2(pout, O_CLOEXEC) != 0 || pipe2(perr, O_CLOEXEC) != 0 ||
+      (pid = fork()) < 0) {
+    snprintf(r->msg, sizeof r->msg, "become: cannot start sudo: %s", strerror(errno));
+    rc = HF_EEXEC;
+    goto out;
+  }
+  if (pid == 0) {
+    static char *const envp[] = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                                  "LANG=C.UTF-8", "LC_ALL=C.UTF-8", NULL };
+    setpgid(0, 0);
+    signal(SIGPIPE, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    dup2(pin[0], 0);
+    dup2(pout[1], 1);
+    dup2(perr[1], 2);
+    execve(a.v[0], a.v, envp);
+    _exit(127);
+  }
+  setpgid(pid, pid);
+  close(pin[0]); close(pout[1]); close(perr[1]);
+  pin[0] = pout[1] = perr[1] = -1;
+  hf__event(r, "debug", "become: %s runs as root: %s -n -- %s --become", r->op, sudo, self);
+  /* The request, then the pipe stays open: the sudo'd agent takes its
+   * closing as "the controller is gone". */
+  {
+    size_t off = 0;
+    while (off < flen) {
+      ssize_t w = write(pin[1], frame + off, flen - off);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) break; /* it died before reading: its exit says why */
+      off += (size_t)w;
+    }
+  }
+  out.fd = pout[0];
+  pout[0] = -1;
+  errfd = perr[0];
+  perr[0] = -1;
+  hf_frame_decoder_init(&out.d, 0);
+  /* The sudo'd agent keeps its own deadline (same timeout_ms); this one
+   * only covers an agent that never answers. */
+  deadline = r->deadline_ms + 15000;
+  while (out.fd >= 0 || errfd >= 0) {
+    struct pollfd p[3];
+    int np = 0, i;
+    int64_t now = hf__now_ms();
+    if (now >= deadline && killat == 0) { kill(-pid, SIGTERM); killat = now + 3000; }
+    if (killat && now >= killat) { kill(-pid, SIGKILL); killat = now + 3600000; }
+    if (out.fd >= 0) { p[np].fd = out.fd; p[np].events = POLLIN; np++; }
+    if (errfd >= 0) { p[np].fd = errfd; p[np].events = POLLIN; np++; }
+    if (!gone) { p[np].fd = r->in_fd; p[np].events = POLLRDHUP; np++; }
+    if (poll(p, (nfds_t)np, 200) < 0 && errno != EINTR) break;
+    for (i = 0; i < np; i++) {
+      char buf[8192];
+      if (p[i].revents == 0) continue;
+      if (p[i].fd == r->in_fd) {
+        if (p[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
+          /* Our controller is gone: so is the sudo'd agent's. */
+          gone = true;
+          if (pin[1] >= 0) { close(pin[1]); pin[1] = -1; }
+        }
+        continue;
+      }
+      n = read(p[i].fd, buf, sizeof buf);
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      if (n <= 0) {
+        if (p[i].fd == out.fd) out.fd = -1; else errfd = -1;
+        close(p[i].fd);
+        continue;
+      }
+      if (p[i].fd == errfd) {
+        size_t k = (size_t)n < sizeof errbuf - 1 - errlen ? (size_t)n : sizeof errbuf - 1 - errlen;
+        memcpy(errbuf + errlen, buf, k);
+        errlen += k;
+        errbuf[errlen] = '\0';
+        continue;
+      }
+      {
+        size_t off = 0;
+        while (off < (size_t)n) {
+          size_t used = 0;
+          json_t *m = NULL;
+          const char *t;
+          if (hf_frame_feed(&out.d, buf + off, (size_t)n - off, &used, &m) != 0) {
+            snprintf(r->msg, sizeof r->msg, "become: the sudo'd agent sent a bad frame: %s", out.d.detail);
+            rc = HF_EPROTO;
+            kill(-pid, SIGTERM);
+            goto drain;
+          }
+          off += used;
+          if (m == NULL) { if (used == 0) break; continue; }
+          t = json_string_value(json_object_get(m, "type"));
+          if (t && strcmp(t, "hello") == 0) hello = true;
+          else if (t && strcmp(t, "event") == 0) hf__send(r, m), m = NULL;
+          else if (t && strcmp(t, "result") == 0 && result == NULL) {
+            result = m;
+            m = NULL;
+            /* Done: the sudo'd agent exits on the end of its input. */
+            if (pin[1] >= 0) { close(pin[1]); pin[1] = -1; }
+          }
+          json_decref(m);
+        }
+      }
+    }
+  }
+drain:
+  if (pin[1] >= 0) { close(pin[1]); pin[1] = -1; }
+  if (out.fd >= 0) { close(out.fd); out.fd = -1; }
+  if (errfd >= 0) close(errfd);
+  for (int64_t until = hf__now_ms() + 5000; !reaped;) {
+    pid_t w = waitpid(pid, &wst, WNOHANG);
+    if (w == pid || (w < 0 && errno != EINTR)) { reaped = w == pid; break; }
+    if (hf__now_ms() >= until) { kill(-pid, SIGKILL); until = hf__now_ms() + 5000; }
+    usleep(20000);
+  }
+  if (reaped) status = WIFEXITED(wst) ? WEXITSTATUS(wst) : 128 + (WIFSIGNALED(wst) ? WTERMSIG(wst) : 0);
+  if (rc != 0) goto out;
+  if (result != NULL) {
+    if (json_is_true(json_object_get(result, "ok"))) {
+      *data = json_incref(json_object_get(result, "data"));
+      if (*data == NULL) *data = json_object();
+      rc = 0;
+    } else {
+      const json_t *e = json_object_get(result, "error");
+      rc = hf_err_from_code(json_string_value(json_object_get(e, "code")));
+      snprintf(r->msg, sizeof r->msg, "%s", json_string_value(json_object_get(e, "message")) ?: hf_strerror(rc));
+    }
+  } else if (!hello) {
+    sudo_cause(errbuf, status, r->msg, sizeof r->msg);
+    rc = HF_EEXEC;
+  } else {
+    char line[600];
+    hf__why_line(errbuf, line, sizeof line);
+    snprintf(r->msg, sizeof r->msg, "become: the sudo'd agent ended (status %d) without answering %s%s%s", status,
+             r->op, line[0] ? ": " : "", line);
+    rc = status == 137 || status == 143 ? HF_ECANCELED : HF_EIO;
+  }
+out:
+  json_decref(result);
+  hf_frame_decoder_free(&out.d);
+  for (int k = 0; k < 2; k++) {
+    if (pin[k] >= 0) close(pin[k]);
+    if (pout[k] >= 0) close(pout[k]);
+    if (perr[k] >= 0) close(perr[k]);
+  }
+  free(frame);
+  hf_argv_free(&a);
+  return rc;
 }

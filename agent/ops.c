@@ -125,7 +125,7 @@ static int jrec(struct hf_req *r, const char *step, const char *state, json_t *d
   json_object_set_new(rec, "state", json_string(state));
   json_object_set_new(rec, "time", json_string(now));
   json_object_set_new(rec, "agent", json_string(HF_VERSION));
-  json_object_set_new(rec, "pid", json_integer(getpid()));
+  json_object_set_new(rec, "pid", json_integer(hf__agent_pid()));
   json_object_set_new(rec, "detail", detail ? detail : json_object());
   rc = hf_journal_append(r->hub.state_dir, r->rollout, rec);
   json_decref(rec);
@@ -810,7 +810,8 @@ static int op_stop(struct hf_req *r, json_t *data) {
   return 0;
 }
 
-static void scan_log(const char *path, int64_t offset, json_t *errors, json_t *deprecations);
+static void scan_log(struct hf_req *r, int64_t offset, json_t *errors, json_t *deprecations);
+static int64_t log_mark(struct hf_req *r);
 
 /* After the supervisor says "running": waits until the hub answers HTTP at
  * its health URL (any status; health judges it), so that "started" means
@@ -832,19 +833,25 @@ static int wait_answering(struct hf_req *r, int64_t log_offset, int64_t *ms) {
     }
     if (hf__now_ms() >= next_check) {
       json_t *errs = json_array(), *deps = json_array();
-      char state[64];
+      char state[64] = "unknown";
       bool running = true;
       size_t k;
-      scan_log(r->hub.hub_log, log_offset, errs, deps);
+      scan_log(r, log_offset, errs, deps);
       for (k = 0; k < json_array_size(errs); k++) {
         const char *l = json_string_value(json_array_get(errs, k));
         if (strstr(l, "Traceback") || strncmp(l, "[C ", 3) == 0) running = false;
       }
       if (running && r->hub.svc != HF_SVC_COMMAND && hf__svc_status(r, &running, state, sizeof state) != 0)
         running = true; /* cannot tell: keep waiting until the deadline */
+      if (!running && r->hub.svc == HF_SVC_SYSTEMD && strcmp(state, "unknown") == 0) {
+        bool up;
+        hf__svc_status(r, &up, state, sizeof state); /* only for the message */
+      }
       if (!running) {
         const char *last = json_string_value(json_array_get(errs, json_array_size(errs) - 1));
-        snprintf(r->msg, sizeof r->msg, "hub crashed while starting%s%s", last ? ": " : "", last ? last : "");
+        snprintf(r->msg, sizeof r->msg, "hub crashed while starting%s%s%s%s%s", last ? ": " : "", last ? last : "",
+                 r->hub.svc == HF_SVC_SYSTEMD ? " (systemd: " : "", r->hub.svc == HF_SVC_SYSTEMD ? state : "",
+                 r->hub.svc == HF_SVC_SYSTEMD ? ")" : "");
         json_decref(errs);
         json_decref(deps);
         return HF_ECMD;
@@ -860,7 +867,7 @@ static int wait_answering(struct hf_req *r, int64_t log_offset, int64_t *ms) {
 
 static int op_start(struct hf_req *r, json_t *data) {
   bool was;
-  int64_t off = file_size(r->hub.hub_log), ms = 0;
+  int64_t off = log_mark(r), ms = 0;
   json_t *det = json_object();
   int rc;
   /* Health scans the log from here: what this start wrote. */
@@ -1023,24 +1030,50 @@ static bool has(const char *line, const char *needle) {
   return strstr(line, needle) != NULL;
 }
 
-/* Scans the hub log from offset for errors and deprecations (bounded). */
-static void scan_log(const char *path, int64_t offset, json_t *errors, json_t *deprecations) {
-  int fd;
-  int64_t size = file_size(path);
-  char *buf, *p, *end;
+/* Where the hub's log starts for a start that happens now: the hub log's
+ * size; without one, a systemd hub's journal from this moment (wall-clock
+ * microseconds, for journalctl --since); else 0. */
+static int64_t log_mark(struct hf_req *r) {
+  if (r->hub.hub_log == NULL && r->hub.svc == HF_SVC_SYSTEMD) return hf__wall_us() - 1000;
+  return file_size(r->hub.hub_log);
+}
+
+/* The hub's log since mark (see log_mark), new, *len bytes; NULL when there
+ * is none. A systemd hub without hubfleet_hub_log: its journal,
+ * `journalctl -u UNIT --since @SECONDS -o cat` (stdout only, bounded). */
+static char *log_since(struct hf_req *r, int64_t offset, size_t *len) {
+  char *buf;
   ssize_t n;
-  bool in_tb = false;
-  size_t indent, tb_indent = 0;
-  if (path == NULL || size < 0) return;
+  int fd;
+  int64_t size;
+  *len = 0;
+  if (r->hub.hub_log == NULL && r->hub.svc == HF_SVC_SYSTEMD) {
+    buf = hf__unit_journal(r, offset, 2000);
+    *len = buf ? strlen(buf) : 0;
+    return buf;
+  }
+  size = file_size(r->hub.hub_log);
+  if (r->hub.hub_log == NULL || size < 0) return NULL;
   if (offset > size) offset = 0; /* rotated or truncated: read what is there */
   if (size - offset > HF_LOG_MAX) offset = size - HF_LOG_MAX;
-  if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) return;
+  if ((fd = open(r->hub.hub_log, O_RDONLY | O_CLOEXEC)) < 0) return NULL;
   buf = malloc((size_t)(size - offset) + 1);
-  if (buf == NULL) { close(fd); return; }
+  if (buf == NULL) { close(fd); return NULL; }
   n = pread(fd, buf, (size_t)(size - offset), offset);
   close(fd);
   if (n < 0) n = 0;
   buf[n] = '\0';
+  *len = (size_t)n;
+  return buf;
+}
+
+/* Scans the hub log from offset for errors and deprecations (bounded). */
+static void scan_log(struct hf_req *r, int64_t offset, json_t *errors, json_t *deprecations) {
+  size_t n;
+  char *buf = log_since(r, offset, &n), *p, *end;
+  bool in_tb = false;
+  size_t indent, tb_indent = 0;
+  if (buf == NULL) return;
   end = buf + n;
   for (p = buf; p < end;) {
     char *eol = memchr(p, '\n', (size_t)(end - p));
@@ -1127,7 +1160,7 @@ static int wait_healthy(struct hf_req *r, const char *want, int64_t timeout_ms, 
       r->msg[0] = '\0';
       /* A supervisor that restarts a crashing hub keeps saying RUNNING; the
        * hub's own log says it crashed: a traceback or a critical line. */
-      scan_log(r->hub.hub_log, log_offset, e2, d2);
+      scan_log(r, log_offset, e2, d2);
       for (k = 0; k < json_array_size(e2); k++) {
         const char *l = json_string_value(json_array_get(e2, k));
         if (strstr(l, "Traceback") || strncmp(l, "[C ", 3) == 0) {
@@ -1142,7 +1175,7 @@ static int wait_healthy(struct hf_req *r, const char *want, int64_t timeout_ms, 
     }
     usleep(50000); /* a fine interval: every poll saved is downtime saved */
   }
-  scan_log(r->hub.hub_log, log_offset, errors, deps);
+  scan_log(r, log_offset, errors, deps);
   json_object_set_new(data, "status", json_string(ok && json_array_size(errors) == 0 ? "healthy" : "unhealthy"));
   json_object_set_new(data, "api_version", ver ? ver : json_null());
   json_object_set_new(data, "health_status", json_integer(hstatus));
@@ -1191,7 +1224,8 @@ static int64_t start_log_offset(struct hf_req *r) {
   json_decref(recs);
   return off;
 tail:
-  /* No start recorded: the recent part of the log. */
+  /* No start recorded: the recent part of the log (the journal's last minute). */
+  if (r->hub.hub_log == NULL) return log_mark(r) - 60 * 1000000LL;
   off = file_size(r->hub.hub_log);
   return off > 65536 ? off - 65536 : 0;
 }
@@ -1323,7 +1357,7 @@ static int op_rollback(struct hf_req *r, json_t *data) {
     hf__event(r, "info", "rollback: %s restored", r->hub.config);
   }
   if (hub_was_running) {
-    int64_t off = file_size(r->hub.hub_log);
+    int64_t off = log_mark(r);
     log_off = off < 0 ? 0 : off;
     hf__event(r, "info", "rollback: starting the hub");
     if ((rc = hf__svc_start(r, &was)) != 0) goto fail;
@@ -1546,7 +1580,7 @@ static int host_lock(struct hf_req *r, int *fdp) {
     }
     usleep(200000);
   }
-  snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+  snprintf(pid, sizeof pid, "%d\n", hf__agent_pid());
   if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, strlen(pid), 0) < 0) { /* the pid is only informative */ }
   *fdp = fd;
   return 0;
@@ -1580,6 +1614,9 @@ int hf__op_dispatch(struct hf_req *r, json_t **data) {
   r->timeout_ms = json_is_integer(to) && json_integer_value(to) > 0 ? json_integer_value(to) : e->default_timeout_ms;
   if (r->timeout_ms > 24 * 3600 * 1000) r->timeout_ms = 24 * 3600 * 1000;
   r->deadline_ms = hf__now_ms() + r->timeout_ms;
+  /* become: the whole request runs as root in this binary under sudo -n
+   * (the hub's files, its database and its service are root's). */
+  if (r->hub.become && geteuid() != 0) return hf__become_relay(r, data);
   if (strcmp(e->name, "facts") != 0 &&
       (rc = check_dirs(r, e->name, e->changes || strcmp(e->name, "preflight") == 0)) != 0)
     return rc;
@@ -1587,7 +1624,7 @@ int hf__op_dispatch(struct hf_req *r, json_t **data) {
   if (strcmp(e->name, "health") == 0 && (rc = refuse_stale(r)) != 0) return rc;
   if (e->changes) {
     /* Who does the work: lets an operator (or a test) find this process. */
-    hf__event(r, "debug", "agent pid %d: %s for rollout %s", (int)getpid(), e->name, r->rollout);
+    hf__event(r, "debug", "agent pid %d: %s for rollout %s", hf__agent_pid(), e->name, r->rollout);
     if ((rc = host_lock(r, &lockfd)) != 0) return rc;
     if ((rc = refuse_stale(r)) != 0) { close(lockfd); return rc; }
   }
