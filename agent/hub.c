@@ -613,15 +613,44 @@ int hf__agent_pid(void) {
   return hf__outer_pid > 0 ? hf__outer_pid : (int)getpid();
 }
 
+/* sudo -n says "a password is required" both when the rule wants one and
+ * when no rule allows the command at all (it would authenticate before
+ * telling). `sudo -n -l -- COMMAND` tells them apart: it exits 1 without a
+ * word when rules exist (NOPASSWD ones) but none allows COMMAND. */
+static bool sudo_refuses(const struct hf_argv *cmd) {
+  struct hf_argv a;
+  struct hf_run run;
+  int rc, i;
+  hf_argv_init(&a);
+  hf_argv_push(&a, cmd->v[0]);
+  hf_argv_push(&a, "-n");
+  hf_argv_push(&a, "-l");
+  for (i = 2; i < cmd->n; i++) hf_argv_push(&a, cmd->v[i]); /* "--" and the command */
+  if (hf_argv_error(&a) != 0) { hf_argv_free(&a); return false; }
+  memset(&run, 0, sizeof run);
+  run.argv = a.v;
+  run.timeout_ms = 10000;
+  run.stdout_fd = -1;
+  run.keep_max = 4096;
+  rc = hf_run_exec(&run);
+  rc = rc == HF_ECMD && run.status == 1 && (run.out == NULL || strstr(run.out, "password") == NULL);
+  hf_run_free(&run);
+  hf_argv_free(&a);
+  return rc;
+}
+
 /* What sudo said on stderr, turned into the cause an operator can act on. */
-static void sudo_cause(const char *err, int status, char *out, size_t outlen) {
+static void sudo_cause(const struct hf_argv *cmd, const char *err, int status, char *out, size_t outlen) {
   char line[600];
   const char *user = getenv("USER") ? getenv("USER") : getenv("LOGNAME");
   hf__why_line(err, line, sizeof line);
   if (user == NULL || !hf_valid_service_name(user)) user = "the SSH login";
-  if (strstr(err, "password is required") || strstr(err, "a password"))
-    snprintf(out, outlen, "become: sudo asks %s for a password (hubfleet runs sudo -n, never typing one): "
-             "grant NOPASSWD for the agent binary (docs/sudoers.example)", user);
+  if ((strstr(err, "password is required") || strstr(err, "a password")) && sudo_refuses(cmd))
+    snprintf(out, outlen, "become: the sudoers rules refuse %s running the hubfleet agent (%s) as root "
+             "(sudo -n -l: not allowed): grant it as in docs/sudoers.example", user, cmd->v[3]);
+  else if (strstr(err, "password is required") || strstr(err, "a password"))
+    snprintf(out, outlen, "become: sudo asks %s for a password (hubfleet runs sudo -n and never types one), or has "
+             "no rule for %s: grant NOPASSWD for the agent binary (docs/sudoers.example)", user, user);
   else if (strstr(err, "terminal is required") || strstr(err, "requiretty"))
     snprintf(out, outlen, "become: sudo requires a terminal for %s (Defaults requiretty): "
              "add 'Defaults:%s !requiretty' (docs/sudoers.example)", user, user);
@@ -819,7 +848,7 @@ drain:
       snprintf(r->msg, sizeof r->msg, "%s", json_string_value(json_object_get(e, "message")) ?: hf_strerror(rc));
     }
   } else if (!hello) {
-    sudo_cause(errbuf, status, r->msg, sizeof r->msg);
+    sudo_cause(&a, errbuf, status, r->msg, sizeof r->msg);
     rc = HF_EEXEC;
   } else {
     char line[600];

@@ -265,6 +265,21 @@ static json_t *running_servers_json(const char *path) {
   return hf_db_running_servers(path, &n, err, sizeof err) == 0 && n >= 0 ? json_integer(n) : json_null();
 }
 
+/* Without become, as a login other than root, when the hub's files or its
+ * service are root's: what the operator has to set. "" otherwise. */
+static const char *become_hint(const struct hf_req *r, bool denied) {
+  if (!denied || r->hub.become || geteuid() == 0) return "";
+  return " (needs root: hubfleet_become=true)";
+}
+
+/* Could the login not read path (its file or a directory on the way)? */
+static bool read_denied(const char *path) {
+  return path != NULL && access(path, R_OK) != 0 && (errno == EACCES || errno == EPERM);
+}
+
+/* How this hub is driven, for the dry run and `inventory check`'s reader. */
+static void driven_check(struct hf_req *r, json_t *checks);
+
 static int op_facts(struct hf_req *r, json_t *data) {
   int64_t c0 = cpu_us();
   struct envset *es = malloc(sizeof *es);
@@ -291,7 +306,11 @@ static int op_facts(struct hf_req *r, json_t *data) {
     } else {
       json_object_set_new(db, "alembic_revision", json_null());
       json_object_set_new(db, "users", json_null());
-      json_object_set_new(db, "error", json_string(err));
+      {
+        char e2[1024];
+        snprintf(e2, sizeof e2, "%s%s", err, become_hint(r, read_denied(r->hub.db_path)));
+        json_object_set_new(db, "error", json_string(e2));
+      }
     }
     json_object_set_new(db, "bytes", json_integer(file_size(r->hub.db_path)));
   } else {
@@ -465,6 +484,21 @@ fail:
   return o;
 }
 
+static void driven_check(struct hf_req *r, json_t *checks) {
+  static const char *const how[] = { "systemctl", "supervisorctl", "docker", "the inventory's start/stop commands" };
+  char who[160];
+  const char *login = getenv("SUDO_USER");
+  if (hf__outer_pid > 0)
+    snprintf(who, sizeof who, "as root through sudo -n (become, login %s)", login && hf_valid_service_name(login) ? login : "?");
+  else if (geteuid() == 0)
+    snprintf(who, sizeof who, "as root (the SSH login)");
+  else
+    snprintf(who, sizeof who, "as the SSH login %s, no sudo (become off)",
+             getenv("USER") && hf_valid_service_name(getenv("USER")) ? getenv("USER") : "?");
+  check(r, checks, "driven", "pass", "%s:%s through %s, %s; state %s", hf__svc_kind_name(r->hub.svc),
+        r->hub.svc_name, how[r->hub.svc], who, r->hub.state_dir);
+}
+
 static int op_preflight(struct hf_req *r, json_t *data) {
   struct envset *es = malloc(sizeof *es);
   json_t *checks = json_array();
@@ -475,6 +509,30 @@ static int op_preflight(struct hf_req *r, json_t *data) {
 
   if (es == NULL) { json_decref(checks); return HF_ENOMEM; }
   envs_load(r, es);
+  if (!r->hub.become && geteuid() != 0) {
+    /* A hub whose files or service are root's (TLJH), driven without
+     * become: one refusal that says what to set, before the details. */
+    char what[512] = "";
+    size_t l;
+    for (i = 0; i < es->n; i++)
+      if (es->env[i].exists && strcmp(es->env[i].installer, "pip") == 0 &&
+          (es->env[i].site[0] == '\0' || access(es->env[i].site, W_OK) != 0) && strlen(what) < 300) {
+        l = strlen(what);
+        snprintf(what + l, sizeof what - l, "%s%s is not writable", l ? ", " : "", es->env[i].prefix);
+      }
+    l = strlen(what);
+    if (read_denied(r->hub.config)) snprintf(what + l, sizeof what - l, "%s%s is not readable", l ? ", " : "", r->hub.config);
+    l = strlen(what);
+    if (r->hub.sqlite && read_denied(r->hub.db_path))
+      snprintf(what + l, sizeof what - l, "%s%s is not readable", l ? ", " : "", r->hub.db_path);
+    l = strlen(what);
+    if (r->hub.svc == HF_SVC_SYSTEMD)
+      snprintf(what + l, sizeof what - l, "%ssystemd:%s is a system unit", l ? ", " : "", r->hub.svc_name);
+    if (what[0])
+      check(r, checks, "become", "refuse", "set hubfleet_become=true: this hub needs root and the SSH login %s "
+            "drives it without sudo (%s)", getenv("USER") && hf_valid_service_name(getenv("USER")) ? getenv("USER") : "",
+            what);
+  }
   for (i = 0; i < es->n; i++) {
     const struct hf_env *e = &es->env[i];
     char py[PATH_MAX + 16];
@@ -486,7 +544,8 @@ static int op_preflight(struct hf_req *r, json_t *data) {
       continue;
     }
     if (strcmp(e->installer, "pip") == 0 && (e->site[0] == '\0' || access(e->site, W_OK) != 0) && !r->hub.become) {
-      check(r, checks, name, "refuse", "%s is not writable by this user (set become for sudo)", e->site[0] ? e->site : e->prefix);
+      check(r, checks, name, "refuse", "%s is not writable by this user%s", e->site[0] ? e->site : e->prefix,
+            become_hint(r, true));
       continue;
     }
     {
@@ -499,13 +558,16 @@ static int op_preflight(struct hf_req *r, json_t *data) {
       else check(r, checks, name, "pass", "jupyterhub %s, python %s, installer %s", ver[0], e->python, e->installer);
     }
   }
-  if (access(r->hub.config, R_OK) != 0) check(r, checks, "config", "refuse", "%s: %s", r->hub.config, strerror(errno));
+  if (access(r->hub.config, R_OK) != 0) {
+    int e = errno;
+    check(r, checks, "config", "refuse", "%s: %s%s", r->hub.config, strerror(e), become_hint(r, e == EACCES || e == EPERM));
+  }
   else { check(r, checks, "config", "pass", "%s readable", r->hub.config); need += file_size(r->hub.config); }
   if (r->hub.sqlite) {
     char alembic[128], err[512];
     int64_t users;
     if (hf_db_info(r->hub.db_path, alembic, sizeof alembic, &users, err, sizeof err) != 0)
-      check(r, checks, "database", "refuse", "%s", err);
+      check(r, checks, "database", "refuse", "%s%s", err, become_hint(r, read_denied(r->hub.db_path)));
     else {
       check(r, checks, "database", "pass", "sqlite %s, alembic revision %s, %lld users", r->hub.db_path,
             alembic[0] ? alembic : "(none)", (long long)users);
@@ -524,9 +586,15 @@ static int op_preflight(struct hf_req *r, json_t *data) {
     char state[64];
     int rc = hf__svc_status(r, &running, state, sizeof state);
     if (rc != 0) check(r, checks, "service", "refuse", "%s", r->msg);
+    else if (r->hub.svc == HF_SVC_SYSTEMD && !r->hub.become && geteuid() != 0)
+      /* systemctl would ask polkit for a password halfway through the
+       * downtime: refuse now, with nothing stopped. */
+      check(r, checks, "service", "refuse", "systemd:%s is %s, but stopping and starting a system unit needs root%s",
+            r->hub.svc_name, state, become_hint(r, true));
     else check(r, checks, "service", "pass", "%s:%s is %s", hf__svc_kind_name(r->hub.svc), r->hub.svc_name, state);
     r->msg[0] = '\0';
   }
+  driven_check(r, checks);
   /* The target must be installable from the configured source, with this
    * Python (Requires-Python is part of pip's answer): ask pip, change nothing. */
   for (i = 0; i < es->n; i++) {
