@@ -82,6 +82,17 @@ check "systemctl start jupyterhub" s systemctl start jupyterhub
 check "/hub/api says 4.1.6" wait_for 90 api_is 4.1.6
 check "active" is_active jupyterhub
 
+step "fault sudo: the ways an operator's sudo can fail"
+sudo_says() { r sudo -n systemctl is-active jupyterhub 2>&1 || true; }
+fleet fault sudo $H password
+check "password: sudo -n says a password is required" grep -q 'a password is required' <<<"$(sudo_says)"
+fleet fault sudo $H refuse
+check "refuse: sudo says not allowed" grep -q 'is not allowed to execute' <<<"$(sudo_says)"
+fleet fault sudo $H missing
+check "missing: no sudo command" grep -q 'sudo: command not found' <<<"$(sudo_says)"
+fleet fault sudo $H nopasswd
+check "nopasswd: works again" test "$(sudo_says)" = active
+
 step "down leaves nothing"
 NSPAWN_PID=$(cat "$STATE/sys/$H/nspawn.pid")
 SID=$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["sid"])' "$STATE/state.json")
