@@ -291,7 +291,7 @@ int hf_cmd_audit(int argc, char **argv) {
   r.timeout_ms = eo.timeout_ms;
   r.parallel = eo.parallel > 0 ? eo.parallel : 50;
   struct hf_inv_error ierr;
-  if (hf_inv_load(inv_path, &r.inv, &ierr) < 0) {
+  if (hf_inv_load_flags(inv_path, HF_INV_LEAN, &r.inv, &ierr) < 0) {
     char buf[1400];
     hf_inv_error_format(&ierr, buf, sizeof buf);
     fprintf(stderr, "hubfleet audit: %s\n", buf);

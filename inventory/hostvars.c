@@ -81,9 +81,15 @@ static int fail(const struct ctx *c, const char *var, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  char hvpath[512];
   if (json_is_integer(o)) line = (int)json_integer_value(o);
   else if (json_is_string(o)) path = json_string_value(o);
-  else {
+  else if (json_is_null(o) && c->b->json) {
+    char hostpath[512];
+    hf__jpath(hostpath, "_meta.hostvars", c->h->name);
+    hf__jpath(hvpath, hostpath, var);
+    path = hvpath;
+  } else {
     json_t *ix = json_object_get(c->b->hostidx, c->h->name);
     hi = (size_t)json_integer_value(ix);
     if (ix != NULL && hi < c->b->nhosts) {

@@ -50,6 +50,7 @@ struct hf__hst {
 struct hf__build {
   const char          *file;
   int                  json;    /* source is JSON: origins are paths */
+  int                  lean;    /* HF_INV_LEAN: no merged vars kept per host */
   struct hf__grp      *groups;  /* [0] is "all", [1] is "ungrouped" */
   size_t               ngroups, capgroups;
   struct hf__hst      *hosts;
@@ -78,8 +79,16 @@ int  hf__host_add(struct hf__build *b, const char *name, size_t gi, int line,
 int  hf__group_add_child(struct hf__build *b, size_t pi, size_t ci, int line);
 /* Sets a variable; value is stolen. origin: line > 0 (INI) or path (JSON).
  * Refuses unknown hubfleet_* names (typo protection). */
+/* out (256 bytes) = base.key, or base["key"] when key is not plain. */
+void hf__jpath(char *out, const char *base, const char *key);
 int  hf__set_var(struct hf__build *b, json_t *vars, json_t *origins, const char *key,
                  json_t *value, int line, const char *path);
+/* The same for a JSON host variable (path for this call's errors only): its
+ * origin is recorded as null and its path, _meta.hostvars.HOST.VAR, made
+ * again for a later message; a 10,000-host inventory would otherwise hold
+ * one path string per variable. */
+int  hf__set_hostvar(struct hf__build *b, json_t *vars, json_t *origins, const char *key,
+                     json_t *value, const char *path);
 
 /* Readers fill the build; they return 0 or an error with b->err filled. */
 int hf__ini_parse(struct hf__build *b, const char *data, size_t len);

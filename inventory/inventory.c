@@ -161,8 +161,21 @@ int hf__host_add(struct hf__build *b, const char *name, size_t gi, int line,
   return 0;
 }
 
+static int set_var(struct hf__build *b, json_t *vars, json_t *origins, const char *key,
+                   json_t *value, int line, const char *path, bool null_origin);
+
 int hf__set_var(struct hf__build *b, json_t *vars, json_t *origins, const char *key,
                 json_t *value, int line, const char *path) {
+  return set_var(b, vars, origins, key, value, line, path, false);
+}
+
+int hf__set_hostvar(struct hf__build *b, json_t *vars, json_t *origins, const char *key,
+                    json_t *value, const char *path) {
+  return set_var(b, vars, origins, key, value, 0, path, true);
+}
+
+static int set_var(struct hf__build *b, json_t *vars, json_t *origins, const char *key,
+                   json_t *value, int line, const char *path, bool null_origin) {
   json_t *o;
   if (value == NULL) return hf__inv_nomem(b);
   if (strncmp(key, "hubfleet_", 9) == 0 && !hf__var_known(key)) {
@@ -174,7 +187,8 @@ int hf__set_var(struct hf__build *b, json_t *vars, json_t *origins, const char *
     return hf__inv_fail(b, line, path, "unknown variable %s; see docs/inventory.md "
                         "for hubfleet's variables", key);
   }
-  o = path ? json_string(path) : json_integer(line);
+  /* JSON host variables: null, their path is made again when needed. */
+  o = null_origin ? json_null() : path ? json_string(path) : json_integer(line);
   if (o == NULL || json_object_set_new(vars, key, value) != 0) {
     json_decref(o);
     return hf__inv_nomem(b);
@@ -339,7 +353,15 @@ static int resolve(struct hf__build *b, struct hf_inventory *inv) {
     }
     qsort(h->groups, h->ngroups, sizeof *h->groups, str_cmp);
     if ((r = hf__host_resolve(b, h, vars, origins)) != 0) goto out;
-    h->vars = vars;
+    if (b->lean) {
+      /* Every value the host needs is in h now: let its variables go. */
+      json_decref(vars);
+      json_decref(hs->vars);
+      json_decref(hs->origins);
+      hs->vars = hs->origins = NULL;
+    } else {
+      h->vars = vars;
+    }
     vars = NULL;
     json_decref(origins);
     origins = NULL;
@@ -404,7 +426,15 @@ static int looks_json(const char *data, size_t len) {
   return i < len && strchr("{[\"]", data[i]) != NULL;
 }
 
+static int load_buffer(const char *name, const char *data, size_t len, unsigned flags,
+                       struct hf_inventory **out, struct hf_inv_error *err);
+
 int hf_inv_load_buffer(const char *name, const char *data, size_t len,
+                       struct hf_inventory **out, struct hf_inv_error *err) {
+  return load_buffer(name, data, len, 0, out, err);
+}
+
+static int load_buffer(const char *name, const char *data, size_t len, unsigned flags,
                        struct hf_inventory **out, struct hf_inv_error *err) {
   struct hf__build b;
   struct hf_inventory *inv;
@@ -416,6 +446,7 @@ int hf_inv_load_buffer(const char *name, const char *data, size_t len,
   memset(err, 0, sizeof *err);
   if (name == NULL) name = "<inventory>";
   if ((r = hf__build_init(&b, name, err)) != 0) return r;
+  b.lean = (flags & HF_INV_LEAN) != 0;
   inv = calloc(1, sizeof *inv);
   if (inv == NULL || (inv->path = strdup(name)) == NULL) {
     r = hf__inv_nomem(&b);
@@ -482,6 +513,10 @@ static int read_all(FILE *f, char **out, size_t *len, struct hf_inv_error *err) 
 }
 
 int hf_inv_load(const char *path, struct hf_inventory **out, struct hf_inv_error *err) {
+  return hf_inv_load_flags(path, 0, out, err);
+}
+
+int hf_inv_load_flags(const char *path, unsigned flags, struct hf_inventory **out, struct hf_inv_error *err) {
   struct hf_inv_error dummy;
   struct stat st;
   FILE *f;
@@ -509,7 +544,7 @@ int hf_inv_load(const char *path, struct hf_inventory **out, struct hf_inv_error
   r = read_all(f, &data, &n, err);
   fclose(f);
   if (r != 0) return r;
-  r = hf_inv_load_buffer(path, data, n, out, err);
+  r = load_buffer(path, data, n, flags, out, err);
   free(data);
   return r;
 }
@@ -611,7 +646,7 @@ json_t *hf_inv_to_json(const struct hf_inventory *inv) {
         json_object_set_new(o, "groups", g) != 0 ||
         json_object_set_new(o, "canary", json_boolean(h->canary)) != 0 ||
         json_object_set_new(o, "hub", json_deep_copy(h->hub)) != 0 ||
-        json_object_set_new(o, "vars", json_deep_copy(h->vars)) != 0)
+        json_object_set_new(o, "vars", h->vars ? json_deep_copy(h->vars) : json_object()) != 0)
       goto fail;
   }
   return root;

@@ -1,4 +1,5 @@
 /* json_in.c: the JSON that `ansible-inventory --list` (or --list --export) prints. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +10,7 @@
 #define JP_MAX 256
 
 /* Appends key to a JSON path: ".key", or ["key"] when key is not a plain word. */
-static void jpath(char *out, const char *base, const char *key) {
+void hf__jpath(char *out, const char *base, const char *key) {
   const char *p;
   int plain = *key != '\0';
   for (p = key; *p; p++)
@@ -21,8 +22,10 @@ static void jpath(char *out, const char *base, const char *key) {
     snprintf(out, JP_MAX, "%s[\"%s\"]", base, key);
 }
 
+/* Host variables (hostvars) record no path of their own: it is always
+ * _meta.hostvars.HOST.VAR, made again only for an error message. */
 static int vars_into(struct hf__build *b, json_t *vars, json_t *origins, json_t *src,
-                     const char *base) {
+                     const char *base, bool hostvars) {
   const char *k;
   json_t *v;
   char path[JP_MAX];
@@ -30,8 +33,11 @@ static int vars_into(struct hf__build *b, json_t *vars, json_t *origins, json_t 
   if (!json_is_object(src))
     return hf__inv_fail(b, 0, base, "expected an object of variables");
   json_object_foreach(src, k, v) {
-    jpath(path, base, k);
-    if ((r = hf__set_var(b, vars, origins, k, json_deep_copy(v), 0, path)) != 0) return r;
+    hf__jpath(path, base, k);
+    /* The value is shared with the parsed document: nothing changes it. */
+    r = hostvars ? hf__set_hostvar(b, vars, origins, k, json_incref(v), path)
+                 : hf__set_var(b, vars, origins, k, json_incref(v), 0, path);
+    if (r != 0) return r;
   }
   return 0;
 }
@@ -43,13 +49,13 @@ static int group_shape(struct hf__build *b, const char *name, json_t *g, size_t 
   char path[JP_MAX], ipath[JP_MAX + 32];
   size_t i, ci;
   int r;
-  jpath(path, "", name);
+  hf__jpath(path, "", name);
   if (!json_is_object(g))
     return hf__inv_fail(b, 0, path, "expected a group object with \"hosts\", \"children\" and/or \"vars\", got %s",
                         json_is_array(g) ? "an array" : json_is_string(g) ? "a string" : "another JSON type");
   json_object_foreach(g, k, v) {
     char kp[JP_MAX];
-    jpath(kp, path, k);
+    hf__jpath(kp, path, k);
     if (!strcmp(k, "hosts") || !strcmp(k, "children")) {
       if (!json_is_array(v)) return hf__inv_fail(b, 0, kp, "expected an array of names");
       for (i = 0; i < json_array_size(v); i++) {
@@ -66,7 +72,7 @@ static int group_shape(struct hf__build *b, const char *name, json_t *g, size_t 
         }
       }
     } else if (!strcmp(k, "vars")) {
-      if ((r = vars_into(b, b->groups[gi].vars, b->groups[gi].origins, v, kp)) != 0) return r;
+      if ((r = vars_into(b, b->groups[gi].vars, b->groups[gi].origins, v, kp, false)) != 0) return r;
     } else {
       return hf__inv_fail(b, 0, kp, "unknown key in group '%s': expected \"hosts\", \"children\" or \"vars\"", name);
     }
@@ -89,7 +95,7 @@ static int walk(struct hf__build *b, const json_t *root, size_t gi, char *seen, 
   hosts = json_object_get(g, "hosts");
   for (i = 0; i < json_array_size(hosts); i++) {
     const char *h = json_string_value(json_array_get(hosts, i));
-    jpath(path, b->groups[gi].name, "hosts");
+    hf__jpath(path, b->groups[gi].name, "hosts");
     snprintf(path + strlen(path), sizeof path - strlen(path), "[%zu]", i);
     for (const unsigned char *p = (const unsigned char *)h; *p; p++)
       if (*p <= ' ' || *p == 0x7f)
@@ -138,7 +144,7 @@ int hf__json_parse(struct hf__build *b, const char *data, size_t len) {
     if (!json_is_object(meta)) { r = hf__inv_fail(b, 0, "_meta", "expected an object with \"hostvars\""); goto out; }
     json_object_foreach(meta, k, v) {
       if (strcmp(k, "hostvars") != 0) {
-        jpath(path, "_meta", k);
+        hf__jpath(path, "_meta", k);
         r = hf__inv_fail(b, 0, path, "unknown key: expected only \"hostvars\"");
         goto out;
       }
@@ -151,14 +157,14 @@ int hf__json_parse(struct hf__build *b, const char *data, size_t len) {
     json_object_foreach(hv, k, v) {
       json_t *ix = json_object_get(b->hostidx, k);
       char base[JP_MAX];
-      jpath(base, "_meta.hostvars", k);
+      hf__jpath(base, "_meta.hostvars", k);
       if (ix == NULL) {
         r = hf__inv_fail(b, 0, base, "host '%s' has variables but is in no group: expected it in a group's "
                          "\"hosts\" (ungrouped hosts go in \"ungrouped\")", k);
         goto out;
       }
       i = (size_t)json_integer_value(ix);
-      if ((r = vars_into(b, b->hosts[i].vars, b->hosts[i].origins, v, base)) != 0) goto out;
+      if ((r = vars_into(b, b->hosts[i].vars, b->hosts[i].origins, v, base, true)) != 0) goto out;
     }
   }
 out:
