@@ -84,7 +84,7 @@ static int fail(const struct ctx *c, const char *var, const char *fmt, ...) {
   char hvpath[512];
   if (json_is_integer(o)) line = (int)json_integer_value(o);
   else if (json_is_string(o)) path = json_string_value(o);
-  else if (json_is_null(o) && c->b->json) {
+  else if (o == NULL && var && c->b->json && json_object_get(c->vars, var)) {
     char hostpath[512];
     hf__jpath(hostpath, "_meta.hostvars", c->h->name);
     hf__jpath(hvpath, hostpath, var);

@@ -83,10 +83,10 @@ int  hf__group_add_child(struct hf__build *b, size_t pi, size_t ci, int line);
 void hf__jpath(char *out, const char *base, const char *key);
 int  hf__set_var(struct hf__build *b, json_t *vars, json_t *origins, const char *key,
                  json_t *value, int line, const char *path);
-/* The same for a JSON host variable (path for this call's errors only): its
- * origin is recorded as null and its path, _meta.hostvars.HOST.VAR, made
- * again for a later message; a 10,000-host inventory would otherwise hold
- * one path string per variable. */
+/* The same for a JSON host variable (path for this call's errors only): no
+ * origin is recorded; its path, _meta.hostvars.HOST.VAR, is made again for a
+ * later message (a 10,000-host inventory would otherwise hold one path
+ * string per variable). */
 int  hf__set_hostvar(struct hf__build *b, json_t *vars, json_t *origins, const char *key,
                      json_t *value, const char *path);
 

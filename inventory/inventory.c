@@ -187,13 +187,11 @@ static int set_var(struct hf__build *b, json_t *vars, json_t *origins, const cha
     return hf__inv_fail(b, line, path, "unknown variable %s; see docs/inventory.md "
                         "for hubfleet's variables", key);
   }
-  /* JSON host variables: null, their path is made again when needed. */
-  o = null_origin ? json_null() : path ? json_string(path) : json_integer(line);
-  if (o == NULL || json_object_set_new(vars, key, value) != 0) {
-    json_decref(o);
-    return hf__inv_nomem(b);
-  }
-  if (json_object_set_new(origins, key, o) != 0) return hf__inv_nomem(b);
+  if (json_object_set_new(vars, key, value) != 0) return hf__inv_nomem(b);
+  /* JSON host variables record no origin: absent means _meta.hostvars.HOST.VAR. */
+  if (null_origin) { json_object_del(origins, key); return 0; }
+  o = path ? json_string(path) : json_integer(line);
+  if (o == NULL || json_object_set_new(origins, key, o) != 0) return hf__inv_nomem(b);
   return 0;
 }
 
@@ -246,7 +244,9 @@ static int overlay(json_t *dst, json_t *dsto, json_t *src, const json_t *srco, i
     /* Ansible's Group keeps this one as its priority, not as a variable. */
     if (group && !strcmp(k, "ansible_group_priority")) continue;
     if (json_object_set(dst, k, v) != 0) return HF_ENOMEM;
-    if (json_object_set(dsto, k, json_object_get(srco, k)) != 0) return HF_ENOMEM;
+    json_t *o = json_object_get(srco, k);
+    if (o == NULL) json_object_del(dsto, k);   /* a JSON host variable: its path is implied */
+    else if (json_object_set(dsto, k, o) != 0) return HF_ENOMEM;
   }
   return 0;
 }
