@@ -1,4 +1,5 @@
 /* cmd_inventory.c: `hubfleet inventory check|list`: show what every host resolves to, or why not. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,7 +60,24 @@ static void print_value(const json_t *v, const char *sep) {
   }
 }
 
+/* How the host's hub will be driven: its supervisor and tool, and whether
+ * the agent runs its steps as root through sudo -n (become) or as the SSH
+ * login; the same words as the dry run's "driven" check. */
+static void driven(const struct hf_host *h, char *out, size_t outlen) {
+  const char *svc = json_string_value(json_object_get(h->hub, "service"));
+  const char *tool;
+  bool become = json_is_true(json_object_get(h->hub, "become"));
+  bool root = h->user != NULL && strcmp(h->user, "root") == 0;
+  if (svc == NULL) svc = "systemd:jupyterhub";
+  tool = !strncmp(svc, "systemd:", 8) ? "systemctl" : !strncmp(svc, "supervisord:", 12) ? "supervisorctl"
+       : !strncmp(svc, "docker:", 7) ? "docker" : "the inventory's start/stop commands";
+  snprintf(out, outlen, "%s through %s, %s", svc, tool,
+           root ? "as root (the SSH login)" : become ? "as root through sudo -n (become)"
+                : "as the SSH login, no sudo (become off)");
+}
+
 static void print_host(const struct hf_host *h) {
+  char how[256];
   const char *k;
   json_t *v;
   size_t i;
@@ -72,6 +90,8 @@ static void print_host(const struct hf_host *h) {
   if (h->ngroups == 0) fputs("(ungrouped)", stdout);
   for (i = 0; i < h->ngroups; i++) printf("%s%s", i ? ", " : "", h->groups[i]);
   printf("%s\n", h->canary ? "  [canary: goes first]" : "");
+  driven(h, how, sizeof how);
+  printf("  %-18s %s\n", "driven", how);
   json_object_foreach(h->hub, k, v) {
     printf("  %-18s ", k);
     /* argv lists read best as the command line they are. */
@@ -86,8 +106,14 @@ static int cmd_check(const char *path, int as_json) {
   int rc = load(path, &inv);
   if (rc != HF_EXIT_OK) return rc;
   if (as_json) {
-    json_t *j = hf_inv_to_json(inv);
-    char *s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+    json_t *j = hf_inv_to_json(inv), *hj;
+    char *s, how[256];
+    json_array_foreach(json_object_get(j, "hosts"), i, hj) {
+      if (i >= inv->nhosts) break;
+      driven(&inv->hosts[i], how, sizeof how);
+      json_object_set_new(hj, "driven", json_string(how));
+    }
+    s = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
     json_decref(j);
     if (s == NULL) { hf_inv_free(inv); fprintf(stderr, "hubfleet: out of memory\n"); return HF_EXIT_INTERNAL; }
     puts(s);

@@ -1,0 +1,73 @@
+#!/bin/bash
+# Issue 15, become on a TLJH-shaped systemd host (one host): the database and
+# its alembic revision read through sudo (audit); a rollout without become is
+# refused in preflight saying to set hubfleet_become=true; sudo asking for a
+# password, a sudoers rule that refuses the agent, and sudo missing: each a
+# preflight failure naming the cause; in every case the hub is never stopped
+# (same MainPID). The dry run and `inventory check` say how the host is driven.
+# usage: test-become.sh HUBFLEET AGENT
+. "$(dirname "$0")/lib.sh"
+up_sd 1
+H=${SYS[0]}
+R=$(root "$H")
+PID0=$(mainpid "$H")
+check "$H: jupyterhub.service active as root (MainPID $PID0)" test "$(active "$H")" = active -a -n "$PID0" -a "$PID0" != 0
+
+step "audit reads the database through sudo"
+hf audit -i "$INV" --json > "$W/audit.json" 2> "$W/audit.err"
+check "audit exits 0" test $? -eq 0
+check "audit: $BASE in both envs, alembic $BASEREV" test \
+  "$(jq_ "$W/audit.json" '[(g["hub"], g["users"], g["alembic"]) for g in d["groups"]]')" = "[[\"$BASE\", [\"$BASE\"], \"$BASEREV\"]]"
+
+step "inventory check and the dry run show how the host is driven"
+hf inventory check "$INV" > "$W/invcheck.txt" 2>&1
+check "inventory check: systemctl through sudo -n" grep -qE "^  driven +systemd:jupyterhub through systemctl, as root through sudo -n \(become\)$" "$W/invcheck.txt"
+hf upgrade -i "$INV" --to "$NEW" --dry-run --no-rehearse --state "$STATE" > "$W/dry.txt" 2>&1
+check "dry run: ready" grep -qE "^  $H .* -> $NEW  ready" "$W/dry.txt"
+check "dry run: driven through systemctl as root through sudo -n" \
+  grep -qE "pass +driven +systemd:jupyterhub through systemctl, as root through sudo -n \(become, login hfops\)" "$W/dry.txt"
+check "dry run: the service state read from stdout (not sudo's warnings)" grep -qE "pass +service +systemd:jupyterhub is active$" "$W/dry.txt"
+check "dry run: the database read as root" grep -qE "pass +database +sqlite /opt/tljh/state/jupyterhub.sqlite, alembic revision $BASEREV" "$W/dry.txt"
+check "the agent's state is root's: /var/lib/hubfleet/hub-* root 0700" \
+  test "$(stat -c '%U %a' "$R"/var/lib/hubfleet/hub-* 2>/dev/null)" = "root 700"
+
+step "sudo warns on stderr (unable to resolve host): the state is read from stdout"
+cp -p "$R/etc/hosts" "$W/hosts.bak"
+grep -vw "$H" "$W/hosts.bak" > "$R/etc/hosts"
+fleet ssh "$H" -- sudo -n true 2> "$W/sudo-warn.txt"
+check "sudo now warns: $(head -c 80 "$W/sudo-warn.txt")" grep -q "unable to resolve host" "$W/sudo-warn.txt"
+hf upgrade -i "$INV" --to "$NEW" --dry-run --no-rehearse --state "$STATE" > "$W/dry2.txt" 2>&1
+cp -p "$W/hosts.bak" "$R/etc/hosts"
+check "dry run: still ready" grep -qE "^  $H .* -> $NEW  ready" "$W/dry2.txt"
+check "dry run: systemd:jupyterhub is active (not 'is sudo:')" grep -qE "pass +service +systemd:jupyterhub is active$" "$W/dry2.txt"
+check "dry run: the alembic revision read" grep -qE "pass +database +sqlite .*alembic revision $BASEREV" "$W/dry2.txt"
+
+step "without become: refused in preflight, nothing stopped"
+sed 's/^hubfleet_become=true/hubfleet_become=false/' "$INV" > "$W/nobecome.ini"
+hf upgrade -i "$W/nobecome.ini" --to "$NEW" --no-rehearse --state "$STATE" > "$W/nob.txt" 2>&1
+rc=$?
+check "exit 1 (rc=$rc)" test $rc -eq 1
+check "the error says to set hubfleet_become=true" grep -qE "^  $H +1 +failed .*preflight refused: become: set hubfleet_become=true" "$W/nob.txt"
+check "$H: not stopped (MainPID $PID0)" test "$(mainpid "$H")" = "$PID0"
+
+# sudoers cases: the operator's rule replaced, then put back
+SUDOERS=$R/etc/sudoers.d/hubfleet-operator
+cp -p "$SUDOERS" "$W/sudoers.bak"
+sudo_case() { # NAME RULE|missing PATTERN
+  local name=$1 rule=$2 pat=$3
+  if [ "$rule" = missing ]; then mv "$R/usr/bin/sudo" "$R/usr/bin/sudo.hidden"; else printf '%s\n' "$rule" > "$SUDOERS"; fi
+  hf upgrade -i "$INV" --to "$NEW" --no-rehearse --state "$STATE" > "$W/case-$name.txt" 2>&1
+  local rc=$?
+  if [ "$rule" = missing ]; then mv "$R/usr/bin/sudo.hidden" "$R/usr/bin/sudo"; else cp -p "$W/sudoers.bak" "$SUDOERS"; fi
+  check "$name: exit 1 (rc=$rc)" test $rc -eq 1
+  check "$name: preflight failed naming the cause" grep -qE "^  $H +1 +failed .*preflight failed: become: $pat" "$W/case-$name.txt"
+  check "$name: not stopped (MainPID $PID0)" test "$(mainpid "$H")" = "$PID0"
+}
+step "sudo asks for a password"
+sudo_case password 'hfops ALL=(ALL:ALL) PASSWD: ALL' "sudo asks hfops for a password"
+step "a sudoers rule that refuses the agent"
+sudo_case refused 'hfops ALL=(root) NOPASSWD: /usr/bin/systemctl' "the sudoers rules refuse hfops running the hubfleet agent"
+step "sudo missing"
+sudo_case missing missing "sudo is not installed on this host"
+check "$H: still active, /hub/api $BASE, healthy" healthy_on "$H" "$BASE"
+finish
