@@ -55,6 +55,15 @@ check "password not in any config or log the hub user can read" not r grep -rqF 
 no_pgpass() { r env PGPASSFILE=/nonexistent psql -X -w -At -d "$DBURL" -c "select 1" >/dev/null 2>&1; }
 check "without ~/.pgpass the database refuses the hub user" not no_pgpass
 
+scratch() {  # what a rehearsal needs: a scratch copy on the same server, then dropped
+  local base=${DBURL%/*}
+  r psql -X -w -q -v ON_ERROR_STOP=1 -d "$base/postgres" -c 'create database jupyterhub_hub01_scratch' &&
+  r bash -c 'pg_dump --no-password --dbname="$1" | psql -X -w -q -v ON_ERROR_STOP=1 -d "$2" >/dev/null' _ "$DBURL" "$base/jupyterhub_hub01_scratch" &&
+  [ "$(r psql -X -w -At -d "$base/jupyterhub_hub01_scratch" -c 'select version_num from alembic_version')" = 651f5419b74d ] &&
+  r psql -X -w -q -d "$base/postgres" -c 'drop database jupyterhub_hub01_scratch'
+}
+check "the hub's role can make (and drop) a scratch copy on the server" scratch
+
 step "baseline on PostgreSQL"
 check "/hub/api says 3.0.0" api_is 3.0.0
 check "live db: alembic 651f5419b74d" test "$(alembic)" = 651f5419b74d
