@@ -1105,6 +1105,26 @@ static void test_hostile_restore(void) {
   json_decref(res);
   unlink(livedb);
   CHECK_STR(slurp(victim), "root secret\n");
+
+  /* A config that is a symlink to a root-only file (the backup would copy it,
+   * the rollback hand it to the hub user) or a FIFO (the backup would hang):
+   * refused, nothing of the root file copied. */
+  make_hub(state, hub, sizeof hub);
+  unlink(livecfg);
+  CHECK(symlink(victim, livecfg) == 0);
+  res = one_request("backup", hub, "sec5", "\"target\":\"3.1.0\"", NULL, NULL);
+  CHECK(strcmp(code_of(res), "ok") != 0);
+  CHECK(strstr(msg_of(res), "symbolic link") != NULL);
+  json_decref(res);
+  snprintf(bk, sizeof bk, "%s/backups/sec5/jupyterhub_config.py", state);
+  CHECK(access(bk, F_OK) != 0);
+  unlink(livecfg);
+  CHECK(mkfifo(livecfg, 0644) == 0);
+  res = one_request("backup", hub, "sec6", "\"target\":\"3.1.0\",\"timeout_ms\":20000", NULL, NULL);
+  CHECK(strcmp(code_of(res), "ok") != 0);
+  CHECK(strstr(msg_of(res), "FIFO") != NULL);
+  json_decref(res);
+  unlink(livecfg);
 }
 
 /* Item 6 of issue 13: the agent's own directories and files. */
