@@ -1,0 +1,37 @@
+#!/bin/bash
+# Issue 15: a release that cannot start, on two TLJH-shaped systemd hosts,
+# stages 1,100%: the first host (the canary stage) fails at start and is rolled
+# back through sudo and systemctl (its error in the unit's own words, from the
+# journal), the rollout halts on its budget, and the other is untouched
+# (same MainPID, no journal for the rollout).
+# usage: test-bad-start.sh HUBFLEET AGENT
+# (two hosts at the fleet's size; three with HF_TEST_SYS=3)
+. "$(dirname "$0")/lib.sh"
+up_sd "${HF_TEST_SYS:-2}"
+for h in "${SYS[@]}"; do echo "$h $(mainpid "$h")"; done > "$W/pids0"
+step "upgrade to $BADSTART, stages 1,100%"
+t=$SECONDS
+hf upgrade -i "$INV" --to "$BADSTART" --stages 1,100% --no-rehearse --health-timeout 60 --state "$STATE" > "$W/up.out" 2>&1
+rc=$?
+echo "# upgrade took $((SECONDS - t))s"
+check "exit 1: halted (rc=$rc)" test $rc -eq 1
+RID=$(hf history --state "$STATE" --ids | head -1)
+status_json "$RID" > "$W/st.json"
+check "rollout halted" test "$(jq_ "$W/st.json" 'd["rollout"]["status"]')" = halted
+C=$(jq_ "$W/st.json" '[h["host"] for h in d["hosts"] if h["stage"]==0][0]')
+check "$C (stage 1) rolled back" test "$(host_field "$W/st.json" "$C" status)" = rolled_back
+err=$(host_field "$W/st.json" "$C" error)
+echo "# $C: $err"
+check "$C: failed at start, in the unit's own words (journal)" eval \
+  '[[ $err == *"start failed"* && $err == *"crashed while starting"* && $err == *"(systemd: "* ]]'
+check "$C: back on $BASE in both envs, alembic $BASEREV" test "$(hubver "$C" hub) $(hubver "$C" user) $(alembic "$C")" = "$BASE $BASE $BASEREV"
+check "$C: active under systemd, /hub/api $BASE, healthy" eval 'test "$(active "$C")" = active && healthy_on "$C" "$BASE"'
+J=$(journal_of "$C" "$RID")
+check "$C: the agent's journal records the rollback" grep -aq '"step":"rollback"' "$J"
+for h in "${SYS[@]}"; do
+  [ "$h" = "$C" ] && continue
+  check "$h: pending, untouched: same MainPID, no journal for $RID" eval \
+    "test \"$(host_field "$W/st.json" "$h" status)\" = pending -a \"$(mainpid "$h")\" = \"$(awk -v h="$h" '$1 == h { print $2 }' "$W/pids0")\" -a -z \"$(journal_of "$h" "$RID")\""
+  check "$h: still $BASE, healthy" healthy_on "$h" "$BASE"
+done
+finish
