@@ -107,7 +107,6 @@ struct rollout {
   int64_t           t0;
   uv_timer_t        soak_timer;
   uv_timer_t        progress_timer;
-  int               rechecks;      /* re-checks in flight */
   json_t           *rules;         /* version-aware preflight rules (new) */
 };
 
@@ -502,7 +501,6 @@ static void on_recheck_result(struct hf_session *s, int status, const json_t *da
   struct rhost *h = ctx;
   (void)s; (void)data;
   events_summary(h);
-  h->ro->rechecks--;
   if (status == 0) {
     emit(h->ro, h, "recheck", "info", "healthy after soak");
     close_session(h);
@@ -699,7 +697,6 @@ static void on_ready(struct hf_session *s, int status, void *ctx) {
     bool may_have_changed = h->reconnect_deadline || h->step >= ST_STOP || h->goal == G_ROLLBACK;
     bool retryable = status != HF_EHOSTKEY && status != HF_EAUTH && status != HF_EVERSION;
     if (may_have_changed && retryable && ro->o->mode != HF_RM_DRYRUN) { host_wait_reconnect(h, why); return; }
-    if (h->goal == G_RECHECK) { ro->rechecks--; }
     char msg[700];
     snprintf(msg, sizeof msg, "unreachable: %s", why);
     host_done(h, h->goal == G_ROLLBACK || h->step >= ST_STOP ? HF_HOST_ATTENTION : HF_HOST_FAILED, msg);
@@ -750,14 +747,16 @@ static bool stage_has_pending(struct rollout *ro) {
 static void on_soak(uv_timer_t *t) {
   struct rollout *ro = t->data;
   say(ro, "soak over: re-checking the health of stage %u", ro->stage + 1);
+  /* A re-check is a host in flight like any other: it holds no slot of
+   * its own counter, so however it ends (healthy, rolled back, lost past
+   * its reconnect deadline) the stage moves on when no host is active. */
   for (size_t i = 0; i < ro->nhosts; i++) {
     struct rhost *h = &ro->hosts[i];
     if (!h->selected || h->stage != ro->stage || strcmp(h->status, HF_HOST_UPGRADED)) continue;
     h->goal = G_RECHECK;
-    ro->rechecks++;
     host_launch(h);
   }
-  if (ro->rechecks == 0) stage_next(ro);
+  launch_more(ro);
 }
 
 /* Asks the operator whether to go on; false = pause. */
@@ -795,7 +794,7 @@ static void launch_more(struct rollout *ro) {
     if (ro->halting && strcmp(h->status, HF_HOST_RUNNING)) continue;
     host_launch(h);
   }
-  if (ro->active > 0 || ro->rechecks > 0) return;
+  if (ro->active > 0) return;
   if (ro->halting) { finish(ro, HF_ROLLOUT_HALTED); return; }
   if (stage_has_pending(ro)) return;
   if (ro->next < ro->nhosts && ro->hosts[ro->order[ro->next]].stage == ro->stage) return;
@@ -1180,7 +1179,23 @@ int hf_rollout_run(const struct hf_rollout_opts *o) {
   if (o->mode == HF_RM_ROLLBACK) hf_state_rollout_set_status(o->state, ro.id, HF_ROLLOUT_RUNNING);
   launch_more(&ro);
   uv_run(&ro.loop, UV_RUN_DEFAULT);
-  if (!ro.finished) finish(&ro, o->mode == HF_RM_ROLLBACK ? HF_ROLLOUT_ROLLEDBACK : HF_ROLLOUT_DONE);
+  bool drained = false;
+  if (!ro.finished) {
+    /* The loop ran dry before the scheduler said the rollout ended: never
+     * record that as done. Hosts left unfinished make it paused, so resume
+     * picks them up. */
+    bool left = false;
+    for (size_t i = 0; i < ro.nhosts; i++)
+      if (ro.hosts[i].selected && ro.hosts[i].phase != HR_DONE) left = true;
+    if (left && o->mode != HF_RM_DRYRUN) {
+      drained = true;
+      say(&ro, "internal error: the rollout stopped with hosts left to run; recorded as paused: "
+          "continue with 'hubfleet resume %s'", ro.id);
+      finish(&ro, HF_ROLLOUT_PAUSED);
+    } else {
+      finish(&ro, o->mode == HF_RM_ROLLBACK ? HF_ROLLOUT_ROLLEDBACK : HF_ROLLOUT_DONE);
+    }
+  }
 
   if (o->mode == HF_RM_DRYRUN) {
     print_dryrun(&ro);
@@ -1195,7 +1210,7 @@ int hf_rollout_run(const struct hf_rollout_opts *o) {
       if (!all) { ro.final_status = HF_ROLLOUT_HALTED; hf_state_rollout_set_status(o->state, ro.id, HF_ROLLOUT_HALTED); }
     }
     print_summary(&ro);
-    rc = ro.exit_code;
+    rc = drained ? HF_EXIT_INTERNAL : ro.exit_code;
   }
   if (o->stats) {
     struct hf_engine_stats s;
