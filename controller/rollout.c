@@ -100,6 +100,7 @@ struct rollout {
   size_t            next;          /* next index in launch order */
   size_t           *order;         /* host indexes in stage order */
   bool              halting;
+  bool              state_broken;  /* a state write failed: stopped at once, exit 70 */
   bool              finished;
   bool              tty;
   int               exit_code;
@@ -213,6 +214,25 @@ static void set_phase(struct rhost *h, enum hr_phase p) {
   h->phase = p;
 }
 
+/* The README promises every step is recorded before it is sent: a write to
+ * the state database that fails stops the rollout at once (nothing more is
+ * sent; the agents finish the step they run and keep it in their journals),
+ * and resume continues from the state file once it can be written again. */
+static bool state_ok(struct rollout *ro, int rc, const char *what) {
+  if (rc == 0) return true;
+  if (!ro->state_broken) {
+    ro->state_broken = true;
+    ro->halting = true;
+    progress_clear(ro);
+    fprintf(stderr, "hubfleet: state file: cannot record %s: %s\n"
+            "hubfleet: stopping at once, nothing more is sent; the hosts keep what they did in their journals.\n"
+            "hubfleet: make the state file writable (free disk space?), then: hubfleet resume %s\n",
+            what, hf_state_errmsg(ro->o->state), ro->id);
+    uv_stop(&ro->loop);
+  }
+  return false;
+}
+
 static bool is_failure(const char *status) {
   return !strcmp(status, HF_HOST_FAILED) || !strcmp(status, HF_HOST_ROLLEDBACK) || !strcmp(status, HF_HOST_ATTENTION);
 }
@@ -223,8 +243,8 @@ static void record_host(struct rhost *h, const char *status, const char *error) 
   h->status = status;
   if (error && error != h->error) snprintf(h->error, sizeof h->error, "%s", error);
   if (ro->o->state && ro->o->mode != HF_RM_DRYRUN)
-    hf_state_host_set(ro->o->state, ro->id, h->host->name, status,
-                      h->step < ST__COUNT ? steps[h->step].name : NULL, error);
+    state_ok(ro, hf_state_host_set(ro->o->state, ro->id, h->host->name, status,
+                                   h->step < ST__COUNT ? steps[h->step].name : NULL, error), "a host's outcome");
   if (!was_failure && is_failure(status)) ro->failures++;
   if (was_failure && !is_failure(status)) ro->failures--;
 }
@@ -264,17 +284,20 @@ static void host_done(struct rhost *h, const char *status, const char *error) {
 /* The rollback goal made durable before anything acts on it (issue 13): the
  * host row says "running, step rollback", so a resume after this controller
  * dies continues the rollback and never re-sends the step that failed. */
-static void rollback_record_goal(struct rhost *h, const char *why) {
+static bool rollback_record_goal(struct rhost *h, const char *why) {
   struct rollout *ro = h->ro;
-  if (ro->o->state && ro->id[0] && ro->o->mode != HF_RM_DRYRUN)
-    hf_state_host_set(ro->o->state, ro->id, h->host->name, HF_HOST_RUNNING, HF_STEP_ROLLBACK, why);
+  if (ro->o->state && ro->id[0] && ro->o->mode != HF_RM_DRYRUN &&
+      !state_ok(ro, hf_state_host_set(ro->o->state, ro->id, h->host->name, HF_HOST_RUNNING, HF_STEP_ROLLBACK, why),
+                "the rollback goal"))
+    return false;
   h->status = HF_HOST_RUNNING;
+  return true;
 }
 
 static void rollback_start(struct rhost *h, const char *why) {
   struct rollout *ro = h->ro;
   snprintf(h->error, sizeof h->error, "%s", why);
-  rollback_record_goal(h, why);
+  if (!rollback_record_goal(h, why)) return;
   say(ro, "%s: %s; rolling back", h->host->name, why);
   emit(ro, h, "host", "warn", "rolling back: %s", why);
   h->goal = G_ROLLBACK;
@@ -668,10 +691,18 @@ static void host_send(struct rhost *h) {
     set_phase(h, HR_STEP);
     if (h->step == ST_STOP && !h->t_stop) h->t_stop = hf_state_now_ms();
   }
+  if (ro->state_broken) { json_decref(args); return; }
   if (ro->o->state && ro->o->mode != HF_RM_DRYRUN && cb != on_journal_result) {
-    hf_state_step_begin(ro->o->state, ro->id, h->host->name, op, &h->step_id);
+    if (!state_ok(ro, hf_state_step_begin(ro->o->state, ro->id, h->host->name, op, &h->step_id), "a step's start")) {
+      json_decref(args);
+      return;
+    }
     if (cb == on_step_result) {
-      hf_state_host_set(ro->o->state, ro->id, h->host->name, HF_HOST_RUNNING, op, NULL);
+      if (!state_ok(ro, hf_state_host_set(ro->o->state, ro->id, h->host->name, HF_HOST_RUNNING, op, NULL),
+                    "a step's start")) {
+        json_decref(args);
+        return;
+      }
       h->status = HF_HOST_RUNNING; /* as recorded: --events said "pending" for a running host */
     }
   }
@@ -1180,7 +1211,10 @@ int hf_rollout_run(const struct hf_rollout_opts *o) {
   launch_more(&ro);
   uv_run(&ro.loop, UV_RUN_DEFAULT);
   bool drained = false;
-  if (!ro.finished) {
+  if (ro.state_broken) {
+    ro.finished = true;   /* nothing more can be recorded: the state file says "running", resume continues */
+    ro.final_status = "stopped (the state file cannot be written)";
+  } else if (!ro.finished) {
     /* The loop ran dry before the scheduler said the rollout ended: never
      * record that as done. Hosts left unfinished make it paused, so resume
      * picks them up. */
@@ -1210,7 +1244,7 @@ int hf_rollout_run(const struct hf_rollout_opts *o) {
       if (!all) { ro.final_status = HF_ROLLOUT_HALTED; hf_state_rollout_set_status(o->state, ro.id, HF_ROLLOUT_HALTED); }
     }
     print_summary(&ro);
-    rc = drained ? HF_EXIT_INTERNAL : ro.exit_code;
+    rc = drained || ro.state_broken ? HF_EXIT_INTERNAL : ro.exit_code;
   }
   if (o->stats) {
     struct hf_engine_stats s;
