@@ -101,6 +101,8 @@ struct rollout {
   size_t           *order;         /* host indexes in stage order */
   bool              halting;
   bool              state_broken;  /* a state write failed: stopped at once, exit 70 */
+  int               interrupts;    /* SIGINT/SIGTERM received: 1 = pausing at safe points */
+  uv_signal_t       sigint, sigterm;
   bool              finished;
   bool              tty;
   int               exit_code;
@@ -581,6 +583,30 @@ static json_t *journal_step_data(const json_t *data, int step) {
   return json_is_object(detail) ? json_incref(detail) : NULL;
 }
 
+/* The time (ms since the epoch, the host's clock) of the latest journal
+ * record of step in state, or 0. */
+static int64_t journal_time(const json_t *data, const char *step, const char *state) {
+  int64_t t = 0;
+  size_t i;
+  json_t *rec;
+  json_array_foreach(json_object_get(data, "steps"), i, rec) {
+    const char *n = json_string_value(json_object_get(rec, "step"));
+    const char *st = json_string_value(json_object_get(rec, "state"));
+    const char *tm = json_string_value(json_object_get(rec, "time"));
+    if (!n || !st || !tm || strcmp(n, step) || strcmp(st, state)) continue;
+    struct tm c = { 0 };
+    int ms = 0;
+    if (sscanf(tm, "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ", &c.tm_year, &c.tm_mon, &c.tm_mday, &c.tm_hour, &c.tm_min,
+               &c.tm_sec, &ms) != 7)
+      continue;
+    c.tm_year -= 1900;
+    c.tm_mon -= 1;
+    time_t secs = timegm(&c);
+    if (secs != (time_t)-1) t = (int64_t)secs * 1000 + ms;
+  }
+  return t;
+}
+
 static void on_journal_result(struct hf_session *s, int status, const json_t *data, const char *message, void *ctx) {
   struct rhost *h = ctx;
   struct rollout *ro = h->ro;
@@ -625,6 +651,10 @@ static void on_journal_result(struct hf_session *s, int status, const json_t *da
     return;
   }
   if (h->goal == G_STEPS) {
+    /* The hub's downtime counts from its stop, which an earlier controller
+     * may have sent: the journal keeps when (the host's clock). */
+    int64_t stop_at = journal_time(data, "stop", "begin");
+    if (!h->t_stop && stop_at) h->t_stop = stop_at;
     /* Skip every step the journal shows done; re-run the first that is not
      * (each is idempotent on the agent). */
     while (h->step < ST__COUNT) {
@@ -641,7 +671,14 @@ static void on_journal_result(struct hf_session *s, int status, const json_t *da
           hf_state_step_end(ro->o->state, id, "ok", jd, "reconciled from the host's journal");
         json_decref(jd);
       }
-      if (h->step == ST_HEALTH) { host_done(h, HF_HOST_UPGRADED, NULL); return; }
+      if (h->step == ST_HEALTH) {
+        /* Finished while no controller watched: its downtime from the journal. */
+        int64_t healthy_at = journal_time(data, "health", "done");
+        if (h->t_stop && healthy_at > h->t_stop && ro->o->state)
+          hf_state_host_set_downtime(ro->o->state, ro->id, h->host->name, healthy_at - h->t_stop);
+        host_done(h, HF_HOST_UPGRADED, NULL);
+        return;
+      }
       h->step++;
     }
     if (h->step >= ST__COUNT) { host_done(h, HF_HOST_UPGRADED, NULL); return; }
@@ -652,6 +689,16 @@ static void on_journal_result(struct hf_session *s, int status, const json_t *da
 /* Sends what the host's goal needs next on its ready session. */
 static void host_send(struct rhost *h) {
   struct rollout *ro = h->ro;
+  if (ro->interrupts && h->goal != G_ROLLBACK) {
+    /* A safe point: the last step's result is recorded and the next one
+     * not sent. The host stays "running" at that step in the state file,
+     * and resume goes on from its journal. A rollback runs to its end. */
+    close_session(h);
+    set_phase(h, HR_PENDING);
+    say(ro, "%s: paused after %s", h->host->name, h->step < ST__COUNT && h->step > 0 ? steps[h->step - 1].name : "connecting");
+    launch_more(ro);
+    return;
+  }
   json_t *args = json_pack("{s:O}", "hub", h->host->hub);
   hf_result_cb cb;
   const char *op;
@@ -755,12 +802,34 @@ static void host_launch(struct rhost *h) {
   }
 }
 
+/* Ctrl-C as operators expect it (Ansible, kubectl): the first SIGINT or
+ * SIGTERM stops launching hosts and lets each host in flight reach a safe
+ * point (its step finished and recorded, or its rollback done), then the
+ * rollout is recorded as paused; a second one leaves at once. Both say how
+ * to go on. */
+static void on_signal(uv_signal_t *sg, int signum) {
+  struct rollout *ro = sg->data;
+  if (++ro->interrupts == 1) {
+    say(ro, "%s: finishing the steps in flight, starting nothing new (again to leave at once); "
+        "then continue with 'hubfleet resume %s'", signum == SIGTERM ? "terminated" : "interrupted", ro->id);
+    launch_more(ro);
+    return;
+  }
+  progress_clear(ro);
+  fprintf(stderr, "hubfleet: leaving now; the hosts finish the step they run and keep it in their journals: "
+          "continue with 'hubfleet resume %s'\n", ro->id);
+  fflush(stderr);
+  _exit(130);
+}
+
 /* ---- stages ---------------------------------------------------------------------- */
 
 static void finish(struct rollout *ro, const char *status) {
   if (ro->finished) return;
   ro->finished = true;
   ro->final_status = status;
+  uv_timer_stop(&ro->progress_timer);
+  uv_timer_stop(&ro->soak_timer);
   progress_clear(ro);
   if (ro->o->state && ro->id[0] && ro->o->mode != HF_RM_DRYRUN) hf_state_rollout_set_status(ro->o->state, ro->id, status);
   emit(ro, NULL, "rollout", "info", "rollout %s", status);
@@ -777,6 +846,7 @@ static bool stage_has_pending(struct rollout *ro) {
 
 static void on_soak(uv_timer_t *t) {
   struct rollout *ro = t->data;
+  if (ro->finished || ro->interrupts) return;
   say(ro, "soak over: re-checking the health of stage %u", ro->stage + 1);
   /* A re-check is a host in flight like any other: it holds no slot of
    * its own counter, so however it ends (healthy, rolled back, lost past
@@ -807,6 +877,13 @@ static bool confirm_stage(struct rollout *ro, unsigned stage, size_t n) {
  * on when the stage is over. */
 static void launch_more(struct rollout *ro) {
   if (ro->finished) return;
+  if (ro->interrupts) {
+    if (ro->active == 0) {
+      say(ro, "paused: every host in flight reached a safe point; continue with 'hubfleet resume %s'", ro->id);
+      finish(ro, ro->o->mode == HF_RM_DRYRUN ? "interrupted" : HF_ROLLOUT_PAUSED);
+    }
+    return;
+  }
   if (ro->o->mode == HF_RM_ROLLBACK || ro->o->mode == HF_RM_DRYRUN) {
     while (!ro->halting && ro->next < ro->nhosts && ro->active < ro->o->parallel) {
       struct rhost *h = &ro->hosts[ro->order[ro->next++]];
@@ -926,7 +1003,7 @@ static void print_dryrun(struct rollout *ro) {
 }
 
 static void print_summary(struct rollout *ro) {
-  int up = 0, failed = 0, rolled = 0, att = 0, untouched = 0;
+  int up = 0, failed = 0, rolled = 0, att = 0, untouched = 0, running = 0;
   json_t *hosts = ro->o->state ? hf_state_hosts(ro->o->state, ro->id) : NULL;
   size_t i;
   json_t *row;
@@ -936,12 +1013,14 @@ static void print_summary(struct rollout *ro) {
     else if (!strcmp(st, HF_HOST_ROLLEDBACK)) rolled++;
     else if (!strcmp(st, HF_HOST_ATTENTION)) att++;
     else if (!strcmp(st, HF_HOST_PENDING)) untouched++;
+    else if (!strcmp(st, HF_HOST_RUNNING)) running++;   /* paused or stopped mid-procedure */
     else failed++;
   }
   if (ro->o->json) {
-    json_t *doc = json_pack("{s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:O}", "rollout", ro->id, "target", ro->target,
+    json_t *doc = json_pack("{s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:O}", "rollout", ro->id, "target", ro->target,
                             "status", ro->final_status ? ro->final_status : "?", "upgraded", up, "failed", failed,
-                            "rolled_back", rolled, "needs_attention", att, "untouched", untouched, "hosts", hosts);
+                            "rolled_back", rolled, "needs_attention", att, "untouched", untouched,
+                            "in_progress", running, "hosts", hosts);
     json_dumpf(doc, stdout, JSON_INDENT(2));
     fputc('\n', stdout);
     json_decref(doc);
@@ -950,8 +1029,13 @@ static void print_summary(struct rollout *ro) {
     if (ro->o->mode == HF_RM_ROLLBACK)
       printf("  %d rolled back, %d need attention; %.1fs\n", rolled, att, (double)(hf_state_now_ms() - ro->t0) / 1000.0);
     else
-      printf("  %d upgraded, %d failed, %d rolled back, %d need attention, %d untouched; budget %u, used %d; %.1fs\n",
-             up, failed, rolled, att, untouched, ro->budget, ro->failures, (double)(hf_state_now_ms() - ro->t0) / 1000.0);
+    {
+      char inprog[96] = "";
+      if (running) snprintf(inprog, sizeof inprog, ", %d in progress (resume goes on from the journals)", running);
+      printf("  %d upgraded, %d failed, %d rolled back, %d need attention, %d untouched%s; budget %u, used %d; %.1fs\n",
+             up, failed, rolled, att, untouched, inprog, ro->budget, ro->failures,
+             (double)(hf_state_now_ms() - ro->t0) / 1000.0);
+    }
     printf("  %-24s %-5s %-16s %-9s %s\n", "HOST", "STAGE", "STATUS", "DOWNTIME", "ERROR");
     json_array_foreach(hosts, i, row) {
       char down[32] = "-";
@@ -1178,6 +1262,13 @@ int hf_rollout_run(const struct hf_rollout_opts *o) {
   ro.soak_timer.data = &ro;
   uv_timer_init(&ro.loop, &ro.progress_timer);
   ro.progress_timer.data = &ro;
+  uv_signal_init(&ro.loop, &ro.sigint);
+  uv_signal_init(&ro.loop, &ro.sigterm);
+  ro.sigint.data = ro.sigterm.data = &ro;
+  uv_signal_start(&ro.sigint, on_signal, SIGINT);
+  uv_signal_start(&ro.sigterm, on_signal, SIGTERM);
+  uv_unref((uv_handle_t *)&ro.sigint);
+  uv_unref((uv_handle_t *)&ro.sigterm);
   if (ro.tty) uv_timer_start(&ro.progress_timer, on_progress_timer, 250, 250);
 
   if (o->mode == HF_RM_UPGRADE)
@@ -1244,7 +1335,7 @@ int hf_rollout_run(const struct hf_rollout_opts *o) {
       if (!all) { ro.final_status = HF_ROLLOUT_HALTED; hf_state_rollout_set_status(o->state, ro.id, HF_ROLLOUT_HALTED); }
     }
     print_summary(&ro);
-    rc = drained || ro.state_broken ? HF_EXIT_INTERNAL : ro.exit_code;
+    rc = drained || ro.state_broken ? HF_EXIT_INTERNAL : ro.interrupts ? 130 : ro.exit_code;
   }
   if (o->stats) {
     struct hf_engine_stats s;
@@ -1264,6 +1355,8 @@ out_loop:
   if (ro.engine) {
     uv_close((uv_handle_t *)&ro.soak_timer, NULL);
     uv_close((uv_handle_t *)&ro.progress_timer, NULL);
+    uv_close((uv_handle_t *)&ro.sigint, NULL);
+    uv_close((uv_handle_t *)&ro.sigterm, NULL);
   }
   uv_run(&ro.loop, UV_RUN_DEFAULT);
   hf_engine_free(ro.engine);
