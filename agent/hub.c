@@ -529,9 +529,10 @@ int hf__svc_stop(struct hf_req *r, bool *was_running) {
     goto confirm;
   }
   if ((rc = hf__svc_status(r, was_running, state, sizeof state)) != 0) return rc;
-  /* supervisord's BACKOFF is "crashed, will retry": a retry in the middle of
-   * a reinstall would start a half-installed hub, so it is stopped too. */
-  if (!*was_running && strcmp(state, "BACKOFF") != 0) return 0;
+  /* supervisord's BACKOFF and systemd's auto-restart are "crashed, will
+   * retry": a retry in the middle of a reinstall would start a
+   * half-installed hub, so they are stopped too. */
+  if (!*was_running && strcmp(state, "BACKOFF") != 0 && strstr(state, "auto-restart") == NULL) return 0;
   if ((rc = svc_argv(r, &a, "stop")) != 0) return rc;
   rc = hf__cmd(r, &a, NULL, NULL, NULL, hf__left_ms(r), "stop", false, NULL);
   hf_argv_free(&a);
@@ -581,6 +582,15 @@ int hf__svc_start(struct hf_req *r, bool *was_running) {
   if ((rc = hf__svc_status(r, was_running, state, sizeof state)) != 0) return rc;
   if (*was_running) return 0;
   since = hf__wall_us() - 1000;
+  if (r->hub.svc == HF_SVC_SYSTEMD) {
+    /* A unit that crashed into its start limit ("Start request repeated too
+     * quickly", e.g. the release just rolled back from) refuses every start
+     * until reset: what an operator runs first. */
+    if ((rc = svc_argv(r, &a, "reset-failed")) != 0) return rc;
+    hf__cmd(r, &a, NULL, NULL, NULL, 15000, "start", true, NULL);
+    hf_argv_free(&a);
+    r->msg[0] = '\0';
+  }
   if ((rc = svc_argv(r, &a, "start")) != 0) return rc;
   rc = hf__cmd(r, &a, NULL, NULL, NULL, hf__left_ms(r), "start", false, NULL);
   hf_argv_free(&a);

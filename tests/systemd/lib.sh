@@ -50,5 +50,9 @@ hubver() {
   d=${d##*/jupyterhub-}; echo "${d%.dist-info}"
 }
 # journal_of HOST ROLLOUT: the agent's journal file for ROLLOUT ("" when none)
-journal_of() { ls "$(root "$1")"/var/lib/hubfleet/hub-*/journal-"$2" 2>/dev/null | head -1; }
+# the agent's state dir on a TLJH host with become: /var/lib/hubfleet/hub-KEY,
+# KEY the first 16 hex digits of the SHA-256 of the config path (not a glob:
+# the overlay's lower layer is this machine's /)
+SD_STATE=/var/lib/hubfleet/hub-$(printf %s /opt/tljh/config/jupyterhub_config.py | sha256sum | cut -c1-16)
+journal_of() { local j; j=$(root "$1")$SD_STATE/journal-$2; [ -e "$j" ] && echo "$j"; }
 host_field() { jq_ "$1" "[h.get('$3') for h in d['hosts'] if h['host']=='$2'][0]"; }

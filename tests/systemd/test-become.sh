@@ -28,8 +28,7 @@ check "dry run: driven through systemctl as root through sudo -n" \
   grep -qE "pass +driven +systemd:jupyterhub through systemctl, as root through sudo -n \(become, login hfops\)" "$W/dry.txt"
 check "dry run: the service state read from stdout (not sudo's warnings)" grep -qE "pass +service +systemd:jupyterhub is active$" "$W/dry.txt"
 check "dry run: the database read as root" grep -qE "pass +database +sqlite /opt/tljh/state/jupyterhub.sqlite, alembic revision $BASEREV" "$W/dry.txt"
-check "the agent's state is root's: /var/lib/hubfleet/hub-* root 0700" \
-  test "$(stat -c '%U %a' "$R"/var/lib/hubfleet/hub-* 2>/dev/null)" = "root 700"
+check "the agent's state is root's: $SD_STATE root 0700" test "$(stat -c '%U %a' "$R$SD_STATE" 2>/dev/null)" = "root 700"
 
 step "sudo warns on stderr (unable to resolve host): the state is read from stdout"
 cp -p "$R/etc/hosts" "$W/hosts.bak"
