@@ -14,6 +14,7 @@
 #include "hf_audit.h"
 #include "hf_prom.h"
 #include "hf_ctl_util.h"
+#include "hf_sanitize.h"
 
 static const char usage_text[] =
   "usage: hubfleet audit -i INVENTORY [OPTIONS]\n"
@@ -93,6 +94,7 @@ static void on_closed(struct hf_session *s, void *ctx) {
 #define REC_STR_MAX 256
 #define REC_ENVS_MAX 16
 #define REC_PKGS_MAX 32
+#define REC_BYTES_MAX 8192      /* the whole record, as compact JSON */
 
 static json_t *rec_str(const json_t *v) {
   const char *s = json_string_value(v);
@@ -155,6 +157,20 @@ static json_t *facts_record(const json_t *facts) {
     json_t *rs = json_object();
     rec_keys(rs, sm, smk);
     json_object_set_new(out, "service_manager", rs);
+  }
+  /* Each piece is bounded; the whole too: a host that sends the most of
+   * every piece loses its package lists, then all but the versions. */
+  if (json_dumpb(out, NULL, 0, JSON_COMPACT) > REC_BYTES_MAX) {
+    json_array_foreach(envs, i, e) json_object_del((json_t *)(uintptr_t)e, "packages");
+    if (json_dumpb(out, NULL, 0, JSON_COMPACT) > REC_BYTES_MAX) {
+      json_array_foreach(envs, i, e) {
+        json_object_del((json_t *)(uintptr_t)e, "prefix");
+        json_object_del((json_t *)(uintptr_t)e, "python");
+        json_object_del((json_t *)(uintptr_t)e, "installer");
+      }
+      json_object_del(out, "db");
+      json_object_set_new(out, "truncated", json_true());
+    }
   }
   return out;
 }
@@ -246,6 +262,7 @@ int hf_cmd_audit(int argc, char **argv) {
   bool json_out = false, stats = false;
   long v, timeout_s = 15;
   int c;
+  hf_sanitize_stdio();   /* versions, paths and errors come from hosts: --json too */
   optind = 1;
   while ((c = getopt_long(argc, argv, "i:l:p:t:vh", longopts, NULL)) != -1) {
     switch (c) {

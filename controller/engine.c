@@ -282,6 +282,9 @@ static void teardown_ssh(struct hf_session *s) {
   if (s->up) { ssh_channel_free(s->up); s->up = NULL; }
   if (s->ch) { ssh_channel_free(s->ch); s->ch = NULL; }
   if (s->ssh) {
+    /* libssh closes the socket itself when the peer dropped the connection
+     * or a write failed (its fd is then invalid): never close it twice. */
+    if (ssh_get_fd(s->ssh) == SSH_INVALID_SOCKET) s->ssh_fd = -1;
     ssh_disconnect(s->ssh);   /* sends SSH_MSG_DISCONNECT; leaves a given socket open */
     ssh_free(s->ssh);
     s->ssh = NULL;
@@ -569,8 +572,10 @@ static void rearm(struct hf_session *s) {
      * read for: do not spin on it. */
     if (s->bare && s->state == HF_SS_READY && s->jump && !s->jump->nusers)
       ev &= ~UV_READABLE;
-    /* Waiting for an upload slot: nothing to do until it comes. */
-    if (s->state == HF_SS_UPWAIT) ev = 0;
+    /* Waiting for an upload slot, reading only: sshd's keepalives must be
+     * answered, or it drops a session that waits long. */
+    if (s->state == HF_SS_UPWAIT) ev = UV_READABLE |
+        ((ssh_get_status(s->ssh) & SSH_WRITE_PENDING) ? UV_WRITABLE : 0);
   }
   if (ev != s->poll_events) {
     if (ev) uv_poll_start(s->poll, ev, on_poll);
@@ -997,6 +1002,16 @@ static int in_probe(struct hf_session *s) {
     if (strchr(s->line, '\n') || s->line_len >= sizeof s->line - 1) {
       if (!strncmp(s->line, HF_DEPLOY_NEED_UPLOAD "\n", strlen(HF_DEPLOY_NEED_UPLOAD) + 1))
         goto need_upload;
+      if (!strncmp(s->line, HF_DEPLOY_NOFIND " ", strlen(HF_DEPLOY_NOFIND) + 1)) {
+        char path[sizeof s->line];
+        char *nl = strchr(s->line, '\n');
+        if (nl) *nl = '\0';
+        hf_clean_line(path, sizeof path, s->line + strlen(HF_DEPLOY_NOFIND) + 1);
+        failf(s, HF_EUNSUPPORTED, "%s: refusing to run the agent: the host's find cannot check the owner and "
+              "mode of %s (a find with -maxdepth, -perm and -user is needed: GNU findutils or busybox)",
+              s->host->name, path);
+        return -1;
+      }
       if (!strncmp(s->line, HF_DEPLOY_UNSAFE " ", strlen(HF_DEPLOY_UNSAFE) + 1)) {
         char path[sizeof s->line];
         char *nl = strchr(s->line, '\n');
@@ -1269,6 +1284,12 @@ static void drive(struct hf_session *s) {
       r = pump_out(s);
       if (r == 0) r = in_frames(s);
       break;
+    case HF_SS_UPWAIT:
+      /* Process what came (keepalive requests are answered) and send
+       * what is queued; a dead connection fails the session now. */
+      if (ssh_blocking_flush(s->ssh, 0) == SSH_ERROR) { fail_ssh(s, HF_EIO, "connection lost while waiting to upload"); return; }
+      rearm(s);
+      return;
     default:
       return;   /* queued, resolving, waiting, backoff, failed: nothing to do on I/O */
     }
@@ -1722,7 +1743,6 @@ int hf_engine_new(uv_loop_t *loop, const struct hf_engine_opts *opts,
   if (e->o.max_handshakes <= 0) e->o.max_handshakes = 64;
   if (e->o.max_retries < 0) e->o.max_retries = 10;
   if (e->o.max_uploads <= 0) e->o.max_uploads = 8;
-  fd_budget(e);
   if (!e->o.timeout_ms) e->o.timeout_ms = 15000;
   if (!e->o.request_timeout_ms) e->o.request_timeout_ms = 60000;
   e->rng = e->o.seed ? e->o.seed : (uv_hrtime() ^ (uint64_t)getpid() << 32);
@@ -1730,6 +1750,7 @@ int hf_engine_new(uv_loop_t *loop, const struct hf_engine_opts *opts,
   snprintf(e->home, sizeof e->home, "%s", home ? home : "");
   const char *sock = getenv("SSH_AUTH_SOCK");
   e->have_agent_sock = sock && *sock;
+  fd_budget(e);
 
   if (!opts->agent_path) {
     snprintf(err, errlen, "no hubfleet-agent to deploy (give --agent PATH or set HUBFLEET_AGENT)");
@@ -1853,7 +1874,9 @@ static void slots_refill(struct hf_engine *e) {
  * servers do); when even that is too low, fewer sessions run at once, with
  * one notice, rather than hosts failing with EMFILE. */
 static void fd_budget(struct hf_engine *e) {
-  int per = e->jump_seen ? 2 : 1;
+  /* Per session: its socket; the other end of a socketpair behind a
+   * bastion; libssh's own socket to ssh-agent while it authenticates. */
+  int per = 1 + (e->jump_seen ? 1 : 0) + (e->have_agent_sock ? 1 : 0);
   long need = (long)e->o.parallel * per + FD_RESERVE;
   struct rlimit rl;
   if (getrlimit(RLIMIT_NOFILE, &rl) < 0) { e->fd_limit = 1024; }
@@ -1874,7 +1897,7 @@ static void fd_budget(struct hf_engine *e) {
   if (e->fd_slots < e->o.parallel)
     fprintf(stderr, "hubfleet: --parallel %d lowered to %d: the open-file limit is %ld (ulimit -n)%s; "
             "raise it to run %d hosts at once\n", e->o.parallel, e->fd_slots, e->fd_limit,
-            per == 2 ? " and hosts behind a bastion need two descriptors each" : "", e->o.parallel);
+            per > 1 ? " and each host needs more than one (a bastion, ssh-agent)" : "", e->o.parallel);
 }
 
 int hf_engine_parallel(const struct hf_engine *e) { return e->fd_slots; }

@@ -62,6 +62,7 @@ int hf_deploy_cmd_upload(const char *hex, char *buf, size_t len);
 #define HF_DEPLOY_NEED_UPLOAD "HUBFLEET-NEED-UPLOAD"
 #define HF_DEPLOY_UPLOADED    "HUBFLEET-UPLOADED"
 #define HF_DEPLOY_UNSAFE      "HUBFLEET-UNSAFE"
+#define HF_DEPLOY_NOFIND      "HUBFLEET-NO-FIND"
 
 /* Endpoint key for handshake limits: "jump:SPEC" when behind a jump host
  * (all hosts behind one bastion share it), else "ADDRESS:PORT". */

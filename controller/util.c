@@ -86,25 +86,33 @@ bool hf_valid_sha256_hex(const char *s) {
  * the login (or root) can change them, as OpenSSH's StrictModes judges a
  * home: $HOME and $HOME/.cache owned by the user or root and not writable
  * by group or others; ~/.cache/hubfleet a real directory of the user's
- * (its mode is set back to 0700). Anything else prints
- * HF_DEPLOY_UNSAFE PATH and runs nothing. */
+ * (its mode is set back to 0700). Anything else prints HF_DEPLOY_UNSAFE
+ * PATH and runs nothing; a find that cannot tell prints HF_DEPLOY_NOFIND.
+ * The commands then work inside the directory they checked (cd -P, names
+ * relative to it): a directory above $HOME that others can write (where
+ * StrictModes would look and this does not) cannot swap the agent between
+ * its check and its exec by renaming a path component. */
 #define DEPLOY_SAFE_DIRS \
   "umask 077; d=\"$HOME/.cache/hubfleet\"; u=$(id -u) || exit 1; " \
   "for p in \"$HOME\" \"$HOME/.cache\"; do [ -e \"$p\" ] || continue; " \
-  "if [ -n \"$(find \"$p/.\" -maxdepth 0 \\( -perm -0002 -o -perm -0020 -o ! \\( -user \"$u\" -o -user 0 \\) \\) -print 2>&1)\" ]; " \
-  "then echo \"" HF_DEPLOY_UNSAFE " $p\"; exit 1; fi; done; " \
-  "if [ -e \"$d\" ] || [ -L \"$d\" ]; then " \
-  "if [ -L \"$d\" ] || [ ! -d \"$d\" ] || [ ! -O \"$d\" ]; then echo \"" HF_DEPLOY_UNSAFE " $d\"; exit 1; fi; " \
-  "chmod 700 \"$d\" || exit 1; fi; "
+  "o=$(find \"$p/.\" -maxdepth 0 \\( -perm -0002 -o -perm -0020 -o ! \\( -user \"$u\" -o -user 0 \\) \\) -print 2>/dev/null) " \
+  "|| { echo \"" HF_DEPLOY_NOFIND " $p\"; exit 1; }; " \
+  "if [ -n \"$o\" ]; then echo \"" HF_DEPLOY_UNSAFE " $p\"; exit 1; fi; done; "
+/* Enters $d (which must exist) if it is a real directory of the login's. */
+#define DEPLOY_ENTER_DIR \
+  "{ [ ! -L \"$d\" ] && cd -P -- \"$d\" 2>/dev/null && [ -O . ]; } || { echo \"" HF_DEPLOY_UNSAFE " $d\"; exit 1; }; " \
+  "chmod 700 . || exit 1; "
 
 int hf_deploy_cmd_start(const char *hex, char *buf, size_t len) {
   if (!hf_valid_sha256_hex(hex)) return HF_EINVAL;
-  /* The agent runs only after its SHA-256 is checked, in the same command. */
+  /* The agent runs only after its SHA-256 is checked, in the same command
+   * and the same (entered) directory. */
   int n = snprintf(buf, len,
                    DEPLOY_SAFE_DIRS
-                   "a=\"$d/agent-%s\"; "
+                   "if [ -e \"$d\" ] || [ -L \"$d\" ]; then " DEPLOY_ENTER_DIR
+                   "a=./agent-%s; "
                    "if [ -f \"$a\" ] && [ ! -L \"$a\" ] && [ -O \"$a\" ] && "
-                   "[ \"$(sha256sum < \"$a\" 2>/dev/null)\" = \"%s  -\" ]; then exec \"$a\"; fi; "
+                   "[ \"$(sha256sum < \"$a\" 2>/dev/null)\" = \"%s  -\" ]; then exec \"$a\"; fi; fi; "
                    "echo " HF_DEPLOY_NEED_UPLOAD,
                    hex, hex);
   return (n < 0 || (size_t)n >= len) ? HF_EINVAL : 0;
@@ -112,19 +120,21 @@ int hf_deploy_cmd_start(const char *hex, char *buf, size_t len) {
 
 int hf_deploy_cmd_upload(const char *hex, char *buf, size_t len) {
   if (!hf_valid_sha256_hex(hex)) return HF_EINVAL;
-  /* The gzip stream is inflated under a temporary name that is never
-   * executed (created exclusively: set -C); only a copy whose SHA-256 is
-   * the agent's is made executable and renamed into place, so a cut or
-   * corrupted upload leaves nothing that could run. Two hosts sharing the
-   * home and uploading at once each rename a whole, verified file. */
+  /* The gzip stream is inflated into a temporary file made by mktemp (a
+   * random name, created exclusively; the cleanup trap is set only once it
+   * is ours) that is never executed; only a copy whose SHA-256 is the
+   * agent's is made executable and renamed into place, so a cut or
+   * corrupted upload leaves nothing that could run. Hosts sharing the home
+   * and uploading at once (even with the same pid, in containers) each
+   * rename a whole, verified file. */
   int n = snprintf(buf, len,
                    DEPLOY_SAFE_DIRS
-                   "mkdir -p \"$d\" || exit 1; "
+                   "mkdir -p \"$d\" || exit 1; " DEPLOY_ENTER_DIR
                    "command -v gzip >/dev/null || { echo \"HUBFLEET-NO-GZIP\"; exit 1; }; "
-                   "t=\"$d/agent-%s.tmp.$$\"; trap 'rm -f \"$t\"' EXIT HUP INT TERM PIPE; set -C; "
+                   "t=$(mktemp ./agent-%s.tmp.XXXXXXXX) || exit 1; trap 'rm -f \"$t\"' EXIT HUP INT TERM PIPE; "
                    "gzip -dc > \"$t\" || exit 1; s=$(sha256sum < \"$t\") || exit 1; "
                    "if [ \"${s%%%% *}\" != %s ]; then echo \"HUBFLEET-BAD-CHECKSUM ${s%%%% *}\"; exit 1; fi; "
-                   "chmod 700 \"$t\" && mv -f \"$t\" \"$d/agent-%s\" && trap - EXIT && echo " HF_DEPLOY_UPLOADED,
+                   "chmod 700 \"$t\" && mv -f \"$t\" ./agent-%s && trap - EXIT && echo " HF_DEPLOY_UPLOADED,
                    hex, hex, hex);
   return (n < 0 || (size_t)n >= len) ? HF_EINVAL : 0;
 }

@@ -98,7 +98,7 @@ static void test_deploy_cmds(void) {
   CHECK(hf_deploy_cmd_upload(evil, buf, sizeof buf) == HF_EINVAL);
 
   CHECK(hf_deploy_cmd_start(HEX, buf, sizeof buf) == 0);
-  CHECK(strstr(buf, "d=\"$HOME/.cache/hubfleet\"") && strstr(buf, "a=\"$d/agent-08dd0b") && strstr(buf, "exec \"$a\"") &&
+  CHECK(strstr(buf, "d=\"$HOME/.cache/hubfleet\"") && strstr(buf, "exec \"$a\"") &&
         strstr(buf, HF_DEPLOY_NEED_UPLOAD));
   /* The cached agent runs only after its SHA-256 is checked, in the same
    * command, and only from a cache nobody else can write. */
@@ -106,20 +106,24 @@ static void test_deploy_cmds(void) {
   char want[80];
   snprintf(want, sizeof want, "\"%s  -\"", HEX);
   CHECK(chk && ex && chk < ex && strstr(buf, want));
-  CHECK(strstr(buf, "-perm -0002") && strstr(buf, "-perm -0020") && strstr(buf, "[ ! -O \"$d\" ]") &&
-        strstr(buf, "chmod 700 \"$d\"") && strstr(buf, HF_DEPLOY_UNSAFE));
+  CHECK(strstr(buf, "-perm -0002") && strstr(buf, "-perm -0020") && strstr(buf, "cd -P -- \"$d\"") &&
+        strstr(buf, "[ -O . ]") && strstr(buf, "chmod 700 .") && strstr(buf, HF_DEPLOY_UNSAFE) &&
+        strstr(buf, HF_DEPLOY_NOFIND));
+  CHECK(strstr(buf, "a=./agent-08dd0b"));   /* relative to the directory it checked */
   CHECK(strstr(buf, "find \"$p/.\"") < ex);
   CHECK(hf_deploy_cmd_start(HEX, buf, 20) == HF_EINVAL);
 
   CHECK(hf_deploy_cmd_upload(HEX, buf, sizeof buf) == 0);
   /* Written under a temporary name, checked, then made executable and renamed. */
-  const char *tmp = strstr(buf, ".tmp.$$"), *sum = strstr(buf, "sha256sum"),
+  const char *tmp = strstr(buf, "mktemp ./agent-"), *sum = strstr(buf, "sha256sum"),
              *chm = strstr(buf, "chmod 700 \"$t\""), *mv = strstr(buf, "mv -f");
   CHECK(tmp && sum && chm && mv && tmp < sum && sum < chm && chm < mv);
   CHECK(strstr(buf, "umask 077") && strstr(buf, HF_DEPLOY_UPLOADED));
-  /* A gzip stream, inflated into an exclusively created temporary file. */
-  const char *gz = strstr(buf, "gzip -dc > \"$t\""), *noclob = strstr(buf, "set -C");
-  CHECK(gz && noclob && noclob < gz && gz < sum && strstr(buf, HF_DEPLOY_UNSAFE));
+  /* A gzip stream, inflated into a file mktemp made (the cleanup trap only
+   * after it is ours), inside the checked directory. */
+  const char *gz = strstr(buf, "gzip -dc > \"$t\""), *trap = strstr(buf, "trap 'rm"),
+             *cd = strstr(buf, "cd -P -- \"$d\"");
+  CHECK(gz && trap && cd && cd < tmp && tmp < trap && trap < gz && gz < sum && strstr(buf, HF_DEPLOY_UNSAFE));
   /* The sh parameter expansion survived printf formatting. */
   CHECK(strstr(buf, "${s%% *}") != NULL);
   CHECK(hf_deploy_cmd_upload(HEX, buf, 100) == HF_EINVAL);
