@@ -969,6 +969,17 @@ static int feed(struct hf_session *s, const char *buf, size_t n) {
   return 0;
 }
 
+/* Whether the start command's first line is "MARKER PATH": PATH (a host's
+ * text, kept on one line) into path. */
+static bool marker_path(struct hf_session *s, const char *marker, char *path, size_t len) {
+  size_t m = strlen(marker);
+  if (strncmp(s->line, marker, m) || s->line[m] != ' ') return false;
+  char *nl = strchr(s->line, '\n');
+  if (nl) *nl = '\0';
+  hf_clean_line(path, len, s->line + m + 1);
+  return true;
+}
+
 static int in_probe(struct hf_session *s) {
   char buf[READ_CHUNK];
   for (;;) {
@@ -1002,21 +1013,14 @@ static int in_probe(struct hf_session *s) {
     if (strchr(s->line, '\n') || s->line_len >= sizeof s->line - 1) {
       if (!strncmp(s->line, HF_DEPLOY_NEED_UPLOAD "\n", strlen(HF_DEPLOY_NEED_UPLOAD) + 1))
         goto need_upload;
-      if (!strncmp(s->line, HF_DEPLOY_NOFIND " ", strlen(HF_DEPLOY_NOFIND) + 1)) {
-        char path[sizeof s->line];
-        char *nl = strchr(s->line, '\n');
-        if (nl) *nl = '\0';
-        hf_clean_line(path, sizeof path, s->line + strlen(HF_DEPLOY_NOFIND) + 1);
+      char path[sizeof s->line];
+      if (marker_path(s, HF_DEPLOY_NOFIND, path, sizeof path)) {
         failf(s, HF_EUNSUPPORTED, "%s: refusing to run the agent: the host's find cannot check the owner and "
               "mode of %s (a find with -maxdepth, -perm and -user is needed: GNU findutils or busybox)",
               s->host->name, path);
         return -1;
       }
-      if (!strncmp(s->line, HF_DEPLOY_UNSAFE " ", strlen(HF_DEPLOY_UNSAFE) + 1)) {
-        char path[sizeof s->line];
-        char *nl = strchr(s->line, '\n');
-        if (nl) *nl = '\0';
-        hf_clean_line(path, sizeof path, s->line + strlen(HF_DEPLOY_UNSAFE) + 1);
+      if (marker_path(s, HF_DEPLOY_UNSAFE, path, sizeof path)) {
         failf(s, HF_EINTEGRITY, "%s: refusing to run the agent: %s is writable by group or others, "
               "or not the login's own (fix: chmod go-w, or chown it to the login)",
               s->host->name, path);
