@@ -1,0 +1,77 @@
+#!/bin/bash
+# Issue 15: the controller SIGKILLed at random moments of a rollout on two
+# TLJH-shaped systemd hosts driven through sudo (up to HF_KILLS=10 kills, each
+# 1-6 s after the last start; `hubfleet resume` after each), then a final
+# resume: both hosts upgraded, healthy under systemd, one backup per host
+# (every journal record the same checksum, taken on the old schema, the file
+# unchanged) and no rollback. HF_KILL_SEED fixes the delays.
+# usage: test-kill-resume.sh HUBFLEET AGENT
+. "$(dirname "$0")/lib.sh"
+up_sd 2
+KILLS=${HF_KILLS:-10}
+SEED=${HF_KILL_SEED:-$$}
+RANDOM=$SEED
+echo "# kill delays from seed $SEED (HF_KILL_SEED=$SEED to repeat)"
+run_for() {
+  local secs=$1 pid end rc; shift
+  "$HUBFLEET" "$@" --state "$STATE" --events "$W/ev.ndjson" >> "$W/ctl.out" 2>&1 &
+  pid=$!
+  end=$((SECONDS + secs))
+  while [ $SECONDS -lt $end ] && kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; wait "$pid" 2>/dev/null; echo killed
+  else wait "$pid"; rc=$?; echo "ended $rc"; fi
+}
+ro_status() { hf status --state "$STATE" --json 2>/dev/null | $PY -c 'import json,sys; print(json.load(sys.stdin)["rollout"]["status"])' 2>/dev/null; }
+step "upgrade to $NEW with up to $KILLS SIGKILLs"
+kills=0 i=0
+args=(upgrade -i "$INV" --to "$NEW" --stages 1,100% --no-rehearse)
+while [ $i -lt "$KILLS" ]; do
+  i=$((i + 1))
+  d=$((RANDOM % 6 + 1))
+  r=$(run_for "$d" "${args[@]}")
+  st=$(ro_status)
+  echo "# round $i: after ${d}s: $r; rollout $st"
+  [ "$r" = killed ] && kills=$((kills + 1))
+  [ "$st" = running ] || break
+  args=(resume)
+done
+check "the controller was killed $kills time(s) (at least 3)" test "$kills" -ge 3
+RID=$(hf history --state "$STATE" --ids | head -1)
+if [ "$(ro_status)" = running ]; then
+  step "final resume"
+  timeout 600 "$HUBFLEET" resume "$RID" --state "$STATE" --events "$W/ev.ndjson" > "$W/final.out" 2>&1
+  rc=$?
+  check "final resume exits 0 (rc=$rc)" test $rc -eq 0
+  [ $rc -eq 0 ] || tail -20 "$W/final.out"
+fi
+status_json "$RID" > "$W/st.json"
+check "rollout done, both hosts upgraded" test "$(jq_ "$W/st.json" '[d["rollout"]["status"]] + sorted({h["status"] for h in d["hosts"]})')" = '["done", "upgraded"]'
+hf audit -i "$INV" --expect "$NEW" > /dev/null 2>&1
+check "audit --expect $NEW exits 0" test $? -eq 0
+for h in "${SYS[@]}"; do
+  check "$h: on disk $NEW, alembic $NEWREV, active, /hub/api $NEW healthy" eval \
+    'test "$(hubver "$h" hub) $(hubver "$h" user) $(alembic "$h") $(active "$h")" = "$NEW $NEW $NEWREV active" && healthy_on "$h" "$NEW"'
+  J=$(journal_of "$h" "$RID")
+  bfile=$(jq_ "$W/st.json" "[h['backup']['backup']['db_file'] for h in d['hosts'] if h['host']=='$h'][0]")
+  check "$h: one backup (one checksum, taken on $BASEREV, file unchanged), no rollback" \
+    $PY - "$J" "$BASEREV" "$(root "$h")$bfile" <<'EOF'
+import hashlib, json, struct, sys
+data, recs, i = open(sys.argv[1], "rb").read(), [], 0
+while i + 40 <= len(data):
+    n = struct.unpack(">I", data[i + 4:i + 8])[0]
+    body = data[i + 40:i + 40 + n]
+    if len(body) < n:
+        break
+    recs.append(json.loads(body))
+    i += 40 + n + 1
+done = [r["detail"]["backup"] for r in recs if r["step"] == "backup" and r["state"] == "done"]
+sums = {b["db_sha256"] for b in done}
+revs = {b["alembic_revision"] for b in done}
+real = hashlib.sha256(open(sys.argv[3], "rb").read()).hexdigest()
+if not done or len(sums) != 1 or revs != {sys.argv[2]} or real not in sums:
+    sys.exit("backups %s revs %s file %s" % (sums, revs, real))
+if any(r["step"] == "rollback" for r in recs):
+    sys.exit("rollback in journal")
+EOF
+done
+finish
