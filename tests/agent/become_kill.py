@@ -45,8 +45,13 @@ hub = {'hub_env': hv['hubfleet_hub_env'], 'user_envs': [e for e in envs.split(',
        'config': hv['hubfleet_config'], 'db': hv['hubfleet_db'], 'service': hv['hubfleet_service'],
        'supervisor_config': hv['hubfleet_supervisor_config'], 'health_url': hv['hubfleet_health_url'],
        'hub_log': hv['hubfleet_hub_log'], 'installer': hv['hubfleet_installer'],
-       'find_links': hv['hubfleet_find_links'], 'backup_dir': hv['hubfleet_backup_dir'],
-       'state_dir': hv['hubfleet_state_dir'], 'become': True}
+       'find_links': hv['hubfleet_find_links'], 'become': True}
+# With become each request runs as root, which keeps its journal and backups
+# only in root's own directories (the hub user's state dir is refused, issue
+# 13 item 6): one in the fleet's state dir (root's, removed by down).
+ROOT_STATE = fleet('path', 'state').strip() + '/become-root-state'
+hub['state_dir'] = ROOT_STATE
+hub['backup_dir'] = ROOT_STATE + '/backups'
 prefixes = [hub['hub_env']] + hub['user_envs']
 with open(AGENT, 'rb') as f:
     subprocess.run(ssh + ['--', 'cat > %s.tmp && chmod 0755 %s.tmp && mv -f %s.tmp %s' % ((REMOTE,) * 4)],
