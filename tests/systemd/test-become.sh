@@ -5,6 +5,8 @@
 # password, a sudoers rule that refuses the agent, and sudo missing: each a
 # preflight failure naming the cause; in every case the hub is never stopped
 # (same MainPID). The dry run and `inventory check` say how the host is driven.
+# docs/sudoers.example, installed as the only rule, is enough for a rollout's
+# preflight, allows nothing else, and a replaced agent file is not run.
 # usage: test-become.sh HUBFLEET AGENT
 . "$(dirname "$0")/lib.sh"
 up_sd 1
@@ -68,5 +70,19 @@ step "a sudoers rule that refuses the agent"
 sudo_case refused 'hfops ALL=(root) NOPASSWD: /usr/bin/systemctl' "the sudoers rules refuse hfops running the hubfleet agent"
 step "sudo missing"
 sudo_case missing missing "sudo is not installed on this host"
+step "docs/sudoers.example: the one rule, the agent pinned by its SHA-256"
+D=$(sha256sum < "$AGENT" | cut -d' ' -f1)
+sed -e "s/DIGEST/$D/g" -e "s/OPERATOR/hfops/g" "$HERE_SD/../../docs/sudoers.example" > "$W/sudoers.example"
+check "the example passes visudo -c" visudo -cqf "$W/sudoers.example"
+install -m 0440 "$W/sudoers.example" "$SUDOERS"
+hf upgrade -i "$INV" --to "$NEW" --dry-run --no-rehearse --state "$STATE" > "$W/dry3.txt" 2>&1
+check "dry run with only that rule: ready, driven through sudo -n" eval \
+  "grep -qE '^  $H .* -> $NEW  ready' '$W/dry3.txt' && grep -qE 'pass +driven .*as root through sudo -n' '$W/dry3.txt'"
+check "the operator can run nothing else as root" not eval 'fleet ssh "$H" -- sudo -n /usr/bin/id > /dev/null 2>&1'
+fleet ssh "$H" -- sh -c "cp /bin/true ~/.cache/hubfleet/agent-$D.new && chmod 700 ~/.cache/hubfleet/agent-$D.new && mv -f ~/.cache/hubfleet/agent-$D.new ~/.cache/hubfleet/agent-$D"
+fleet ssh "$H" -- sudo -n "/home/hfops/.cache/hubfleet/agent-$D" --version > /dev/null 2> "$W/digest.txt"
+rc=$?
+check "a replaced agent file is not run by sudo (digest mismatch; rc=$rc: $(head -c 60 "$W/digest.txt"))" test $rc -ne 0
+cp -p "$W/sudoers.bak" "$SUDOERS"
 check "$H: still active, /hub/api $BASE, healthy" healthy_on "$H" "$BASE"
 finish
