@@ -51,25 +51,32 @@ check "exit 1 (rc=$rc)" test $rc -eq 1
 check "the error says to set hubfleet_become=true" grep -qE "^  $H +1 +failed .*preflight refused: become: set hubfleet_become=true" "$W/nob.txt"
 check "$H: not stopped (MainPID $PID0)" test "$(mainpid "$H")" = "$PID0"
 
-# sudoers cases: the operator's rule replaced, then put back
+# sudo cases: the fleet's `fault sudo` (password, refuse, missing), and a rule
+# of our own that allows NOPASSWD commands but not the agent (sudo -n then
+# says "a password is required" too: sudo -n -l tells it apart)
 SUDOERS=$R/etc/sudoers.d/hubfleet-operator
 cp -p "$SUDOERS" "$W/sudoers.bak"
-sudo_case() { # NAME RULE|missing PATTERN
-  local name=$1 rule=$2 pat=$3
-  if [ "$rule" = missing ]; then mv "$R/usr/bin/sudo" "$R/usr/bin/sudo.hidden"; else printf '%s\n' "$rule" > "$SUDOERS"; fi
+sudo_case() { # NAME fault:MODE|RULE PATTERN
+  local name=$1 how=$2 pat=$3 rc
+  case $how in
+    fault:*) fleet fault sudo "$H" "${how#fault:}" > /dev/null || bad "$name: fleet fault sudo ${how#fault:}" ;;
+    *) printf '%s\n' "$how" > "$SUDOERS" ;;
+  esac
   hf upgrade -i "$INV" --to "$NEW" --no-rehearse --state "$STATE" > "$W/case-$name.txt" 2>&1
-  local rc=$?
-  if [ "$rule" = missing ]; then mv "$R/usr/bin/sudo.hidden" "$R/usr/bin/sudo"; else cp -p "$W/sudoers.bak" "$SUDOERS"; fi
+  rc=$?
+  fleet fault sudo "$H" nopasswd > /dev/null
   check "$name: exit 1 (rc=$rc)" test $rc -eq 1
   check "$name: preflight failed naming the cause" grep -qE "^  $H +1 +failed .*preflight failed: become: $pat" "$W/case-$name.txt"
   check "$name: not stopped (MainPID $PID0)" test "$(mainpid "$H")" = "$PID0"
 }
 step "sudo asks for a password"
-sudo_case password 'hfops ALL=(ALL:ALL) PASSWD: ALL' "sudo asks hfops for a password"
-step "a sudoers rule that refuses the agent"
-sudo_case refused 'hfops ALL=(root) NOPASSWD: /usr/bin/systemctl' "the sudoers rules refuse hfops running the hubfleet agent"
+sudo_case password fault:password "sudo asks hfops for a password"
+step "a sudoers rule that refuses the agent (no authentication)"
+sudo_case refused fault:refuse "the sudoers rules refuse hfops running the hubfleet agent"
+step "NOPASSWD rules that do not include the agent"
+sudo_case other-rules 'hfops ALL=(root) NOPASSWD: /usr/bin/systemctl' "the sudoers rules refuse hfops running the hubfleet agent .* \(sudo -n -l: not allowed\)"
 step "sudo missing"
-sudo_case missing missing "sudo is not installed on this host"
+sudo_case missing fault:missing "sudo is not installed on this host"
 step "docs/sudoers.example: the one rule, the agent pinned by its SHA-256"
 D=$(sha256sum < "$AGENT" | cut -d' ' -f1)
 sed -e "s/DIGEST/$D/g" -e "s/OPERATOR/hfops/g" "$HERE_SD/../../docs/sudoers.example" > "$W/sudoers.example"
