@@ -288,7 +288,7 @@ static int svc_argv(struct hf_req *r, struct hf_argv *a, const char *verb) {
       /* Key=value lines: a unit restarting after a crash is "activating"
        * to is-active, "activating/auto-restart" here. */
       hf_argv_push(a, "show");
-      hf_argv_push(a, "--property=LoadState,ActiveState,SubState,Result");
+      hf_argv_push(a, "--property=LoadState,ActiveState,SubState,Result,NRestarts");
     } else {
       hf_argv_push(a, verb);
     }
@@ -340,7 +340,8 @@ static void show_value(const char *text, const char *key, char *out, size_t outl
 
 /* systemd's view of the unit from `systemctl show` (stdout only). */
 static int systemd_state(struct hf_req *r, const char *out, bool *running, char *state, size_t statelen) {
-  char load[32], active[32], sub[32], result[32];
+  char load[32], active[32], sub[32], result[32], restarts[24];
+  show_value(out, "NRestarts", restarts, sizeof restarts);
   show_value(out, "LoadState", load, sizeof load);
   show_value(out, "ActiveState", active, sizeof active);
   show_value(out, "SubState", sub, sizeof sub);
@@ -357,7 +358,9 @@ static int systemd_state(struct hf_req *r, const char *out, bool *running, char 
   /* Crashed and waiting to be restarted is not up. */
   *running = strcmp(active, "active") == 0 || strcmp(active, "reloading") == 0 ||
              (strcmp(active, "activating") == 0 && strcmp(sub, "auto-restart") != 0);
-  if (strcmp(active, "active") == 0 || strcmp(active, "inactive") == 0) snprintf(state, statelen, "%s", active);
+  /* systemd restarted it since our start: a crash, even when "active" now. */
+  if (strcmp(active, "active") == 0 && atoi(restarts) > 0) snprintf(state, statelen, "active, restarted %dx", atoi(restarts));
+  else if (strcmp(active, "active") == 0 || strcmp(active, "inactive") == 0) snprintf(state, statelen, "%s", active);
   else if (strcmp(active, "failed") == 0) snprintf(state, statelen, "failed (%s)", result);
   else snprintf(state, statelen, "%s/%s", active, sub);
   return 0;
