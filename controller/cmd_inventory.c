@@ -7,6 +7,7 @@
 #include "hf_controller.h"
 #include "hf_inventory.h"
 #include "hf_proto.h"
+#include "hf_sanitize.h"
 
 static void inv_usage(FILE *f) {
   fprintf(f,
@@ -142,6 +143,7 @@ static int cmd_list(const char *path, const char *limit) {
 }
 
 int hf_cmd_inventory(int argc, char **argv) {
+  hf_sanitize_stdio();   /* an inventory (or a dynamic one's JSON) may carry escapes: one output edge */
   const char *verb, *file = NULL, *limit = NULL;
   int as_json = 0, i;
   if (argc < 2) { inv_usage(stderr); return HF_EXIT_USAGE; }
