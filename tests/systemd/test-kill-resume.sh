@@ -23,27 +23,10 @@ run_for() {
 }
 ro_status() { hf status --state "$STATE" --json 2>/dev/null | $PY -c 'import json,sys; print(json.load(sys.stdin)["rollout"]["status"])' 2>/dev/null; }
 step "upgrade to $NEW with up to $KILLS SIGKILLs"
-kills=0 i=0
-args=(upgrade -i "$INV" --to "$NEW" --stages 1,100% --no-rehearse)
-while [ $i -lt "$KILLS" ]; do
-  i=$((i + 1))
-  d=$((RANDOM % 6 + 1))
-  r=$(run_for "$d" "${args[@]}")
-  st=$(ro_status)
-  echo "# round $i: after ${d}s: $r; rollout $st"
-  [ "$r" = killed ] && kills=$((kills + 1))
-  [ "$st" = running ] || break
-  args=(resume)
-done
-check "the controller was killed $kills time(s) (at least 3)" test "$kills" -ge 3
+kill_rounds 6 upgrade -i "$INV" --to "$NEW" --stages 1,100% --no-rehearse
+check "the controller was killed $KILLED time(s) (at least 3)" test "$KILLED" -ge 3
 RID=$(hf history --state "$STATE" --ids | head -1)
-if [ "$(ro_status)" = running ]; then
-  step "final resume"
-  timeout 600 "$HUBFLEET" resume "$RID" --state "$STATE" --events "$W/ev.ndjson" > "$W/final.out" 2>&1
-  rc=$?
-  check "final resume exits 0 (rc=$rc)" test $rc -eq 0
-  [ $rc -eq 0 ] || tail -20 "$W/final.out"
-fi
+final_resume "$RID" 600
 status_json "$RID" > "$W/st.json"
 check "rollout done, both hosts upgraded" test "$(jq_ "$W/st.json" '[d["rollout"]["status"]] + sorted({h["status"] for h in d["hosts"]})')" = '["done", "upgraded"]'
 hf audit -i "$INV" --expect "$NEW" > /dev/null 2>&1

@@ -103,3 +103,52 @@ finish() {
   echo "# $fails failure(s)"
   [ "$fails" -eq 0 ]
 }
+
+# run_for SECONDS ARGV...: start the controller, SIGKILL it after SECONDS
+# unless it ended first. Prints "killed" or "ended RC".
+run_for() {
+  local secs=$1 pid end rc; shift
+  "$HUBFLEET" "$@" --state "$STATE" --events "$W/ev.ndjson" >> "$W/ctl.out" 2>&1 &
+  pid=$!
+  end=$((SECONDS + secs))
+  while [ $SECONDS -lt $end ] && kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -KILL "$pid"
+    wait "$pid" 2>/dev/null
+    echo killed
+  else
+    wait "$pid"; rc=$?
+    echo "ended $rc"
+  fi
+}
+ro_status() { hf status --state "$STATE" --json 2>/dev/null | $PY -c 'import json,sys; print(json.load(sys.stdin)["rollout"]["status"])' 2>/dev/null; }
+
+# kill_rounds MAX_DELAY ARGV...: runs the controller with ARGV and SIGKILLs
+# it 1..MAX_DELAY s later (from $RANDOM: seed it), then `resume` the same
+# way, for up to $KILLS rounds or until the rollout no longer runs. Sets
+# KILLED to the number of kills.
+kill_rounds() {
+  local maxd=$1 i=0 d r st t0=$SECONDS; shift
+  local args=("$@")
+  KILLED=0
+  while [ $i -lt "$KILLS" ]; do
+    i=$((i + 1))
+    d=$((RANDOM % maxd + 1))
+    r=$(run_for "$d" "${args[@]}")
+    st=$(ro_status)
+    echo "# round $i: after ${d}s: $r; rollout $st [$((SECONDS - t0))s]"
+    [ "$r" = killed ] && KILLED=$((KILLED + 1))
+    [ "$st" = running ] || break
+    args=(resume)
+  done
+}
+
+# final_resume RID TIMEOUT: one last resume when the rollout still runs.
+final_resume() {
+  [ "$(ro_status)" = running ] || return 0
+  step "final resume"
+  timeout "$2" "$HUBFLEET" resume "$1" --state "$STATE" --events "$W/ev.ndjson" > "$W/final.out" 2>&1
+  local rc=$?
+  check "final resume exits 0 (rc=$rc)" test $rc -eq 0
+  [ $rc -eq 0 ] || tail -30 "$W/final.out"
+}

@@ -51,29 +51,12 @@ EOF
 
 step "upgrade to $NEW with up to $KILLS SIGKILLs"
 t0=$SECONDS
-kills=0 i=0
-args=(upgrade -i "$INV" --to "$NEW" --stages 1,50%,100% --parallel 4)
-while [ $i -lt "$KILLS" ]; do
-  i=$((i + 1))
-  # 1-8 s: short enough that even a quiet machine, where the whole rollout
-  # takes under a minute, is killed ten times; random enough to land in every step
-  d=$((RANDOM % 8 + 1))
-  r=$(run_for "$d" "${args[@]}")
-  st=$(ro_status)
-  echo "# round $i: after ${d}s: $r; rollout $st [$((SECONDS - t0))s]"
-  [ "$r" = killed ] && kills=$((kills + 1))
-  [ "$st" = running ] || break
-  args=(resume)
-done
-check "the controller was killed $kills time(s) (at least 5)" test "$kills" -ge 5
+# 1-8 s: short enough that even a quiet machine, where the whole rollout
+# takes under a minute, is killed ten times; random enough to land in every step
+kill_rounds 8 upgrade -i "$INV" --to "$NEW" --stages 1,50%,100% --parallel 4
+check "the controller was killed $KILLED time(s) (at least 5)" test "$KILLED" -ge 5
 RID=$(hf history --state "$STATE" --ids | head -1)
-if [ "$(ro_status)" = running ]; then
-  step "final resume"
-  timeout 1200 "$HUBFLEET" resume "$RID" --state "$STATE" --events "$W/ev.ndjson" > "$W/final.out" 2>&1
-  rc=$?
-  check "final resume exits 0 (rc=$rc)" test $rc -eq 0
-  [ $rc -eq 0 ] || tail -30 "$W/final.out"
-fi
+final_resume "$RID" 1200
 echo "# rollout over after $((SECONDS - t0))s"
 status_json "$RID" > "$W/st.json"
 check "rollout done" test "$(jq_ "$W/st.json" 'd["rollout"]["status"]')" = done
