@@ -12,16 +12,6 @@ KILLS=${HF_KILLS:-10}
 SEED=${HF_KILL_SEED:-$$}
 RANDOM=$SEED
 echo "# kill delays from seed $SEED (HF_KILL_SEED=$SEED to repeat)"
-run_for() {
-  local secs=$1 pid end rc; shift
-  "$HUBFLEET" "$@" --state "$STATE" --events "$W/ev.ndjson" >> "$W/ctl.out" 2>&1 &
-  pid=$!
-  end=$((SECONDS + secs))
-  while [ $SECONDS -lt $end ] && kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; wait "$pid" 2>/dev/null; echo killed
-  else wait "$pid"; rc=$?; echo "ended $rc"; fi
-}
-ro_status() { hf status --state "$STATE" --json 2>/dev/null | $PY -c 'import json,sys; print(json.load(sys.stdin)["rollout"]["status"])' 2>/dev/null; }
 step "upgrade to $NEW with up to $KILLS SIGKILLs"
 kill_rounds 6 upgrade -i "$INV" --to "$NEW" --stages 1,100% --no-rehearse
 check "the controller was killed $KILLED time(s) (at least 3)" test "$KILLED" -ge 3

@@ -16,25 +16,6 @@ echo "# kill delays from seed $SEED (HF_KILL_SEED=$SEED to repeat)"
 truth
 users_before=$(jq_ "$W/truth.json" '{h: v["users"] for h, v in d.items()}')
 
-# run_for SECONDS ARGV...: start the controller, SIGKILL it after SECONDS
-# unless it ended first. Prints "killed" or "ended RC".
-run_for() {
-  local secs=$1 pid end rc; shift
-  "$HUBFLEET" "$@" --state "$STATE" --events "$W/ev.ndjson" >> "$W/ctl.out" 2>&1 &
-  pid=$!
-  end=$((SECONDS + secs))
-  while [ $SECONDS -lt $end ] && kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -KILL "$pid"
-    wait "$pid" 2>/dev/null
-    echo killed
-  else
-    wait "$pid"; rc=$?
-    echo "ended $rc"
-  fi
-}
-ro_status() { hf status --state "$STATE" --json 2>/dev/null | $PY -c 'import json,sys; print(json.load(sys.stdin)["rollout"]["status"])' 2>/dev/null; }
-
 # dump_host HOST: its journal and its steps in the state, side by side in time
 dump_host() {
   $PY - "$W/j-$1.json" "$W/st.json" "$1" <<'EOF'
