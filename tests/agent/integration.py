@@ -396,7 +396,11 @@ def main():
         proc.sort()
         log('facts on %d scale hosts x3: agent_cpu_us median %d max %d; agent process from its start to the '
             'first answer: median %d max %d' % (len(scale), cpu[len(cpu) // 2], cpu[-1], proc[len(proc) // 2], proc[-1]))
-    check(cpu and max(cpu) < 5000, 'f: facts takes < 5 ms of agent CPU on scale hosts')
+    # A figure, not a timed assertion (CI runs beside other load): the CPU
+    # target lives in tests/bench/audit-bench.  What can fail here is that
+    # every facts answered and measured itself.
+    check(len(cpu) == 3 * len(scale) and all(c > 0 for c in cpu) and len(proc) == len(scale),
+          'f: facts answered on every scale host, each reporting its agent CPU (%d of %d)' % (len(cpu), 3 * len(scale)))
 
 
 def on_signal(signum, frame):
