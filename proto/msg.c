@@ -245,7 +245,7 @@ static int hf__only_keys(const json_t *obj, const char *const *names, const char
   return 0;
 }
 
-static int hf__progress(const json_t *v, const char *field, char *err, size_t errlen) {
+static int hf__progress_obj(const json_t *v, const char *field, char *err, size_t errlen) {
   static const char *const keys[] = { "step", "done", "total", NULL };
   char got[HF__QUOTE_BUF], sub[64];
   json_t *step, *done, *total;
@@ -333,7 +333,7 @@ static int hf__field_check(const struct hf__msgspec *m, const struct hf__field *
   case HF__F_TEXT:
     return hf__want_str(v, NULL, "a string", field, err, errlen);
   case HF__F_PROGRESS:
-    return hf__progress(v, field, err, errlen);
+    return hf__progress_obj(v, field, err, errlen);
   case HF__F_BOOL:
     if (!json_is_boolean(v))
       return hf__errf(HF_ETYPE, err, errlen, "%s: expected true or false, got %s", field,

@@ -1,0 +1,453 @@
+/* op_prep.c: the operations before any downtime: facts (what a hub is), preflight (its checks) and
+ * the migration rehearsed on a copy of the database. They change nothing on the hub. */
+#include <errno.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agent_int.h"
+#include "hub.h"
+#include "ops.h"
+#include "prep.h"
+
+/* ---- facts ------------------------------------------------------------------------------ */
+
+static json_t *envs_json(struct hf_req *r, struct envset *es, bool with_report) {
+  struct pkglist pl;
+  json_t *arr = json_array();
+  int i;
+  hf__pkgs_load(r, &pl, with_report);
+  for (i = 0; i < es->n; i++) {
+    const struct hf_env *e = &es->env[i];
+    json_t *o = json_object(), *pk = hf__env_pkg_obj(e, &pl, pl.n);
+    json_object_set_new(o, "prefix", json_string(e->prefix));
+    json_object_set_new(o, "role", json_string(es->role[i]));
+    json_object_set_new(o, "exists", json_boolean(e->exists));
+    json_object_set_new(o, "installer", json_string(e->installer));
+    json_object_set(o, "jupyterhub", json_object_get(pk, "jupyterhub"));
+    json_object_set_new(o, "python", e->python[0] ? json_string(e->python) : json_null());
+    json_object_set_new(o, "packages", pk);
+    json_array_append_new(arr, o);
+  }
+  return arr;
+}
+
+static int64_t cpu_us(void) {
+  return hf__cpu_us();
+}
+
+/* db.running_servers: the rules' "servers must be stopped" checks read it.
+ * null when the database cannot tell (new reference). */
+static json_t *running_servers_json(const char *path) {
+  char err[512];
+  int64_t n;
+  return hf_db_running_servers(path, &n, err, sizeof err) == 0 && n >= 0 ? json_integer(n) : json_null();
+}
+
+/* Without become, as a login other than root, when the hub's files or its
+ * service are root's: what the operator has to set. "" otherwise. */
+static const char *become_hint(const struct hf_req *r, bool denied) {
+  if (!denied || r->hub.become || geteuid() == 0) return "";
+  return " (needs root: hubfleet_become=true)";
+}
+
+/* Could the login not read path (its file or a directory on the way)? */
+static bool read_denied(const char *path) {
+  return path != NULL && access(path, R_OK) != 0 && (errno == EACCES || errno == EPERM);
+}
+
+/* How this hub is driven, for the dry run and `inventory check`'s reader. */
+static void driven_check(struct hf_req *r, json_t *checks);
+
+int hf__op_facts(struct hf_req *r, json_t *data) {
+  int64_t c0 = cpu_us();
+  struct envset *es = malloc(sizeof *es);
+  json_t *db = json_object(), *svc = json_object(), *ver;
+  char tool[PATH_MAX];
+  int st;
+
+  if (es == NULL) return HF_ENOMEM;
+  hf__envs_load(r, es);
+  json_object_set_new(data, "envs", envs_json(r, es, true));
+  free(es);
+  ver = hf__api_version(r->hub.health_url, r->timeout_ms > 0 && r->timeout_ms < 2000 ? r->timeout_ms : 1000, &st);
+  json_object_set_new(data, "hub_running", json_boolean(st > 0));
+  json_object_set_new(data, "api_version", ver ? ver : json_null());
+  if (r->hub.sqlite) {
+    char alembic[128], err[512];
+    int64_t users;
+    json_object_set_new(db, "kind", json_string("sqlite"));
+    json_object_set_new(db, "path", json_string(r->hub.db_path));
+    if (hf_db_info(r->hub.db_path, alembic, sizeof alembic, &users, err, sizeof err) == 0) {
+      json_object_set_new(db, "alembic_revision", alembic[0] ? json_string(alembic) : json_null());
+      json_object_set_new(db, "users", users >= 0 ? json_integer(users) : json_null());
+      json_object_set_new(db, "running_servers", running_servers_json(r->hub.db_path));
+    } else {
+      json_object_set_new(db, "alembic_revision", json_null());
+      json_object_set_new(db, "users", json_null());
+      {
+        char e2[1024];
+        snprintf(e2, sizeof e2, "%s%s", err, become_hint(r, read_denied(r->hub.db_path)));
+        json_object_set_new(db, "error", json_string(e2));
+      }
+    }
+    json_object_set_new(db, "bytes", json_integer(hf__file_size(r->hub.db_path)));
+  } else {
+    json_object_set_new(db, "kind", json_string(strncmp(r->hub.db_url, "mysql", 5) == 0 ? "mysql" : "postgresql"));
+    json_object_set_new(db, "path", json_null());
+    json_object_set_new(db, "alembic_revision", json_null());
+    json_object_set_new(db, "users", json_null());
+  }
+  json_object_set_new(data, "db", db);
+  json_object_set_new(data, "backup_free_bytes", json_integer(hf__free_bytes(r->hub.backup_dir)));
+  json_object_set_new(svc, "kind", json_string(hf__svc_kind_name(r->hub.svc)));
+  json_object_set_new(svc, "name", json_string(r->hub.svc_name));
+  {
+    const char *t = r->hub.svc == HF_SVC_SUPERVISORD ? "supervisorctl" : r->hub.svc == HF_SVC_SYSTEMD ? "systemctl"
+                  : r->hub.svc == HF_SVC_DOCKER ? "docker" : NULL;
+    json_object_set_new(svc, "tool", t && hf__which(t, tool, sizeof tool) ? json_string(tool) : json_null());
+  }
+  json_object_set_new(data, "service_manager", svc);
+  json_object_set_new(data, "agent_cpu_us", json_integer(cpu_us() - c0));
+  json_object_set_new(data, "process_cpu_us", json_integer(cpu_us() - hf__cpu_at_start));
+  return 0;
+}
+
+/* ---- preflight ----------------------------------------------------------------------------- */
+
+static void check(struct hf_req *r, json_t *checks, const char *name, const char *outcome, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void check(struct hf_req *r, json_t *checks, const char *name, const char *outcome, const char *fmt, ...) {
+  char detail[1024];
+  va_list ap;
+  json_t *c = json_object();
+  va_start(ap, fmt);
+  vsnprintf(detail, sizeof detail, fmt, ap);
+  va_end(ap);
+  json_object_set_new(c, "name", json_string(name));
+  json_object_set_new(c, "outcome", json_string(outcome));
+  json_object_set_new(c, "detail", json_string(detail));
+  json_array_append_new(checks, c);
+  hf__event(r, strcmp(outcome, "pass") == 0 ? "info" : "warn", "preflight %s: %s: %s", name, outcome, detail);
+}
+
+/* The last line of a Python program's output that names an exception
+ * ("...Error: ...", "...Exception: ..."), cut at 300 bytes; NULL when none.
+ * Points into a static buffer. */
+static const char *last_error_line(const char *out) {
+  static char line[320];
+  const char *p = out, *best = NULL;
+  size_t bestlen = 0;
+  while (p != NULL && *p) {
+    const char *eol = strchr(p, '\n');
+    size_t len = eol ? (size_t)(eol - p) : strlen(p);
+    const char *colon = memchr(p, ':', len);
+    /* The wrapper of a failed child (alembic) says only that it failed. */
+    bool wrapper = strncmp(p + strspn(p, " \t"), "subprocess.CalledProcessError", 29) == 0;
+    if (!wrapper && colon != NULL && colon - p >= 5 && (memcmp(colon - 5, "Error", 5) == 0 ||
+        (colon - p >= 9 && memcmp(colon - 9, "Exception", 9) == 0))) {
+      best = p;
+      bestlen = len;
+    }
+    p = eol ? eol + 1 : NULL;
+  }
+  if (best == NULL) return NULL;
+  while (bestlen > 0 && (*best == ' ' || *best == '\t')) { best++; bestlen--; }
+  if (bestlen >= sizeof line - 1) bestlen = 300;
+  memcpy(line, best, bestlen);
+  line[bestlen] = '\0';
+  return line;
+}
+
+/* nftw callback: removes everything below (and including) the walk's root. */
+static int rm_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+  (void)st; (void)ftw;
+  if (type == FTW_DP) rmdir(path);
+  else unlink(path);
+  return 0;
+}
+
+/* Removes a directory tree the agent made (never follows symlinks). */
+static void rm_tree(const char *dir) {
+  nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* The migration proven on a copy before any downtime (issue 7): a consistent
+ * copy of the live database, the target release made importable beside the
+ * hub environment without touching it (pip --no-deps --target a private
+ * folder, first on PYTHONPATH), upgrade-db against the copy, its revision
+ * and integrity checked, and everything removed again.
+ * upgrade-db runs without the hub's config file, in an empty directory: a
+ * db_url in jupyterhub_config.py would win over the command line and the
+ * "rehearsal" would migrate the live database. Adds a check and returns the
+ * rehearsal object (new). */
+static json_t *rehearse(struct hf_req *r, json_t *checks, const struct hf_env *hub) {
+  char tmp[PATH_MAX], copy[PATH_MAX], pkgs[PATH_MAX], cwd[PATH_MAX], sha[HF_SHA256_HEX], err[1024] = "";
+  char before[128] = "", after[128] = "", pyp[PATH_MAX + 16], bin[PATH_MAX];
+  char *env[2] = { pyp, NULL }, *out = NULL;
+  json_t *o = json_object();
+  struct hf_argv a;
+  int64_t users, t0 = hf__now_ms();
+  int rc;
+
+  if (!r->hub.sqlite || strcmp(hub->installer, "pip") != 0 || !hub->exists) {
+    json_object_set_new(o, "skipped", json_string(!r->hub.sqlite ? "not a SQLite database" :
+                                                  !hub->exists ? "no hub environment" : "conda environments are not rehearsed yet"));
+    check(r, checks, "rehearsal", "warn", "migration not rehearsed: %s", json_string_value(json_object_get(o, "skipped")));
+    return o;
+  }
+  if (hf__pathf(tmp, sizeof tmp, "%s/rehearsal-%d", r->hub.state_dir, (int)getpid()) != 0 ||
+      hf__pathf(copy, sizeof copy, "%s/jupyterhub.sqlite", tmp) != 0 ||
+      hf__pathf(pkgs, sizeof pkgs, "%s/pkgs", tmp) != 0 || hf__pathf(cwd, sizeof cwd, "%s/run", tmp) != 0 ||
+      hf__pathf(pyp, sizeof pyp, "PYTHONPATH=%s", pkgs) != 0 || hf__pathf(bin, sizeof bin, "%s/bin", hub->prefix) != 0) {
+    check(r, checks, "rehearsal", "refuse", "paths too long for a rehearsal");
+    return o;
+  }
+  rm_tree(tmp);
+  if (hf__mkdirs(cwd, 0700) != 0) {
+    check(r, checks, "rehearsal", "refuse", "cannot create %s: %s", tmp, strerror(errno));
+    return o;
+  }
+  hf__event(r, "info", "rehearsal: migrating a copy of %s with jupyterhub %s", r->hub.db_path, r->target);
+  if ((rc = hf_db_backup(r->hub.db_path, copy, sha, err, sizeof err)) != 0) goto fail;
+  hf_db_info(copy, before, sizeof before, &users, err, sizeof err);
+  hf_argv_init(&a);
+  hf__pip_cmd(&a, hub->prefix, "install");
+  hf_argv_push(&a, "--no-deps");
+  hf_argv_push(&a, "--target");
+  hf_argv_push(&a, pkgs);
+  /* From the preflight's cache when it holds the target: the rehearsal then
+   * proves the very files the install will use. */
+  hf__pip_source(r, &a);
+  hf_argv_pushf(&a, "jupyterhub==%s", r->target);
+  rc = hf__cmd(r, &a, cwd, NULL, NULL, hf__left_ms(r), "rehearsal", true, NULL);
+  hf_argv_free(&a);
+  if (rc != 0) { snprintf(err, sizeof err, "%s", r->msg); goto fail; }
+  hf_argv_init(&a);
+  hf_argv_pushf(&a, "%s/python", bin);
+  hf_argv_push(&a, "-m");
+  hf_argv_push(&a, "jupyterhub");
+  hf_argv_push(&a, "upgrade-db");
+  hf_argv_pushf(&a, "--JupyterHub.db_url=sqlite:///%s", copy);
+  rc = hf__cmd(r, &a, cwd, bin, env, hf__left_ms(r), "rehearsal", true, &out);
+  hf_argv_free(&a);
+  if (rc != 0) {
+    /* The exception line says why ("...IntegrityError: NOT NULL constraint
+     * failed: ..."), the lines before it are SQL and stack. */
+    const char *why = last_error_line(out);
+    snprintf(err, sizeof err, "%s", why ? why : r->msg);
+    free(out);
+    goto fail;
+  }
+  free(out);
+  if ((rc = hf_db_info(copy, after, sizeof after, &users, err, sizeof err)) != 0) goto fail;
+  if ((rc = hf_db_integrity(copy, err, sizeof err)) != 0) goto fail;
+  json_object_set_new(o, "ok", json_true());
+  json_object_set_new(o, "alembic_before", before[0] ? json_string(before) : json_null());
+  json_object_set_new(o, "alembic_after", after[0] ? json_string(after) : json_null());
+  json_object_set_new(o, "elapsed_ms", json_integer(hf__now_ms() - t0));
+  check(r, checks, "rehearsal", "pass", "upgrade-db to %s on a copy: alembic %s -> %s, integrity ok", r->target,
+        before[0] ? before : "(none)", after[0] ? after : "(none)");
+  rm_tree(tmp);
+  r->msg[0] = '\0';
+  return o;
+fail:
+  json_object_set_new(o, "ok", json_false());
+  json_object_set_new(o, "alembic_before", before[0] ? json_string(before) : json_null());
+  json_object_set_new(o, "alembic_after", json_null());
+  json_object_set_new(o, "error", json_string(err));
+  json_object_set_new(o, "elapsed_ms", json_integer(hf__now_ms() - t0));
+  check(r, checks, "rehearsal", "refuse", "upgrade-db to %s failed on a copy of the database: %s", r->target, err);
+  rm_tree(tmp);
+  r->msg[0] = '\0';
+  return o;
+}
+
+static void driven_check(struct hf_req *r, json_t *checks) {
+  static const char *const how[] = { "systemctl", "supervisorctl", "docker", "the inventory's start/stop commands" };
+  char who[160];
+  const char *login = getenv("SUDO_USER");
+  if (hf__outer_pid > 0)
+    snprintf(who, sizeof who, "as root through sudo -n (become, login %s)", login && hf_valid_service_name(login) ? login : "?");
+  else if (geteuid() == 0)
+    snprintf(who, sizeof who, "as root (the SSH login)");
+  else
+    snprintf(who, sizeof who, "as the SSH login %s, no sudo (become off)",
+             getenv("USER") && hf_valid_service_name(getenv("USER")) ? getenv("USER") : "?");
+  check(r, checks, "driven", "pass", "%s:%s through %s, %s; state %s", hf__svc_kind_name(r->hub.svc),
+        r->hub.svc_name, how[r->hub.svc], who, r->hub.state_dir);
+}
+
+int hf__op_preflight(struct hf_req *r, json_t *data) {
+  struct envset *es = malloc(sizeof *es);
+  json_t *checks = json_array();
+  char refused[2048] = "", name[PATH_MAX + 16];
+  int64_t need = 1 << 20, fb;
+  int i, nref = 0;
+  size_t k;
+
+  if (es == NULL) { json_decref(checks); return HF_ENOMEM; }
+  hf__envs_load(r, es);
+  if (!r->hub.become && geteuid() != 0) {
+    /* A hub whose files or service are root's (TLJH), driven without
+     * become: one refusal that says what to set, before the details. */
+    char what[512] = "";
+    size_t l;
+    for (i = 0; i < es->n; i++)
+      if (es->env[i].exists && strcmp(es->env[i].installer, "pip") == 0 &&
+          (es->env[i].site[0] == '\0' || access(es->env[i].site, W_OK) != 0) && strlen(what) < 300) {
+        l = strlen(what);
+        snprintf(what + l, sizeof what - l, "%s%s is not writable", l ? ", " : "", es->env[i].prefix);
+      }
+    l = strlen(what);
+    if (read_denied(r->hub.config)) snprintf(what + l, sizeof what - l, "%s%s is not readable", l ? ", " : "", r->hub.config);
+    l = strlen(what);
+    if (r->hub.sqlite && read_denied(r->hub.db_path))
+      snprintf(what + l, sizeof what - l, "%s%s is not readable", l ? ", " : "", r->hub.db_path);
+    l = strlen(what);
+    if (r->hub.svc == HF_SVC_SYSTEMD)
+      snprintf(what + l, sizeof what - l, "%ssystemd:%s is a system unit", l ? ", " : "", r->hub.svc_name);
+    if (what[0])
+      check(r, checks, "become", "refuse", "set hubfleet_become=true: this hub needs root and the SSH login %s "
+            "drives it without sudo (%s)", getenv("USER") && hf_valid_service_name(getenv("USER")) ? getenv("USER") : "",
+            what);
+  }
+  for (i = 0; i < es->n; i++) {
+    const struct hf_env *e = &es->env[i];
+    char py[PATH_MAX + 16];
+    snprintf(name, sizeof name, "env:%s", e->prefix);
+    if (!e->exists) { check(r, checks, name, "refuse", "%s environment %s does not exist", es->role[i], e->prefix); continue; }
+    snprintf(py, sizeof py, "%s/bin/python", e->prefix);
+    if (strcmp(e->installer, "pip") == 0 && access(py, X_OK) != 0) {
+      check(r, checks, name, "refuse", "%s has no bin/python", e->prefix);
+      continue;
+    }
+    if (strcmp(e->installer, "pip") == 0 && (e->site[0] == '\0' || access(e->site, W_OK) != 0) && !r->hub.become) {
+      check(r, checks, name, "refuse", "%s is not writable by this user%s", e->site[0] ? e->site : e->prefix,
+            become_hint(r, true));
+      continue;
+    }
+    {
+      const char *nm = "jupyterhub";
+      char ver[1][HF_VER_LEN];
+      hf_env_versions(e, &nm, 1, ver);
+      if (ver[0][0] == '\0') check(r, checks, name, "warn", "no jupyterhub installed in %s (python %s)", e->prefix, e->python);
+      else if (hf_version_cmp(ver[0], r->target) > 0)
+        check(r, checks, name, "warn", "jupyterhub %s in %s is newer than the target %s (a downgrade)", ver[0], e->prefix, r->target);
+      else check(r, checks, name, "pass", "jupyterhub %s, python %s, installer %s", ver[0], e->python, e->installer);
+    }
+  }
+  if (access(r->hub.config, R_OK) != 0) {
+    int e = errno;
+    check(r, checks, "config", "refuse", "%s: %s%s", r->hub.config, strerror(e), become_hint(r, e == EACCES || e == EPERM));
+  }
+  else { check(r, checks, "config", "pass", "%s readable", r->hub.config); need += hf__file_size(r->hub.config); }
+  if (r->hub.sqlite) {
+    char alembic[128], err[512];
+    int64_t users;
+    if (hf_db_info(r->hub.db_path, alembic, sizeof alembic, &users, err, sizeof err) != 0)
+      check(r, checks, "database", "refuse", "%s%s", err, become_hint(r, read_denied(r->hub.db_path)));
+    else {
+      check(r, checks, "database", "pass", "sqlite %s, alembic revision %s, %lld users", r->hub.db_path,
+            alembic[0] ? alembic : "(none)", (long long)users);
+      need += hf__file_size(r->hub.db_path);
+    }
+  } else if (json_array_size(r->hub.db_dump) > 0) {
+    check(r, checks, "database", "pass", "non-SQLite database: backed up with the configured db_dump command");
+  } else {
+    check(r, checks, "database", "refuse", "non-SQLite database and no db_dump command: it cannot be backed up");
+  }
+  fb = hf__free_bytes(r->hub.backup_dir);
+  if (fb < 2 * need) check(r, checks, "disk", "refuse", "%lld bytes free at %s, need %lld", (long long)fb, r->hub.backup_dir, (long long)(2 * need));
+  else check(r, checks, "disk", "pass", "%lld bytes free at %s", (long long)fb, r->hub.backup_dir);
+  {
+    bool running;
+    char state[64];
+    int rc = hf__svc_status(r, &running, state, sizeof state);
+    if (rc != 0) check(r, checks, "service", "refuse", "%s", r->msg);
+    else if (r->hub.svc == HF_SVC_SYSTEMD && !r->hub.become && geteuid() != 0)
+      /* systemctl would ask polkit for a password halfway through the
+       * downtime: refuse now, with nothing stopped. */
+      check(r, checks, "service", "refuse", "systemd:%s is %s, but stopping and starting a system unit needs root%s",
+            r->hub.svc_name, state, become_hint(r, true));
+    else check(r, checks, "service", "pass", "%s:%s is %s", hf__svc_kind_name(r->hub.svc), r->hub.svc_name, state);
+    r->msg[0] = '\0';
+  }
+  driven_check(r, checks);
+  /* The target must be installable from the configured source, with this
+   * Python (Requires-Python is part of pip's answer): ask pip, change nothing. */
+  for (i = 0; i < es->n; i++) {
+    const struct hf_env *e = &es->env[i];
+    struct hf_argv a;
+    int rc;
+    if (!e->exists || strcmp(e->installer, "pip") != 0) continue;
+    snprintf(name, sizeof name, "installable:%s", e->prefix);
+    hf__argv_start(r, &a);
+    hf__pip_cmd(&a, e->prefix, "install");
+    hf_argv_push(&a, "--dry-run");
+    hf_argv_push(&a, "--upgrade");
+    hf__pip_source_configured(r, &a);
+    hf_argv_pushf(&a, "jupyterhub==%s", r->target);
+    for (k = 0; k < json_array_size(r->hub.extra_packages); k++)
+      hf_argv_push(&a, json_string_value(json_array_get(r->hub.extra_packages, k)));
+    {
+      char *dry = NULL;
+      rc = hf__cmd(r, &a, NULL, NULL, NULL, hf__left_ms(r), "preflight", true, &dry);
+      /* Nothing but the pins to install: the install may skip resolving. */
+      hf__deps_note(r, e->prefix, rc == 0 ? dry : NULL);
+      free(dry);
+    }
+    hf_argv_free(&a);
+    if (rc != 0) check(r, checks, name, "refuse", "jupyterhub==%s is not installable: %s", r->target, r->msg);
+    else check(r, checks, name, "pass", "pip can install jupyterhub==%s", r->target);
+    r->msg[0] = '\0';
+  }
+  /* The target's packages into a host-local cache now, while the hub still
+   * serves: the install inside the downtime then reads local files only
+   * (issue 7). A failed fetch costs nothing but that: the install fetches. */
+  if (es->env[0].exists && strcmp(es->env[0].installer, "pip") == 0) {
+    json_t *co = json_object();
+    if (hf__cache_fetch(r, &es->env[0], co) != 0)
+      check(r, checks, "cache", "warn", "jupyterhub==%s not cached before the stop (install will fetch it): %s", r->target, r->msg);
+    else
+      check(r, checks, "cache", "pass", "jupyterhub==%s cached in %s%s", r->target, json_string_value(json_object_get(co, "dir")),
+            json_is_true(json_object_get(co, "already")) ? " (already there)" : "");
+    json_object_set_new(data, "cache", co);
+    r->msg[0] = '\0';
+  }
+  /* What the version-aware rules read besides the environments. */
+  {
+    json_t *db = json_object();
+    json_object_set_new(db, "kind", json_string(r->hub.sqlite ? "sqlite" : strncmp(r->hub.db_url, "mysql", 5) == 0 ? "mysql" : "postgresql"));
+    json_object_set_new(db, "running_servers", r->hub.sqlite ? running_servers_json(r->hub.db_path) : json_null());
+    json_object_set_new(data, "db", db);
+  }
+  /* The rehearsal only when everything it needs passed: it costs seconds. */
+  if (!json_is_false(json_object_get(r->args, "rehearse"))) {
+    bool any_refused = false;
+    for (k = 0; k < json_array_size(checks); k++)
+      if (strcmp(json_string_value(json_object_get(json_array_get(checks, k), "outcome")), "refuse") == 0) any_refused = true;
+    if (!any_refused) json_object_set_new(data, "rehearsal", rehearse(r, checks, &es->env[0]));
+    else json_object_set_new(data, "rehearsal", json_pack("{s:s}", "skipped", "another check refused the host"));
+  }
+  for (k = 0; k < json_array_size(checks); k++) {
+    json_t *c = json_array_get(checks, k);
+    if (strcmp(json_string_value(json_object_get(c, "outcome")), "refuse") == 0) {
+      size_t l = strlen(refused);
+      snprintf(refused + l, sizeof refused - l, "%s%s: %s", nref++ ? "; " : "",
+               json_string_value(json_object_get(c, "name")), json_string_value(json_object_get(c, "detail")));
+    }
+  }
+  json_object_set_new(data, "checks", checks);
+  json_object_set_new(data, "envs", envs_json(r, es, true));
+  free(es);
+  /* A refusal is an answer, not a failure of the op: the controller shows
+   * every check (a --dry-run folds them across the fleet) and adds its own. */
+  json_object_set_new(data, "refused", json_boolean(nref > 0));
+  json_object_set_new(data, "reason", nref > 0 ? json_string(refused) : json_null());
+  if (nref > 0) hf__event(r, "warn", "preflight refused the host: %s", refused);
+  return 0;
+}
