@@ -250,19 +250,20 @@ static int report_rollout(FILE *f, struct hf_state *st, const char *id) {
   }
   fputs("</table>\n", f);
 
-  fputs("<h2>Hosts</h2>\n<table id=\"hosts\"><tr><th>host</th><th>stage</th><th>status</th><th>last step</th><th>downtime</th></tr>\n", f);
+  fputs("<h2>Hosts</h2>\n<table id=\"hosts\"><tr><th>host</th><th>stage</th><th>status</th><th>last step</th><th>hub downtime</th><th>users' downtime</th></tr>\n", f);
   size_t i;
   json_t *h;
   json_array_foreach(hosts, i, h) {
-    char d[32] = "-";
-    json_t *dm = json_object_get(h, "downtime_ms");
+    char d[32] = "-", ud[32] = "-";
+    json_t *dm = json_object_get(h, "downtime_ms"), *um = json_object_get(h, "users_downtime_ms");
     if (json_is_integer(dm)) fmt_dur(json_integer_value(dm), d, sizeof d);
+    if (json_is_integer(um)) fmt_dur(json_integer_value(um), ud, sizeof ud);
     fputs("<tr><td>", f);
     esc(f, jstr(h, "host"));
     fprintf(f, "</td><td>%" JSON_INTEGER_FORMAT "</td><td><span class=\"pill s-%s\">%s</span></td><td>",
             json_integer_value(json_object_get(h, "stage")) + 1, jstr(h, "status"), jstr(h, "status"));
     esc(f, jstr(h, "step"));
-    fprintf(f, "</td><td>%s</td></tr>\n", d);
+    fprintf(f, "</td><td>%s</td><td>%s</td></tr>\n", d, ud);
   }
   fputs("</table>\n", f);
 

@@ -18,7 +18,7 @@ static void fmt_time(json_t *ms, char *buf, size_t len) {
   strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm);
 }
 
-static void fmt_ms(json_t *ms, char *buf, size_t len) {
+void hf_fmt_seconds(const json_t *ms, char *buf, size_t len) {
   if (!json_is_integer(ms)) { snprintf(buf, len, "-"); return; }
   snprintf(buf, len, "%.1fs", (double)json_integer_value(ms) / 1000.0);
 }
@@ -65,15 +65,16 @@ static void print_rollout(FILE *f, json_t *r, json_t *hosts) {
     fprintf(f, "  stage %lld: %d upgraded, %d running, %d pending, %d failed, %d rolled back, %d need attention\n",
             s + 1, upgraded, running, pending, failed, rolled, attention);
   }
-  fprintf(f, "\n  %-24s %-5s %-16s %-10s %-9s %s\n", "HOST", "STAGE", "STATUS", "STEP", "DOWNTIME", "ERROR");
+  fprintf(f, "\n  %-24s %-5s %-16s %-10s %-9s %-9s %s\n", "HOST", "STAGE", "STATUS", "STEP", "HUB DOWN", "USERS", "ERROR");
   size_t i;
   json_t *h;
   json_array_foreach(hosts, i, h) {
-    char down[32], err[2048];
-    fmt_ms(json_object_get(h, "downtime_ms"), down, sizeof down);
-    fprintf(f, "  %-24s %-5lld %-16s %-10s %-9s %s\n", str(h, "host"),
+    char down[32], udown[32], err[2048];
+    hf_fmt_seconds(json_object_get(h, "downtime_ms"), down, sizeof down);
+    hf_fmt_seconds(json_object_get(h, "users_downtime_ms"), udown, sizeof udown);
+    fprintf(f, "  %-24s %-5lld %-16s %-10s %-9s %-9s %s\n", str(h, "host"),
             (long long)json_integer_value(json_object_get(h, "stage")) + 1, str(h, "status"), str(h, "step"),
-            down, cell(h, "error", err, sizeof err));
+            down, udown, cell(h, "error", err, sizeof err));
   }
 }
 
@@ -82,7 +83,7 @@ static void usage_status(FILE *f) {
     "usage: hubfleet status [ROLLOUT] [--state FILE] [--json] [--steps]\n"
     "       hubfleet history [--state FILE] [--json | --ids]\n\n"
     "status shows one rollout (default: the latest): per stage and per host, the\n"
-    "status, the last step, downtime and error. It reads the state file only and\n"
+    "status, the last step, the hub's and the users' downtime and error. It reads the state file only and\n"
     "can run while the rollout does. --steps adds every recorded step.\n"
     "history lists every rollout, newest first (--ids: the ids only).\n\n"
     "Exit codes: 0 shown, 2 bad arguments or no such rollout, 70 state file error.\n");

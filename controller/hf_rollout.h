@@ -15,6 +15,8 @@ int hf_cmd_upgrade(int argc, char **argv);
 int hf_cmd_resume(int argc, char **argv);
 int hf_cmd_rollback(int argc, char **argv);
 int hf_cmd_report(int argc, char **argv);
+/* A duration in ms from the state file as "12.3s", "-" when not recorded. */
+void hf_fmt_seconds(const json_t *ms, char *buf, size_t len);
 
 enum hf_rollout_mode {
   HF_RM_UPGRADE,   /* a new rollout: every step on every selected host */

@@ -82,8 +82,11 @@ int hf_state_host_set_json(struct hf_state *st, const char *rollout, const char 
                            const char *column, const json_t *value);
 int hf_state_host_set_downtime(struct hf_state *st, const char *rollout, const char *host,
                                int64_t downtime_ms);
+/* The users' downtime: the longest time the agent's probe found a user's
+ * server unreachable through the proxy during the upgrade. */
+int hf_state_host_set_users_downtime(struct hf_state *st, const char *rollout, const char *host, int64_t ms);
 /* Every host of a rollout as a JSON array (new), in stage then name order:
- * {host, stage, status, step, error, before, after, backup, downtime_ms,
+ * {host, stage, status, step, error, before, after, backup, downtime_ms, users_downtime_ms,
  *  started, finished}. */
 json_t *hf_state_hosts(struct hf_state *st, const char *rollout);
 

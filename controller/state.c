@@ -43,6 +43,9 @@ static const char *const migrations[] = {
   "  id INTEGER PRIMARY KEY AUTOINCREMENT, rollout TEXT, host TEXT,"
   "  time INTEGER NOT NULL, level TEXT NOT NULL, text TEXT NOT NULL);"
   "CREATE INDEX events_by_rollout ON events(rollout, id);",
+  /* 1 -> 2: the users' downtime (longest gap of the agent's probe of the
+   * users' servers through the proxy, issue 16) next to the hub's */
+  "ALTER TABLE hosts ADD COLUMN users_downtime_ms INTEGER;",
 };
 #define NMIGRATIONS (sizeof migrations / sizeof migrations[0])
 
@@ -389,9 +392,13 @@ int hf_state_host_set_downtime(struct hf_state *st, const char *rollout, const c
   return write1(st, "UPDATE hosts SET downtime_ms=? WHERE rollout=? AND host=?", "iss", downtime_ms, rollout, host);
 }
 
+int hf_state_host_set_users_downtime(struct hf_state *st, const char *rollout, const char *host, int64_t ms) {
+  return write1(st, "UPDATE hosts SET users_downtime_ms=? WHERE rollout=? AND host=?", "iss", ms, rollout, host);
+}
+
 json_t *hf_state_hosts(struct hf_state *st, const char *rollout) {
   return query(st,
-    "SELECT host, stage, status, step, error, before, after, backup, downtime_ms, started, finished"
+    "SELECT host, stage, status, step, error, before, after, backup, downtime_ms, users_downtime_ms, started, finished"
     " FROM hosts WHERE rollout=? ORDER BY stage, host", "s", rollout);
 }
 

@@ -169,16 +169,16 @@ void print_summary(struct rollout *ro) {
              up, failed, rolled, att, untouched, inprog, ro->budget, ro_failures(ro),
              (double)(hf_state_now_ms() - ro->t0) / 1000.0);
     }
-    printf("  %-24s %-5s %-16s %-9s %s\n", "HOST", "STAGE", "STATUS", "DOWNTIME", "ERROR");
+    printf("  %-24s %-5s %-16s %-9s %-9s %s\n", "HOST", "STAGE", "STATUS", "HUB DOWN", "USERS", "ERROR");
     json_array_foreach(hosts, i, row) {
-      char down[32] = "-";
-      json_t *d = json_object_get(row, "downtime_ms");
-      if (json_is_integer(d)) snprintf(down, sizeof down, "%.1fs", (double)json_integer_value(d) / 1000.0);
+      char down[32], udown[32];
+      hf_fmt_seconds(json_object_get(row, "downtime_ms"), down, sizeof down);
+      hf_fmt_seconds(json_object_get(row, "users_downtime_ms"), udown, sizeof udown);
       char err[2048];
       hf_clean_line(err, sizeof err, json_string_value(json_object_get(row, "error")));
-      printf("  %-24s %-5lld %-16s %-9s %s\n", json_string_value(json_object_get(row, "host")),
+      printf("  %-24s %-5lld %-16s %-9s %-9s %s\n", json_string_value(json_object_get(row, "host")),
              (long long)json_integer_value(json_object_get(row, "stage")) + 1,
-             json_string_value(json_object_get(row, "status")), down, err);
+             json_string_value(json_object_get(row, "status")), down, udown, err);
     }
     printf("  details: hubfleet status %s\n", ro->id);
   }

@@ -168,6 +168,12 @@ static void keep_step_data(struct rhost *h, const json_t *data) {
     if (inst) hf_state_host_set_json(ro->o->state, ro->id, h->host->name, "after", inst);
     break;
   }
+  case ST_HEALTH: {
+    /* The users' downtime, when the agent probed users' servers. */
+    json_t *ud = json_object_get(data, "users_downtime_ms");
+    if (json_is_integer(ud)) hf_state_host_set_users_downtime(ro->o->state, ro->id, h->host->name, json_integer_value(ud));
+    break;
+  }
   default: break;
   }
 }
