@@ -1,4 +1,4 @@
-/* op_backup.c: the backup operation: the database (online copy, checked), the configuration and the
+/* op_backup.c: the backup operation: the database (SQLite online copy, checked; PostgreSQL pg_dump), the configuration and the
  * package versions, journaled; a rollout's only way back. */
 #include <dirent.h>
 #include <errno.h>
@@ -11,6 +11,7 @@
 #include "hf_safefile.h"
 #include "hub.h"
 #include "ops.h"
+#include "pg.h"
 
 /* ---- backup ---------------------------------------------------------------------------------- */
 
@@ -116,6 +117,25 @@ int hf__op_backup(struct hf_req *r, json_t *data) {
     json_object_set_new(bk, "db_sha256", json_string(dbsha));
     json_object_set_new(bk, "alembic_revision", alembic[0] ? json_string(alembic) : json_null());
     hf__event(r, "info", "backup: %s -> %s sha256 %s (integrity ok)", r->hub.db_path, dbf, dbsha);
+  } else if (hf_pg_is(&r->hub)) {
+    /* PostgreSQL: a plain-SQL pg_dump (--clean --if-exists, so it restores
+     * over the live database in one transaction), taken here, before the
+     * stop; its checksum, and a digest of its content for the rollback to
+     * prove the restore with. */
+    struct hf_pg pg;
+    char content[HF_SHA256_HEX], alembic[128] = "";
+    if ((rc = hf_pg_open(r, &pg)) != 0) goto fail;
+    if (hf__pathf(dbf, sizeof dbf, "%s/jupyterhub.pg.sql", dir) != 0) { rc = HF_EBADARG; goto fail; }
+    if ((rc = hf_pg_alembic(r, &pg, pg.url, "backup", alembic, sizeof alembic)) != 0) goto fail;
+    if ((rc = hf_pg_dump(r, &pg, pg.url, dbf, "backup", dbsha, content)) != 0) goto fail;
+    json_object_set_new(bk, "db_kind", json_string("postgresql"));
+    json_object_set_new(bk, "db_file", json_string(dbf));
+    json_object_set_new(bk, "db_sha256", json_string(dbsha));
+    json_object_set_new(bk, "db_content_sha256", json_string(content));
+    json_object_set_new(bk, "db_bytes", json_integer(hf__file_size(dbf)));
+    json_object_set_new(bk, "alembic_revision", alembic[0] ? json_string(alembic) : json_null());
+    hf__event(r, "info", "backup: pg_dump of %s -> %s sha256 %s (%lld bytes, alembic %s)", pg.shown, dbf, dbsha,
+              (long long)hf__file_size(dbf), alembic[0] ? alembic : "(none)");
   } else if (json_array_size(r->hub.db_dump) > 0) {
     struct hf_argv a;
     struct hf_run run;
@@ -139,8 +159,9 @@ int hf__op_backup(struct hf_req *r, json_t *data) {
     json_object_set_new(bk, "db_file", json_string(dbf));
     json_object_set_new(bk, "db_sha256", json_string(dbsha));
   } else {
-    snprintf(r->msg, sizeof r->msg, "database %s is not SQLite and no db_dump command is configured: refusing to "
-             "pretend it is backed up", r->hub.db_url);
+    /* (the URL is not shown: it may hold a password) */
+    snprintf(r->msg, sizeof r->msg, "the hub database (hubfleet_db) is neither SQLite nor PostgreSQL and no db_dump "
+             "command is configured: refusing to pretend it is backed up");
     rc = HF_EUNSUPPORTED;
     goto fail;
   }

@@ -8,6 +8,7 @@
 #include "agent_int.h"
 #include "hub.h"
 #include "ops.h"
+#include "pg.h"
 #include "prep.h"
 
 /* ---- installer ---------------------------------------------------------------------------- */
@@ -152,18 +153,28 @@ out:
 
 /* ---- migrate ------------------------------------------------------------------------------------ */
 
-int hf__op_migrate(struct hf_req *r, json_t *data) {
-  char before[128] = "", after[128] = "", err[512], bin[PATH_MAX];
-  struct hf_argv a;
+/* The live database's alembic revision ("" when unknown: not SQLite or PostgreSQL, or no table). */
+static int alembic_now(struct hf_req *r, char *out, size_t outlen) {
   int64_t users;
+  out[0] = '\0';
+  if (r->hub.sqlite) return hf_db_info(r->hub.db_path, out, outlen, &users, r->msg, sizeof r->msg) != 0 ? HF_EDB : 0;
+  if (hf_pg_is(&r->hub)) {
+    struct hf_pg pg;
+    int rc = hf_pg_open(r, &pg);
+    if (rc == 0) rc = hf_pg_alembic(r, &pg, pg.url, "migrate", out, outlen);
+    return rc != 0 ? HF_EDB : 0;
+  }
+  return 0;
+}
+
+int hf__op_migrate(struct hf_req *r, json_t *data) {
+  char before[128] = "", after[128] = "", bin[PATH_MAX];
+  struct hf_argv a;
   json_t *det;
   int rc;
 
   if ((rc = hf__need_backup(r, NULL)) != 0) return rc;
-  if (r->hub.sqlite && hf_db_info(r->hub.db_path, before, sizeof before, &users, err, sizeof err) != 0) {
-    snprintf(r->msg, sizeof r->msg, "%s", err);
-    return HF_EDB;
-  }
+  if ((rc = alembic_now(r, before, sizeof before)) != 0) return rc;
   det = json_object();
   json_object_set_new(det, "alembic_before", before[0] ? json_string(before) : json_null());
   if ((rc = hf__jrec(r, "migrate", "begin", det)) != 0) return rc;
@@ -176,10 +187,7 @@ int hf__op_migrate(struct hf_req *r, json_t *data) {
   rc = hf__cmd(r, &a, r->hub.config_dir, bin, NULL, hf__left_ms(r), "migrate", false, NULL);
   hf_argv_free(&a);
   if (rc != 0) return hf__fail_step(r, "migrate", rc);
-  if (r->hub.sqlite && hf_db_info(r->hub.db_path, after, sizeof after, &users, err, sizeof err) != 0) {
-    snprintf(r->msg, sizeof r->msg, "%s", err);
-    return hf__fail_step(r, "migrate", HF_EDB);
-  }
+  if ((rc = alembic_now(r, after, sizeof after)) != 0) return hf__fail_step(r, "migrate", rc);
   det = json_object();
   json_object_set_new(det, "alembic_before", before[0] ? json_string(before) : json_null());
   json_object_set_new(det, "alembic_after", after[0] ? json_string(after) : json_null());

@@ -11,6 +11,7 @@
 #include "agent_int.h"
 #include "hub.h"
 #include "ops.h"
+#include "pg.h"
 #include "prep.h"
 
 /* ---- facts ------------------------------------------------------------------------------ */
@@ -175,11 +176,66 @@ static void rm_tree(const char *dir) {
   nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* The PostgreSQL side of a rehearsal: a scratch database on the hub's own
+ * server (CREATE DATABASE as the hub's role), the live database's pg_dump
+ * loaded into it; never the live one. Its name: the hub database's (cut,
+ * [a-z0-9_] only) + _hfrehearse_PID. */
+struct scratch {
+  struct hf_pg pg;
+  char name[64], url[1100], jurl[1100];
+  bool created;
+};
+
+static int scratch_make(struct hf_req *r, struct scratch *sc, const char *tmp, char *before, size_t blen,
+                        char *err, size_t errlen) {
+  char dumpf[PATH_MAX], sha[HF_SHA256_HEX], content[HF_SHA256_HEX], base[32];
+  size_t n = 0;
+  int rc;
+  if ((rc = hf_pg_open(r, &sc->pg)) != 0) { snprintf(err, errlen, "%s", r->msg); return rc; }
+  for (const char *p = sc->pg.dbname; *p && n < 28; p++)
+    base[n++] = (*p >= 'A' && *p <= 'Z') ? (char)(*p - 'A' + 'a') :
+                ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9')) ? *p : '_';
+  base[n] = '\0';
+  snprintf(sc->name, sizeof sc->name, "%s_hfrehearse_%d", base, (int)getpid());
+  if (hf_pg_url_for(r, &sc->pg, sc->name, false, sc->url, sizeof sc->url) != 0 ||
+      hf_pg_url_for(r, &sc->pg, sc->name, true, sc->jurl, sizeof sc->jurl) != 0 ||
+      hf__pathf(dumpf, sizeof dumpf, "%s/live.pg.sql", tmp) != 0) {
+    snprintf(err, errlen, "database URL too long for a rehearsal");
+    return HF_EBADARG;
+  }
+  hf__event(r, "info", "rehearsal: migrating a scratch copy %s of %s with jupyterhub %s", sc->name, sc->pg.shown, r->target);
+  hf_pg_createdrop(r, &sc->pg, sc->name, false, "rehearsal"); /* a leftover of a killed agent with this pid */
+  if ((rc = hf_pg_createdrop(r, &sc->pg, sc->name, true, "rehearsal")) != 0) {
+    snprintf(err, errlen, "cannot create the scratch database (the hub's role needs CREATEDB): %s", r->msg);
+    return rc;
+  }
+  sc->created = true;
+  if ((rc = hf_pg_dump(r, &sc->pg, sc->pg.url, dumpf, "rehearsal", sha, content)) != 0 ||
+      (rc = hf_pg_load(r, &sc->pg, sc->url, dumpf, "rehearsal")) != 0 ||
+      (rc = hf_pg_alembic(r, &sc->pg, sc->url, "rehearsal", before, blen)) != 0) {
+    snprintf(err, errlen, "%s", r->msg);
+    return rc;
+  }
+  unlink(dumpf);
+  return 0;
+}
+
+/* Drops the scratch database; a check when that fails (it holds a copy of the hub's data). */
+static void scratch_drop(struct hf_req *r, json_t *checks, struct scratch *sc, json_t *o) {
+  if (!sc->created) return;
+  if (hf_pg_createdrop(r, &sc->pg, sc->name, false, "rehearsal") != 0)
+    check(r, checks, "rehearsal-scratch", "warn", "scratch database %s not dropped: %s", sc->name, r->msg);
+  else json_object_set_new(o, "scratch_dropped", json_true());
+  json_object_set_new(o, "scratch", json_string(sc->name));
+  sc->created = false;
+}
+
 /* The migration proven on a copy before any downtime (issue 7): a consistent
- * copy of the live database, the target release made importable beside the
- * hub environment without touching it (pip --no-deps --target a private
+ * copy of the live database (SQLite: the backup API; PostgreSQL: a scratch
+ * database loaded from pg_dump), the target release made importable beside
+ * the hub environment without touching it (pip --no-deps --target a private
  * folder, first on PYTHONPATH), upgrade-db against the copy, its revision
- * and integrity checked, and everything removed again.
+ * (and SQLite's integrity) checked, and everything removed again.
  * upgrade-db runs without the hub's config file, in an empty directory: a
  * db_url in jupyterhub_config.py would win over the command line and the
  * "rehearsal" would migrate the live database. Adds a check and returns the
@@ -187,14 +243,16 @@ static void rm_tree(const char *dir) {
 static json_t *rehearse(struct hf_req *r, json_t *checks, const struct hf_env *hub) {
   char tmp[PATH_MAX], copy[PATH_MAX], pkgs[PATH_MAX], cwd[PATH_MAX], sha[HF_SHA256_HEX], err[1024] = "";
   char before[128] = "", after[128] = "", pyp[PATH_MAX + 16], bin[PATH_MAX];
-  char *env[2] = { pyp, NULL }, *out = NULL;
+  char *env[8] = { pyp, NULL }, *out = NULL;
   json_t *o = json_object();
   struct hf_argv a;
+  struct scratch *sc = NULL;
+  bool pgdb = hf_pg_is(&r->hub);
   int64_t users, t0 = hf__now_ms();
   int rc;
 
-  if (!r->hub.sqlite || strcmp(hub->installer, "pip") != 0 || !hub->exists) {
-    json_object_set_new(o, "skipped", json_string(!r->hub.sqlite ? "not a SQLite database" :
+  if ((!r->hub.sqlite && !pgdb) || strcmp(hub->installer, "pip") != 0 || !hub->exists) {
+    json_object_set_new(o, "skipped", json_string(!r->hub.sqlite && !pgdb ? "neither SQLite nor PostgreSQL" :
                                                   !hub->exists ? "no hub environment" : "conda environments are not rehearsed yet"));
     check(r, checks, "rehearsal", "warn", "migration not rehearsed: %s", json_string_value(json_object_get(o, "skipped")));
     return o;
@@ -211,9 +269,15 @@ static json_t *rehearse(struct hf_req *r, json_t *checks, const struct hf_env *h
     check(r, checks, "rehearsal", "refuse", "cannot create %s: %s", tmp, strerror(errno));
     return o;
   }
-  hf__event(r, "info", "rehearsal: migrating a copy of %s with jupyterhub %s", r->hub.db_path, r->target);
-  if ((rc = hf_db_backup(r->hub.db_path, copy, sha, err, sizeof err)) != 0) goto fail;
-  hf_db_info(copy, before, sizeof before, &users, err, sizeof err);
+  if (pgdb) {
+    if ((sc = calloc(1, sizeof *sc)) == NULL) { snprintf(err, sizeof err, "out of memory"); goto fail; }
+    if ((rc = scratch_make(r, sc, tmp, before, sizeof before, err, sizeof err)) != 0) goto fail;
+    for (int i = 0; sc->pg.env[i] && i < 6; i++) env[i + 1] = sc->pg.env[i];
+  } else {
+    hf__event(r, "info", "rehearsal: migrating a copy of %s with jupyterhub %s", r->hub.db_path, r->target);
+    if ((rc = hf_db_backup(r->hub.db_path, copy, sha, err, sizeof err)) != 0) goto fail;
+    hf_db_info(copy, before, sizeof before, &users, err, sizeof err);
+  }
   hf_argv_init(&a);
   hf__pip_cmd(&a, hub->prefix, "install");
   hf_argv_push(&a, "--no-deps");
@@ -231,7 +295,8 @@ static json_t *rehearse(struct hf_req *r, json_t *checks, const struct hf_env *h
   hf_argv_push(&a, "-m");
   hf_argv_push(&a, "jupyterhub");
   hf_argv_push(&a, "upgrade-db");
-  hf_argv_pushf(&a, "--JupyterHub.db_url=sqlite:///%s", copy);
+  if (pgdb) hf_argv_pushf(&a, "--JupyterHub.db_url=%s", sc->jurl);
+  else hf_argv_pushf(&a, "--JupyterHub.db_url=sqlite:///%s", copy);
   rc = hf__cmd(r, &a, cwd, bin, env, hf__left_ms(r), "rehearsal", true, &out);
   hf_argv_free(&a);
   if (rc != 0) {
@@ -243,19 +308,36 @@ static json_t *rehearse(struct hf_req *r, json_t *checks, const struct hf_env *h
     goto fail;
   }
   free(out);
-  if ((rc = hf_db_info(copy, after, sizeof after, &users, err, sizeof err)) != 0) goto fail;
-  if ((rc = hf_db_integrity(copy, err, sizeof err)) != 0) goto fail;
+  if (pgdb) {
+    if ((rc = hf_pg_alembic(r, &sc->pg, sc->url, "rehearsal", after, sizeof after)) != 0) {
+      snprintf(err, sizeof err, "%s", r->msg);
+      goto fail;
+    }
+    scratch_drop(r, checks, sc, o);
+  } else {
+    if ((rc = hf_db_info(copy, after, sizeof after, &users, err, sizeof err)) != 0) goto fail;
+    if ((rc = hf_db_integrity(copy, err, sizeof err)) != 0) goto fail;
+  }
   json_object_set_new(o, "ok", json_true());
+  json_object_set_new(o, "db_kind", json_string(pgdb ? "postgresql" : "sqlite"));
   json_object_set_new(o, "alembic_before", before[0] ? json_string(before) : json_null());
   json_object_set_new(o, "alembic_after", after[0] ? json_string(after) : json_null());
   json_object_set_new(o, "elapsed_ms", json_integer(hf__now_ms() - t0));
-  check(r, checks, "rehearsal", "pass", "upgrade-db to %s on a copy: alembic %s -> %s, integrity ok", r->target,
-        before[0] ? before : "(none)", after[0] ? after : "(none)");
+  if (pgdb)
+    check(r, checks, "rehearsal", "pass", "upgrade-db to %s on a scratch copy of the PostgreSQL database (dropped): "
+          "alembic %s -> %s", r->target, before[0] ? before : "(none)", after[0] ? after : "(none)");
+  else
+    check(r, checks, "rehearsal", "pass", "upgrade-db to %s on a copy: alembic %s -> %s, integrity ok", r->target,
+          before[0] ? before : "(none)", after[0] ? after : "(none)");
   rm_tree(tmp);
+  free(sc);
   r->msg[0] = '\0';
   return o;
 fail:
+  if (sc) scratch_drop(r, checks, sc, o);
+  free(sc);
   json_object_set_new(o, "ok", json_false());
+  json_object_set_new(o, "db_kind", json_string(pgdb ? "postgresql" : "sqlite"));
   json_object_set_new(o, "alembic_before", before[0] ? json_string(before) : json_null());
   json_object_set_new(o, "alembic_after", json_null());
   json_object_set_new(o, "error", json_string(err));

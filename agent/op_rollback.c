@@ -1,4 +1,4 @@
-/* op_rollback.c: the rollback: the database restored from the rollout's backup, the previous versions
+/* op_rollback.c: the rollback: the database restored from the rollout's backup (SQLite file or PostgreSQL dump), the previous versions
  * reinstalled, the hub started and its health checked; journaled. */
 #include <stdio.h>
 #include <string.h>
@@ -6,6 +6,7 @@
 #include "agent_int.h"
 #include "hub.h"
 #include "ops.h"
+#include "pg.h"
 
 /* ---- rollback ----------------------------------------------------------------------------------- */
 
@@ -99,6 +100,15 @@ int hf__op_rollback(struct hf_req *r, json_t *data) {
     }
     hf__event(r, "info", "rollback: database restored, sha256 %s", sha);
     json_object_set_new(data, "db_sha256", json_string(sha));
+  } else if (dbf && dbsha && strcmp(json_string_value(json_object_get(bk, "db_kind")) ?: "", "postgresql") == 0) {
+    /* PostgreSQL: the backup's pg_dump loaded in one transaction (tables
+     * it does not hold dropped), then proven by dumping again. */
+    struct hf_pg pg;
+    const char *content = json_string_value(json_object_get(bk, "db_content_sha256"));
+    if ((rc = hf_pg_open(r, &pg)) != 0) goto fail;
+    if ((rc = hf_pg_restore(r, &pg, dbf, dbsha, content)) != 0) goto fail;
+    json_object_set_new(data, "db_sha256", json_string(dbsha));
+    json_object_set_new(data, "db_content_sha256", content ? json_string(content) : json_null());
   } else {
     /* A dump is restored by the operator's own tools: say so. */
     json_object_set_new(data, "db_sha256", json_null());
