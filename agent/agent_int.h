@@ -257,5 +257,7 @@ void hf__progress(struct hf_req *r, const char *step, int64_t done, int64_t tota
 /* Runs the op named r->op: fills *data (new) on success; on failure returns
  * the code with r->msg set. HF_EUNKNOWNOP when there is no handler. */
 int hf__op_dispatch(struct hf_req *r, json_t **data);
+/* Whether this agent has a handler for op (every op of proto's HF_OP_MAP should). */
+bool hf__op_implemented(enum hf_op_id op);
 
 #endif /* HF_AGENT_INT_H */

@@ -71,27 +71,21 @@ static int op_journal(struct hf_req *r, json_t *data) {
 
 /* ---- dispatch ------------------------------------------------------------------------------------ */
 
-struct op_entry {
-  const char *name;
-  int (*fn)(struct hf_req *r, json_t *data);
-  int64_t default_timeout_ms;
-  bool needs_rollout;   /* journaled: refused without a rollout id */
-  bool needs_target;
-  bool changes;         /* changes the hub: runs under the host lock */
-};
-
-static const struct op_entry ops[] = {
-  { "facts",     hf__op_facts,     1000,   false, false, false },
-  { "preflight", hf__op_preflight, 120000, false, true,  false },
-  { "backup",    hf__op_backup,    600000, true,  false, true },
-  { "stop",      hf__op_stop,      60000,  true,  false, true },
-  { "install",   hf__op_install,   900000, true,  true,  true },
-  { "migrate",   hf__op_migrate,   600000, true,  false, true },
-  { "start",     hf__op_start,     60000,  true,  false, true },
-  { "health",    hf__op_health,    60000,  false, true,  false },
-  { "rollback",  hf__op_rollback,  900000, true,  false, true },
-  { "journal",   op_journal,   5000,   true,  false, false },
-  { NULL, NULL, 0, false, false, false },
+/* The handler of each operation in proto's table (HF_OP_MAP): what an op
+ * needs (rollout, target), its default deadline, whether it changes the hub
+ * and where it stands in the procedure all come from that table. */
+typedef int (*op_fn)(struct hf_req *r, json_t *data);
+static const op_fn handlers[HF_OP__COUNT] = {
+  [HF_OP_FACTS]     = hf__op_facts,
+  [HF_OP_PREFLIGHT] = hf__op_preflight,
+  [HF_OP_BACKUP]    = hf__op_backup,
+  [HF_OP_STOP]      = hf__op_stop,
+  [HF_OP_INSTALL]   = hf__op_install,
+  [HF_OP_MIGRATE]   = hf__op_migrate,
+  [HF_OP_START]     = hf__op_start,
+  [HF_OP_HEALTH]    = hf__op_health,
+  [HF_OP_ROLLBACK]  = hf__op_rollback,
+  [HF_OP_JOURNAL]   = op_journal,
 };
 
 /* One agent at a time changes a hub: a controller that reconnected after a
@@ -105,48 +99,43 @@ static bool controller_gone(const struct hf_req *r) {
   return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
 }
 
-/* The procedure's order. A step runs only right after its predecessor (or
- * again after itself: every step is idempotent): its predecessor must be the
- * last step the journal shows completed. Anything else comes from a stale
- * controller or agent: a late "stop" after "health" would take a healthy,
- * upgraded hub down, and an "install" re-sent after a rollback began would
- * upgrade the rolled-back hub under its users. Once a rollback of the rollout
- * began on this host, no upgrade step runs again (start a new rollout). */
-static const char *const procedure[] = { "backup", "stop", "install", "migrate", "start", "health", NULL };
-
-static int step_rank(const char *step) {
-  for (int i = 0; procedure[i]; i++)
-    if (step && strcmp(procedure[i], step) == 0) return i;
-  return -1;
-}
-
-static int refuse_stale(struct hf_req *r) {
-  int want = step_rank(r->op), last = -1;
+/* The procedure's order (the table's steps). A journaled step runs only
+ * right after the journaled step before it (hf_op_journaled_before), or again
+ * after itself (every step is idempotent): that one must be the last step the
+ * journal shows completed. Anything else comes from a stale controller or
+ * agent: a late "stop" after "health" would take a healthy, upgraded hub
+ * down, and an "install" re-sent after a rollback began would upgrade the
+ * rolled-back hub under its users. Once a rollback of the rollout began on
+ * this host, no upgrade step runs again (start a new rollout). */
+static int refuse_stale(struct hf_req *r, const struct hf_op *op) {
+  const struct hf_op *before = hf_op_journaled_before(op), *last = NULL;
   const char *rb_state = NULL, *rb_time = NULL;
   json_t *recs = NULL, *rec;
   size_t i;
   int rc = 0;
-  if (want < 0 || r->rollout == NULL) return 0;
+  if (!op->journaled || op->step <= 0 || r->rollout == NULL) return 0;
   if (hf__jread(r, &recs) != 0) return HF_EJOURNAL;
   json_array_foreach(recs, i, rec) {
     const char *step = json_string_value(json_object_get(rec, "step"));
     const char *state = json_string_value(json_object_get(rec, "state"));
+    const struct hf_op *done;
     if (step == NULL || state == NULL) continue;
     if (strcmp(step, "rollback") == 0) {
       rb_state = state;
       rb_time = json_string_value(json_object_get(rec, "time"));
       continue;
     }
-    if (strcmp(state, "done") == 0 && step_rank(step) >= 0) last = step_rank(step);
+    if (strcmp(state, "done") == 0 && (done = hf_op_by_name(step)) != NULL && done->journaled && done->step > 0)
+      last = done;
   }
   if (rb_state != NULL) {
     snprintf(r->msg, sizeof r->msg, "stale request: rollout %s was rolled back on this host (rollback %s at %s); "
              "not running %s: start a new rollout", r->rollout, rb_state, rb_time ? rb_time : "?", r->op);
     rc = HF_ESTATE;
-  } else if (last != want && last != want - 1) {
+  } else if (last != op && last != before) {
     snprintf(r->msg, sizeof r->msg, "stale request: %s runs after %s, but the last step the journal of rollout %s "
-             "shows completed is %s; not running %s", r->op, want > 0 ? procedure[want - 1] : "nothing",
-             r->rollout, last >= 0 ? procedure[last] : "none", r->op);
+             "shows completed is %s; not running %s", r->op, before ? before->name : "nothing",
+             r->rollout, last ? last->name : "none", r->op);
     rc = HF_ESTATE;
   }
   json_decref(recs);
@@ -210,15 +199,17 @@ static int host_lock(struct hf_req *r, int *fdp) {
   return 0;
 }
 
+bool hf__op_implemented(enum hf_op_id op) {
+  return (unsigned)op < HF_OP__COUNT && handlers[op] != NULL;
+}
+
 int hf__op_dispatch(struct hf_req *r, json_t **data) {
-  const struct op_entry *e;
+  const struct hf_op *op = hf_op_by_name(r->op);
   const json_t *to;
   int rc, lockfd = -1;
 
   *data = NULL;
-  for (e = ops; e->name; e++)
-    if (strcmp(e->name, r->op) == 0) break;
-  if (e->name == NULL) {
+  if (op == NULL || handlers[op->id] == NULL) {
     snprintf(r->msg, sizeof r->msg, "operation %.64s is not implemented by this agent", r->op);
     return HF_EUNKNOWNOP;
   }
@@ -226,33 +217,35 @@ int hf__op_dispatch(struct hf_req *r, json_t **data) {
   if ((rc = hf_hub_parse(json_object_get(r->args, "hub"), &r->hub, r->msg, sizeof r->msg)) != 0) return rc;
   r->rollout = json_string_value(json_object_get(r->args, "rollout"));
   r->target = json_string_value(json_object_get(r->args, "target"));
-  if (e->needs_rollout && (r->rollout == NULL || !hf_valid_id(r->rollout))) {
-    snprintf(r->msg, sizeof r->msg, "args.rollout: %s needs a rollout id", e->name);
+  if (op->rollout == HF_OPARG_REQ && (r->rollout == NULL || !hf_valid_id(r->rollout))) {
+    snprintf(r->msg, sizeof r->msg, "args.rollout: %s needs a rollout id", op->name);
     return HF_EBADARG;
   }
-  if (e->needs_target && (r->target == NULL || !hf_valid_version(r->target))) {
-    snprintf(r->msg, sizeof r->msg, "args.target: %s needs a PEP 440 version", e->name);
+  if (op->target == HF_OPARG_REQ && (r->target == NULL || !hf_valid_version(r->target))) {
+    snprintf(r->msg, sizeof r->msg, "args.target: %s needs a PEP 440 version", op->name);
     return HF_EBADARG;
   }
   to = json_object_get(r->args, "timeout_ms");
-  r->timeout_ms = json_is_integer(to) && json_integer_value(to) > 0 ? json_integer_value(to) : e->default_timeout_ms;
+  r->timeout_ms = json_is_integer(to) && json_integer_value(to) > 0 ? json_integer_value(to) : op->default_timeout_ms;
   if (r->timeout_ms > 24 * 3600 * 1000) r->timeout_ms = 24 * 3600 * 1000;
   r->deadline_ms = hf__now_ms() + r->timeout_ms;
   /* become: the whole request runs as root in this binary under sudo -n
    * (the hub's files, its database and its service are root's). */
   if (r->hub.become && geteuid() != 0) return hf__become_relay(r, data);
-  if (strcmp(e->name, "facts") != 0 &&
-      (rc = check_dirs(r, e->name, e->changes || strcmp(e->name, "preflight") == 0)) != 0)
+  if (op->id != HF_OP_FACTS &&
+      (rc = check_dirs(r, op->name, op->changes_hub || op->id == HF_OP_PREFLIGHT)) != 0)
     return rc;
   if ((*data = json_object()) == NULL) return HF_ENOMEM;
-  if (strcmp(e->name, "health") == 0 && (rc = refuse_stale(r)) != 0) return rc;
-  if (e->changes) {
+  /* A journaled step that leaves the hub as it is (health) is checked
+   * without the lock; one that changes it, under the lock. */
+  if (!op->changes_hub && (rc = refuse_stale(r, op)) != 0) return rc;
+  if (op->changes_hub) {
     /* Who does the work: lets an operator (or a test) find this process. */
-    hf__event(r, "debug", "agent pid %d: %s for rollout %s", hf__agent_pid(), e->name, r->rollout);
+    hf__event(r, "debug", "agent pid %d: %s for rollout %s", hf__agent_pid(), op->name, r->rollout);
     if ((rc = host_lock(r, &lockfd)) != 0) return rc;
-    if ((rc = refuse_stale(r)) != 0) { close(lockfd); return rc; }
+    if ((rc = refuse_stale(r, op)) != 0) { close(lockfd); return rc; }
   }
-  rc = e->fn(r, *data);
+  rc = handlers[op->id](r, *data);
   if (lockfd >= 0) close(lockfd); /* releases the lock */
   return rc;
 }

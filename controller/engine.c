@@ -1962,7 +1962,7 @@ int hf_session_request(struct hf_session *s, const char *op, json_t *args,
                        unsigned timeout_ms, hf_event_cb on_event,
                        hf_result_cb on_result, void *ctx) {
   if (!s || s->closing || s->state != HF_SS_READY || !on_result) { json_decref(args); return HF_ESTATE; }
-  if (!hf_proto_op_find(op)) { json_decref(args); return HF_EUNKNOWNOP; }
+  if (!hf_op_by_name(op)) { json_decref(args); return HF_EUNKNOWNOP; }
   uint64_t id = s->next_id++;
   json_t *msg = hf_msg_request(id, op, args);   /* steals args */
   if (!msg) return HF_ENOMEM;

@@ -17,7 +17,7 @@
  *   result  {"type":"result","id":7,"ok":true,"data":{...}}
  *           {"type":"result","id":7,"ok":false,"error":{"code":"bad_argument","message":"..."}}
  * The full argument schema of every operation is in docs/protocol.md and in
- * the op table behind hf_proto_op_find().
+ * the op table HF_OP_MAP below.
  */
 #ifndef HF_PROTO_H
 #define HF_PROTO_H
@@ -182,14 +182,76 @@ struct hf_arg_spec {
   bool            required;
 };
 
+/* ---- the operation table: what every part knows about an operation ------
+ * proto's validators, the agent's dispatch and stale-step refusal, and the
+ * controller's steps all read this one table.
+ *
+ * XX(ID, name, changes, journaled, rollout, target, timeout_ms, step, extra)
+ *   changes     it changes the hub: the agent runs it under the host lock,
+ *               after the stale-step check, in its private directories
+ *   journaled   it records begin/done/failed in the rollout's journal on the
+ *               host (health only when it is given a rollout)
+ *   rollout     args.rollout: REQ (required) or OPT (optional)
+ *   target      args.target (a PEP 440 version): REQ, or NO (refused)
+ *   timeout_ms  the step's deadline: the agent's when args.timeout_ms is
+ *               absent, and what the controller sends for that step
+ *   step        position in the upgrade procedure (1 = first); 0 = not a
+ *               step of it. The agent runs a journaled step only right after
+ *               the journaled step before it (or again after itself).
+ *   extra       arguments beyond hub (always required), rollout, target and
+ *               timeout_ms (always optional): HF_OP_ARG(name, TYPE, required)...
+ */
+#define HF_OP_MAP(XX)                                                                              \
+  XX(FACTS,     "facts",     false, false, OPT, NO,  1000,    0, )                                 \
+  XX(PREFLIGHT, "preflight", false, false, OPT, REQ, 300000,  1,                                   \
+     HF_OP_ARG("rehearse", BOOL, false) HF_OP_ARG("rules", OBJECT, false))                         \
+  XX(BACKUP,    "backup",    true,  true,  REQ, REQ, 600000,  2, HF_OP_ARG("homes", BOOL, false))  \
+  XX(STOP,      "stop",      true,  true,  REQ, NO,  120000,  3, )                                 \
+  XX(INSTALL,   "install",   true,  true,  REQ, REQ, 1200000, 4, )                                 \
+  XX(MIGRATE,   "migrate",   true,  true,  REQ, NO,  600000,  5, )                                 \
+  XX(START,     "start",     true,  true,  REQ, NO,  180000,  6, )                                 \
+  XX(HEALTH,    "health",    false, true,  OPT, REQ, 120000,  7, )                                 \
+  XX(ROLLBACK,  "rollback",  true,  true,  REQ, NO,  1800000, 0, HF_OP_ARG("previous", OBJECT, false)) \
+  XX(JOURNAL,   "journal",   false, false, REQ, NO,  30000,   0, )
+
+/* One extra argument of an op in HF_OP_MAP: an hf_arg_spec initializer. */
+#define HF_OP_ARG(name, type, required) { (name), HF_ARG_##type, (required) },
+
+enum hf_op_id {
+#define HF_OP_ENUM(id, ...) HF_OP_##id,
+  HF_OP_MAP(HF_OP_ENUM)
+#undef HF_OP_ENUM
+  HF_OP__COUNT
+};
+
+/* Whether an op takes an argument: REQ (required), OPT, NO (refused). */
+enum hf_op_arg { HF_OPARG_NO, HF_OPARG_OPT, HF_OPARG_REQ };
+
 struct hf_op {
   const char               *name;  /* "facts", "preflight", ... */
   const struct hf_arg_spec *args;  /* terminated by an entry with name NULL */
+  enum hf_op_id             id;
+  bool                      changes_hub;
+  bool                      journaled;
+  enum hf_op_arg            rollout, target;
+  int64_t                   default_timeout_ms;
+  int                       step;  /* position in the upgrade procedure, 0 = none */
 };
 
 /* Looks up an operation by name; NULL when unknown. Static data. */
-const struct hf_op *hf_proto_op_find(const char *name);
-/* NULL-terminated list of every operation name. Static. */
+const struct hf_op *hf_op_by_name(const char *name);
+/* The operation with that id; NULL when out of range. Static data. */
+const struct hf_op *hf_op_get(enum hf_op_id id);
+/* The default deadline of op name (HF_OP_MAP's timeout_ms); 0 when unknown. */
+int64_t hf_op_default_timeout_ms(const char *name);
+/* The position of op name in the upgrade procedure (1 = first); 0 when it is
+ * not a step of it or unknown. */
+int hf_op_procedure_pos(const char *name);
+/* The stale-step rule: the journaled step of the procedure that must be the
+ * last one completed before op runs (op itself may also be); NULL when op is
+ * the first journaled step. Only for journaled ops with a step (else NULL). */
+const struct hf_op *hf_op_journaled_before(const struct hf_op *op);
+/* NULL-terminated list of every operation name, in table order. Static. */
 const char *const *hf_proto_op_names(void);
 /* Validates args (borrowed) against op's spec: every required arg present,
  * every present arg known and of its type, values pass their validators.

@@ -321,12 +321,12 @@ static int hf__field_check(const struct hf__msgspec *m, const struct hf__field *
     if (!json_is_string(v))
       return hf__errf(HF_ETYPE, err, errlen, "%s: expected an operation name, got %s", field,
                       hf__describe(v, got, sizeof got));
-    if (hf_proto_op_find(json_string_value(v)) == NULL)
+    if (hf_op_by_name(json_string_value(v)) == NULL)
       return hf__errf(HF_EUNKNOWNOP, err, errlen, "%s: unknown operation %s", field,
                       hf__describe(v, got, sizeof got));
     return 0;
   case HF__F_ARGS:
-    op = hf_proto_op_find(json_string_value(json_object_get(msg, "op")));
+    op = hf_op_by_name(json_string_value(json_object_get(msg, "op")));
     return hf__args_validate(op, v, field, err, errlen);
   case HF__F_LEVEL:
     return hf__want_str(v, hf__valid_level, "debug, info, warn or error", field, err, errlen);

@@ -479,59 +479,69 @@ bool hf_valid_url(const char *s) {
   return true;
 }
 
-/* ---- the op table ------------------------------------------------------------------ */
+/* ---- the op table (HF_OP_MAP in hf_proto.h) ------------------------------------------ */
 
-#define HF__A_HUB        { "hub", HF_ARG_HUB, true }
-#define HF__A_TIMEOUT    { "timeout_ms", HF_ARG_INT, false }
-#define HF__A_ROLLOUT    { "rollout", HF_ARG_ID, true }
-#define HF__A_ROLLOUT_OPT { "rollout", HF_ARG_ID, false }
-#define HF__A_TARGET     { "target", HF_ARG_VERSION, true }
-#define HF__A_END        { NULL, HF_ARG_STRING, false }
+#define HF__A_ROLLOUT_REQ { "rollout", HF_ARG_ID, true },
+#define HF__A_ROLLOUT_OPT { "rollout", HF_ARG_ID, false },
+#define HF__A_TARGET_REQ  { "target", HF_ARG_VERSION, true },
+#define HF__A_TARGET_NO
 
-static const struct hf_arg_spec hf__args_facts[] = {
-  HF__A_HUB, HF__A_ROLLOUT_OPT, HF__A_TIMEOUT, HF__A_END };
-static const struct hf_arg_spec hf__args_preflight[] = {
-  HF__A_HUB, HF__A_TARGET, HF__A_ROLLOUT_OPT, HF__A_TIMEOUT,
-  { "rehearse", HF_ARG_BOOL, false }, { "rules", HF_ARG_OBJECT, false }, HF__A_END };
-static const struct hf_arg_spec hf__args_backup[] = {
-  HF__A_HUB, HF__A_ROLLOUT, HF__A_TARGET, HF__A_TIMEOUT,
-  { "homes", HF_ARG_BOOL, false }, HF__A_END };
-static const struct hf_arg_spec hf__args_rollout_only[] = {
-  HF__A_HUB, HF__A_ROLLOUT, HF__A_TIMEOUT, HF__A_END };
-static const struct hf_arg_spec hf__args_install[] = {
-  HF__A_HUB, HF__A_ROLLOUT, HF__A_TARGET, HF__A_TIMEOUT, HF__A_END };
-static const struct hf_arg_spec hf__args_health[] = {
-  HF__A_HUB, HF__A_TARGET, HF__A_ROLLOUT_OPT, HF__A_TIMEOUT, HF__A_END };
-static const struct hf_arg_spec hf__args_rollback[] = {
-  HF__A_HUB, HF__A_ROLLOUT, HF__A_TIMEOUT, { "previous", HF_ARG_OBJECT, false }, HF__A_END };
+/* Each op's argument spec: hub, rollout, target, timeout_ms, then its own. */
+#define HF__OP_ARGS(id, nm, changes, journaled, rollout, target, timeout, step, extra)        \
+  static const struct hf_arg_spec hf__args_##id[] = {                                         \
+    { "hub", HF_ARG_HUB, true }, HF__A_ROLLOUT_##rollout HF__A_TARGET_##target                \
+    { "timeout_ms", HF_ARG_INT, false }, extra { NULL, HF_ARG_STRING, false } };
+HF_OP_MAP(HF__OP_ARGS)
+#undef HF__OP_ARGS
 
-static const struct hf_op hf__ops[] = {
-  { "facts",     hf__args_facts },
-  { "preflight", hf__args_preflight },
-  { "backup",    hf__args_backup },
-  { "stop",      hf__args_rollout_only },
-  { "install",   hf__args_install },
-  { "migrate",   hf__args_rollout_only },
-  { "start",     hf__args_rollout_only },
-  { "health",    hf__args_health },
-  { "rollback",  hf__args_rollback },
-  { "journal",   hf__args_rollout_only },
+static const struct hf_op hf__ops[HF_OP__COUNT] = {
+#define HF__OP_ROW(id, nm, changes, journaled, rollout, target, timeout, step, extra)         \
+  [HF_OP_##id] = { nm, hf__args_##id, HF_OP_##id, changes, journaled, HF_OPARG_##rollout,    \
+                   HF_OPARG_##target, timeout, step },
+  HF_OP_MAP(HF__OP_ROW)
+#undef HF__OP_ROW
 };
 
-#define HF__NOPS (sizeof hf__ops / sizeof hf__ops[0])
+static const char *const hf__op_names[HF_OP__COUNT + 1] = {
+#define HF__OP_NAME(id, nm, ...) nm,
+  HF_OP_MAP(HF__OP_NAME)
+#undef HF__OP_NAME
+  NULL };
 
-static const char *const hf__op_names[HF__NOPS + 1] = {
-  "facts", "preflight", "backup", "stop", "install", "migrate", "start",
-  "health", "rollback", "journal", NULL };
-
-const struct hf_op *hf_proto_op_find(const char *name) {
+const struct hf_op *hf_op_by_name(const char *name) {
   size_t i;
   if (name == NULL)
     return NULL;
-  for (i = 0; i < HF__NOPS; i++)
+  for (i = 0; i < HF_OP__COUNT; i++)
     if (strcmp(hf__ops[i].name, name) == 0)
       return &hf__ops[i];
   return NULL;
+}
+
+const struct hf_op *hf_op_get(enum hf_op_id id) {
+  return (unsigned)id < HF_OP__COUNT ? &hf__ops[id] : NULL;
+}
+
+int64_t hf_op_default_timeout_ms(const char *name) {
+  const struct hf_op *op = hf_op_by_name(name);
+  return op != NULL ? op->default_timeout_ms : 0;
+}
+
+int hf_op_procedure_pos(const char *name) {
+  const struct hf_op *op = hf_op_by_name(name);
+  return op != NULL ? op->step : 0;
+}
+
+const struct hf_op *hf_op_journaled_before(const struct hf_op *op) {
+  const struct hf_op *best = NULL;
+  size_t i;
+  if (op == NULL || !op->journaled || op->step <= 0)
+    return NULL;
+  for (i = 0; i < HF_OP__COUNT; i++)
+    if (hf__ops[i].journaled && hf__ops[i].step > 0 && hf__ops[i].step < op->step &&
+        (best == NULL || hf__ops[i].step > best->step))
+      best = &hf__ops[i];
+  return best;
 }
 
 const char *const *hf_proto_op_names(void) {

@@ -649,6 +649,13 @@ static void expect_result(int fd, long long id, const char *code) {
   json_decref(f);
 }
 
+/* Every op of proto's table has its handler in the agent's dispatch. */
+static void test_op_handlers(void) {
+  for (int i = 0; i < HF_OP__COUNT; i++)
+    CHECK(hf__op_implemented((enum hf_op_id)i));
+  CHECK(!hf__op_implemented(HF_OP__COUNT));
+}
+
 static void test_loop(void) {
   struct session s;
   json_t *f;
@@ -1363,6 +1370,7 @@ int main(void) {
   test_http_parse();
   test_http_live();
   test_run();
+  test_op_handlers();
   test_loop();
   test_validators();
   test_hostile_restore();

@@ -726,17 +726,17 @@ static void test_ops(void) {
   int r;
   for (i = 0; expected[i]; i++) {
     CHECKF(names[i] != NULL && strcmp(names[i], expected[i]) == 0, "%zu", i);
-    CHECKF(hf_proto_op_find(expected[i]) != NULL &&
-           strcmp(hf_proto_op_find(expected[i])->name, expected[i]) == 0, "%s", expected[i]);
+    CHECKF(hf_op_by_name(expected[i]) != NULL &&
+           strcmp(hf_op_by_name(expected[i])->name, expected[i]) == 0, "%s", expected[i]);
   }
   CHECK(names[i] == NULL);
-  CHECK(hf_proto_op_find("shell") == NULL && hf_proto_op_find(NULL) == NULL &&
-        hf_proto_op_find("") == NULL && hf_proto_op_find("FACTS") == NULL);
+  CHECK(hf_op_by_name("shell") == NULL && hf_op_by_name(NULL) == NULL &&
+        hf_op_by_name("") == NULL && hf_op_by_name("FACTS") == NULL);
 
   hub = json_pack("{s:s, s:s, s:s, s:s}", "hub_env", "/opt/jhub", "config", "/etc/jh/c.py",
                   "db", "sqlite:////srv/jh.sqlite", "service", "supervisord:jupyterhub");
   for (i = 0; i < sizeof req / sizeof req[0]; i++) {
-    const struct hf_op *op = hf_proto_op_find(req[i].op);
+    const struct hf_op *op = hf_op_by_name(req[i].op);
     /* hub alone */
     args = json_pack("{s:O}", "hub", hub);
     r = hf_proto_args_validate(op, args, err, sizeof err);
@@ -777,6 +777,105 @@ static void test_ops(void) {
   CHECK(hf_proto_hub_validate(json_true(), "h", NULL, 0) == HF_ETYPE);
 }
 
+/* The operation table (HF_OP_MAP) against what the validators do with a
+ * request of each op, both as hf_proto_args_validate and inside a whole
+ * request (hf_msg_validate), and against its own rules: ids, names, steps,
+ * the stale-step chain, and docs/protocol.md's table of operations. */
+static void test_op_table(const char *datadir) {
+  const char *const *names = hf_proto_op_names();
+  char err[256], path[4096], *doc = NULL;
+  int last_step = 0, n_steps = 0, i;
+  json_t *hub = json_pack("{s:s, s:s, s:s, s:s}", "hub_env", "/opt/jhub", "config", "/etc/jh/c.py",
+                          "db", "sqlite:////srv/jh.sqlite", "service", "supervisord:jupyterhub");
+  snprintf(path, sizeof path, "%s/../../docs/protocol.md", datadir);
+  CHECKF(read_file(path, &doc) > 0, "%s", path);
+  CHECK(hf_op_get(HF_OP__COUNT) == NULL && hf_op_get((enum hf_op_id)-1) == NULL);
+  CHECK(hf_op_default_timeout_ms("shell") == 0 && hf_op_procedure_pos("shell") == 0);
+  CHECK(hf_op_journaled_before(NULL) == NULL);
+  for (i = 0; i < HF_OP__COUNT; i++) {
+    const struct hf_op *op = hf_op_get((enum hf_op_id)i), *before;
+    const struct hf_arg_spec *a;
+    json_t *args, *req;
+    char row[96];
+    int r;
+    CHECKF(op != NULL && (int)op->id == i && names[i] != NULL && strcmp(names[i], op->name) == 0, "%d", i);
+    if (op == NULL) continue;
+    CHECKF(hf_op_by_name(op->name) == op, "%s", op->name);
+    CHECKF(op->default_timeout_ms >= 1000 && hf_op_default_timeout_ms(op->name) == op->default_timeout_ms,
+           "%s", op->name);
+    CHECKF(hf_op_procedure_pos(op->name) == op->step, "%s", op->name);
+    /* Whatever changes the hub is journaled, so it needs its rollout. */
+    CHECKF(!op->changes_hub || (op->journaled && op->rollout == HF_OPARG_REQ), "%s", op->name);
+    CHECKF(op->rollout != HF_OPARG_NO, "%s: every op takes a rollout id", op->name);
+    /* The spec: hub first and required, then exactly what the table says. */
+    CHECKF(op->args[0].name && strcmp(op->args[0].name, "hub") == 0 && op->args[0].required &&
+           op->args[0].type == HF_ARG_HUB, "%s", op->name);
+    for (a = op->args; a->name; a++) {
+      if (strcmp(a->name, "rollout") == 0)
+        CHECKF(a->type == HF_ARG_ID && a->required == (op->rollout == HF_OPARG_REQ), "%s", op->name);
+      if (strcmp(a->name, "target") == 0)
+        CHECKF(a->type == HF_ARG_VERSION && op->target == HF_OPARG_REQ && a->required, "%s", op->name);
+    }
+    /* Steps: 1, 2, 3, ... in table order. */
+    if (op->step > 0) {
+      CHECKF(op->step == last_step + 1, "%s: step %d after %d", op->name, op->step, last_step);
+      last_step = op->step;
+      n_steps++;
+    }
+    /* The stale-step chain: each journaled step's predecessor is the
+     * journaled step with the next lower position. */
+    before = hf_op_journaled_before(op);
+    if (op->journaled && op->step > 0 && before != NULL)
+      CHECKF(before->journaled && before->step > 0 && before->step < op->step &&
+             hf_op_journaled_before(before) != op, "%s after %s", op->name, before->name);
+    else if (!op->journaled || op->step <= 0)
+      CHECKF(before == NULL, "%s", op->name);
+
+    /* Every argument the table names: accepted, in args and in a request. */
+    args = json_pack("{s:O, s:s, s:I}", "hub", hub, "rollout", "r1", "timeout_ms", (json_int_t)op->default_timeout_ms);
+    if (op->target == HF_OPARG_REQ) json_object_set_new(args, "target", json_string("4.1.0"));
+    r = hf_proto_args_validate(op, args, err, sizeof err);
+    CHECKF(r == 0, "%s: %s", op->name, err);
+    req = hf_msg_request(7, op->name, json_deep_copy(args));
+    r = hf_msg_validate(req, NULL, err, sizeof err);
+    CHECKF(r == 0, "%s: request: %s", op->name, err);
+    json_decref(req);
+    /* A target the table refuses is an unknown argument, in both places. */
+    if (op->target == HF_OPARG_NO) {
+      json_object_set_new(args, "target", json_string("4.1.0"));
+      r = hf_proto_args_validate(op, args, err, sizeof err);
+      CHECKF(r == HF_EBADARG && strstr(err, "unknown argument \"target\"") != NULL, "%s: %s", op->name, err);
+      req = hf_msg_request(7, op->name, json_deep_copy(args));
+      CHECKF(hf_msg_validate(req, NULL, err, sizeof err) == HF_EBADARG, "%s: request: %s", op->name, err);
+      json_decref(req);
+      json_object_del(args, "target");
+    }
+    /* Each required one missing: refused naming it; each optional one: fine. */
+    for (a = op->args; a->name; a++) {
+      json_t *less = json_deep_copy(args);
+      if (json_object_get(less, a->name) == NULL) { json_decref(less); continue; }
+      json_object_del(less, a->name);
+      r = hf_proto_args_validate(op, less, err, sizeof err);
+      if (a->required)
+        CHECKF(r == HF_EMISSING && strstr(err, a->name) != NULL, "%s without %s: %s", op->name, a->name, err);
+      else
+        CHECKF(r == 0, "%s without %s: %s", op->name, a->name, err);
+      req = hf_msg_request(7, op->name, less);
+      r = hf_msg_validate(req, NULL, err, sizeof err);
+      CHECKF(a->required ? r == HF_EMISSING : r == 0, "%s request without %s: %s", op->name, a->name, err);
+      json_decref(req);
+    }
+    json_decref(args);
+    /* docs/protocol.md has a row for it. */
+    snprintf(row, sizeof row, "\n| `%s` |", op->name);
+    CHECKF(doc == NULL || strstr(doc, row) != NULL, "docs/protocol.md has no row %s", row + 1);
+  }
+  CHECK(names[HF_OP__COUNT] == NULL);
+  CHECK(n_steps >= 2 && hf_op_journaled_before(hf_op_get(HF_OP_BACKUP)) == NULL);
+  free(doc);
+  json_decref(hub);
+}
+
 /* "--version-cmp": reads "A B" pairs on stdin, prints "SIGN VALID_A" per
  * line, for pep440_xcheck.py to compare with the packaging library. */
 static int version_cmp_filter(void) {
@@ -794,7 +893,7 @@ static void test_arg_types(void) {
     { "v", HF_ARG_VERSION, false }, { "p", HF_ARG_ABSPATH, false }, { "id", HF_ARG_ID, false },
     { "pins", HF_ARG_PKGPINS, false }, { "names", HF_ARG_PKGNAMES, false },
     { "o", HF_ARG_OBJECT, false }, { NULL, HF_ARG_STRING, false } };
-  static const struct hf_op op = { "all", spec };
+  static const struct hf_op op = { .name = "all", .args = spec };
   static const struct { const char *json; int want; const char *sub; } cases[] = {
     { "{}", 0, "" },
     { "{\"s\":\"any thing; at all\",\"i\":0,\"b\":false,\"v\":\"1.0\",\"p\":\"/x\",\"id\":\"r\","
@@ -864,6 +963,7 @@ int main(int argc, char **argv) {
   test_validators();
   test_version_order();
   test_ops();
+  test_op_table(argv[1]);
   test_arg_types();
   printf("proto: %d checks, %d failed\n", checks, failures);
   return failures == 0 ? 0 : 1;
