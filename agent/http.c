@@ -1,4 +1,4 @@
-/* http.c: a deliberately tiny HTTP/1.1 GET client for the hub's health endpoints: numeric
+/* http.c: a deliberately tiny HTTP/1.1 GET client for the hub's health endpoints and the users' probe: numeric
  * addresses only (no resolver in a static binary), one deadline for connect+read, bounded size. */
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "agent_int.h"
+#include "probe.h"
 
 struct url {
   char host[256];
@@ -151,7 +152,31 @@ void hf_http_resp_free(struct hf_http_resp *r) {
   r->body_len = 0;
 }
 
+/* The value of header name ("Location") in a response image, cut to outlen; "" when absent. */
+static void header_value(const char *buf, size_t len, const char *name, char *out, size_t outlen) {
+  size_t nl = strlen(name), i = 0;
+  out[0] = '\0';
+  while (i < len) {
+    const char *ls = buf + i, *le = memchr(ls, '\n', len - i);
+    size_t ll = le ? (size_t)(le - ls) : len - i;
+    if (ll <= 1) return; /* the blank line ending the headers */
+    if (ll > nl + 1 && strncasecmp(ls, name, nl) == 0 && ls[nl] == ':') {
+      const char *v = ls + nl + 1, *e = ls + ll;
+      while (v < e && *v == ' ') v++;
+      while (e > v && (e[-1] == '\r' || e[-1] == ' ')) e--;
+      snprintf(out, outlen, "%.*s", (int)(e - v), v);
+      return;
+    }
+    i += ll + 1;
+  }
+}
+
 int hf_http_get(const char *base_url, const char *path, int64_t timeout_ms, struct hf_http_resp *r) {
+  return hf_http_get_loc(base_url, path, timeout_ms, r, NULL, 0);
+}
+
+int hf_http_get_loc(const char *base_url, const char *path, int64_t timeout_ms, struct hf_http_resp *r,
+                    char *location, size_t loclen) {
   struct sockaddr_storage ss;
   socklen_t sslen;
   struct url u;
@@ -162,6 +187,7 @@ int hf_http_get(const char *base_url, const char *path, int64_t timeout_ms, stru
   const char *host;
 
   memset(r, 0, sizeof *r);
+  if (location != NULL && loclen > 0) location[0] = '\0';
   if ((rc = parse_url(base_url, &u)) != 0) return rc;
   host = strcmp(u.host, "localhost") == 0 ? "127.0.0.1" : u.host;
   memset(&ss, 0, sizeof ss);
@@ -222,6 +248,7 @@ int hf_http_get(const char *base_url, const char *path, int64_t timeout_ms, stru
     }
   }
   rc = hf_http_parse(buf, have, r);
+  if (rc == 0 && location != NULL && loclen > 0) header_value(buf, have, "Location", location, loclen);
 out:
   free(buf);
   if (fd >= 0) close(fd);

@@ -10,20 +10,25 @@
 #include "agent_int.h"
 #include "hub.h"
 #include "ops.h"
+#include "probe.h"
 
 /* ---- stop / start ------------------------------------------------------------------------------ */
 
 int hf__op_stop(struct hf_req *r, json_t *data) {
   bool was;
   int rc;
+  json_t *probe = NULL, *det;
   if ((rc = hf__need_backup(r, NULL)) != 0) return rc;
-  if ((rc = hf__jrec(r, "stop", "begin", NULL)) != 0) return rc;
+  /* The users' probe watches the servers through the proxy from before the
+   * stop until health's verdict (probe.c). */
+  hf__probe_begin(r, data, &probe);
+  det = json_object();
+  if (probe != NULL) json_object_set_new(det, "users_probe", probe);
+  if ((rc = hf__jrec(r, "stop", "begin", det)) != 0) return rc;
   if ((rc = hf__svc_stop(r, &was)) != 0) return hf__fail_step(r, "stop", rc);
-  {
-    json_t *det = json_object();
-    json_object_set_new(det, "was_running", json_boolean(was));
-    if ((rc = hf__jrec(r, "stop", "done", det)) != 0) return rc;
-  }
+  det = json_object();
+  json_object_set_new(det, "was_running", json_boolean(was));
+  if ((rc = hf__jrec(r, "stop", "done", det)) != 0) return rc;
   json_object_set_new(data, "was_running", json_boolean(was));
   json_object_set_new(data, "stopped", json_true());
   return 0;
@@ -315,6 +320,21 @@ tail:
 int hf__op_health(struct hf_req *r, json_t *data) {
   int rc = hf__wait_healthy(r, r->target, hf__left_ms(r), start_log_offset(r), data);
   size_t k;
+  /* The verdict is in: the users' probe finishes and gives its figures. */
+  if (r->rollout) {
+    json_t *p;
+    hf__probe_end(r, data);
+    p = json_object_get(data, "users_probe");
+    if (json_is_integer(json_object_get(data, "users_downtime_ms")))
+      hf__event(r, "info", "users' downtime %lld ms: %lld server(s), %lld probes, %lld not answered",
+                (long long)json_integer_value(json_object_get(data, "users_downtime_ms")),
+                (long long)json_integer_value(json_object_get(p, "servers")),
+                (long long)json_integer_value(json_object_get(p, "probes")),
+                (long long)json_integer_value(json_object_get(p, "failed")));
+    else
+      hf__event(r, "info", "users' downtime not measured: probe %s%s%s", json_string_value(json_object_get(p, "state")) ?: "none",
+                json_is_string(json_object_get(p, "why")) ? ": " : "", json_string_value(json_object_get(p, "why")) ?: "");
+  }
   for (k = 0; k < json_array_size(json_object_get(data, "log_errors")); k++)
     hf__event(r, "warn", "hub log: %s", json_string_value(json_array_get(json_object_get(data, "log_errors"), k)));
   for (k = 0; k < json_array_size(json_object_get(data, "deprecations")); k++)
