@@ -30,17 +30,6 @@ static void set_state(struct hf_agent *a, enum hf_agent_state s) {
   a->state = s;
 }
 
-static int write_all(int fd, const char *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return HF_EIO;
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 static void send_frame(int fd, bool *dead, json_t *msg) {
   char *buf = NULL;
   size_t len = 0;
@@ -58,7 +47,7 @@ static void send_frame(int fd, bool *dead, json_t *msg) {
     rc = e ? hf_frame_encode(e, &buf, &len) : HF_ENOMEM;
     json_decref(e);
   }
-  if (rc == 0 && write_all(fd, buf, len) != 0) *dead = true;
+  if (rc == 0 && hf_write_all(fd, buf, len) != 0) *dead = true;
   free(buf);
   json_decref(msg);
 }

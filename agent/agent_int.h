@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <jansson.h>
 
+#include "hf_files.h"
 #include "hf_proto.h"
 #include "hf_sha256.h"
 
@@ -33,8 +34,6 @@ void hf__utc_now(char *out, size_t outlen);
 int hf__pathf(char *out, size_t outlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* mkdir -p with mode for every directory it creates. 0 or HF_EIO (errno kept). */
 int hf__mkdirs(const char *path, int mode);
-/* fsync of the directory holding path (so a create/rename survives a power cut). */
-int hf__fsync_parent(const char *path);
 
 /* ---- argv under construction: every element a copy (owned by the struct) --- */
 struct hf_argv {
@@ -183,8 +182,6 @@ int hf_file_install(const char *src, const char *dst, const char *expect_sha, ch
  * put back when the rename failed. */
 int hf_db_restore(const char *src, const char *dst, const char *expect_sha, char sha[HF_SHA256_HEX],
                   char *err, size_t errlen);
-/* SHA-256 of everything readable at fd (pread from 0), as hex. 0 or -1. */
-int hf_sha256_fd(int fd, char hex[HF_SHA256_HEX]);
 
 /* ---- the hub description and one request ------------------------------------ */
 

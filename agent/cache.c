@@ -113,7 +113,7 @@ int hf__cache_fetch(struct hf_req *r, const struct hf_env *hub, json_t *out) {
   }
   /* Fetched into a private temporary folder and renamed into place, so a
    * cut fetch never looks like a cache. */
-  hf__rm_tree(tmp);
+  hf_rm_tree(tmp);
   if (hf__mkdirs(tmp, 0700) != 0) {
     snprintf(r->msg, sizeof r->msg, "cannot create %s: %s", tmp, strerror(errno));
     return HF_EIO;
@@ -129,19 +129,19 @@ int hf__cache_fetch(struct hf_req *r, const struct hf_env *hub, json_t *out) {
     hf_argv_push(&a, json_string_value(json_array_get(r->hub.extra_packages, k)));
   rc = hf__cmd(r, &a, tmp, NULL, NULL, hf__left_ms(r), "cache", true, NULL);
   hf_argv_free(&a);
-  if (rc != 0) { hf__rm_tree(tmp); return rc; }
+  if (rc != 0) { hf_rm_tree(tmp); return rc; }
   if (hf__pathf(mark, sizeof mark, "%s/.complete", tmp) != 0 ||
       hf_sf_write_file(mark, pins, strlen(pins), 0600, r->msg, sizeof r->msg) != 0) {
-    hf__rm_tree(tmp);
+    hf_rm_tree(tmp);
     return HF_EIO;
   }
-  hf__rm_tree(dir); /* an incomplete one left by a killed agent */
+  hf_rm_tree(dir); /* an incomplete one left by a killed agent */
   if (rename(tmp, dir) != 0) {
     snprintf(r->msg, sizeof r->msg, "rename %s: %s", dir, strerror(errno));
-    hf__rm_tree(tmp);
+    hf_rm_tree(tmp);
     return HF_EIO;
   }
-  hf__fsync_parent(dir);
+  hf_fsync_parent(dir);
   json_object_set_new(out, "dir", json_string(dir));
   json_object_set_new(out, "already", json_false());
   json_object_set_new(out, "elapsed_ms", json_integer(hf__now_ms() - t0));

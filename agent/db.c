@@ -147,24 +147,6 @@ out:
   return r;
 }
 
-int hf_sha256_fd(int fd, char hex[HF_SHA256_HEX]) {
-  struct hf_sha256 c;
-  unsigned char buf[65536], digest[HF_SHA256_LEN];
-  off_t off = 0;
-  hf_sha256_init(&c);
-  for (;;) {
-    ssize_t n = pread(fd, buf, sizeof buf, off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return -1;
-    if (n == 0) break;
-    hf_sha256_update(&c, buf, (size_t)n);
-    off += n;
-  }
-  hf_sha256_final(&c, digest);
-  hf_sha256_tohex(digest, hex);
-  return 0;
-}
-
 /* Copies src into a new temporary file beside dst (hf_sf_begin) and checks
  * its digest: nothing at dst is touched. */
 static int stage_copy(const char *src, const char *dst, const char *expect_sha, char sha[HF_SHA256_HEX],
@@ -186,7 +168,7 @@ static int stage_copy(const char *src, const char *dst, const char *expect_sha, 
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) { snprintf(err, errlen, "read %s: %s", src, strerror(errno)); goto fail; }
     if (n == 0) break;
-    if (hf_sf_write_all(sf->fd, buf, (size_t)n) != 0) {
+    if (hf_write_all(sf->fd, buf, (size_t)n) != 0) {
       snprintf(err, errlen, "write beside %s: %s", dst, strerror(errno));
       goto fail;
     }

@@ -54,8 +54,6 @@ int  hf_sf_commit(struct hf_sf *s, char *err, size_t errlen);
 /* Removes the temporary file and closes everything (safe after commit too). */
 void hf_sf_abort(struct hf_sf *s);
 
-/* Writes all n bytes (EINTR retried). 0 or -1 (errno). */
-int  hf_sf_write_all(int fd, const void *buf, size_t n);
 /* The whole file at path replaced by buf (begin, write, commit). */
 int  hf_sf_write_file(const char *path, const void *buf, size_t n, mode_t mode, char *err, size_t errlen);
 /* Opens path for appending/locking: O_RDWR|O_NOFOLLOW (O_APPEND when append),

@@ -112,22 +112,8 @@ int hf_journal_path(const char *state_dir, const char *rollout, char *out, size_
 
 /* Reads the whole file at fd (bounded: a journal is a few KiB; 64 MiB cap). */
 static int read_all(int fd, char **buf, size_t *len) {
-  struct stat st;
-  size_t have = 0;
-  char *b;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return HF_EJOURNAL;
-  if (st.st_size > 64 * 1024 * 1024) return HF_EJOURNAL;
-  b = malloc((size_t)st.st_size + 1);
-  if (b == NULL) return HF_ENOMEM;
-  while (have < (size_t)st.st_size) {
-    ssize_t n = pread(fd, b + have, (size_t)st.st_size - have, (off_t)have);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    have += (size_t)n;
-  }
-  *buf = b;
-  *len = have;
-  return 0;
+  if (hf_read_fd(fd, 64 * 1024 * 1024, buf, len) == 0) return 0;
+  return errno == ENOMEM ? HF_ENOMEM : HF_EJOURNAL;
 }
 
 int hf_journal_read(const char *state_dir, const char *rollout, json_t **records, bool *torn) {

@@ -1,7 +1,6 @@
 /* op_prep.c: the operations before any downtime: facts (what a hub is), preflight (its checks) and
  * the migration rehearsed on a copy of the database. They change nothing on the hub. */
 #include <errno.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,19 +162,6 @@ static const char *last_error_line(const char *out) {
   return line;
 }
 
-/* nftw callback: removes everything below (and including) the walk's root. */
-static int rm_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
-  (void)st; (void)ftw;
-  if (type == FTW_DP) rmdir(path);
-  else unlink(path);
-  return 0;
-}
-
-/* Removes a directory tree the agent made (never follows symlinks). */
-static void rm_tree(const char *dir) {
-  nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 /* The PostgreSQL side of a rehearsal: a scratch database on the hub's own
  * server (CREATE DATABASE as the hub's role), the live database's pg_dump
  * loaded into it; never the live one. Its name: the hub database's (cut,
@@ -264,7 +250,7 @@ static json_t *rehearse(struct hf_req *r, json_t *checks, const struct hf_env *h
     check(r, checks, "rehearsal", "refuse", "paths too long for a rehearsal");
     return o;
   }
-  rm_tree(tmp);
+  hf_rm_tree(tmp);
   if (hf__mkdirs(cwd, 0700) != 0) {
     check(r, checks, "rehearsal", "refuse", "cannot create %s: %s", tmp, strerror(errno));
     return o;
@@ -329,7 +315,7 @@ static json_t *rehearse(struct hf_req *r, json_t *checks, const struct hf_env *h
   else
     check(r, checks, "rehearsal", "pass", "upgrade-db to %s on a copy: alembic %s -> %s, integrity ok", r->target,
           before[0] ? before : "(none)", after[0] ? after : "(none)");
-  rm_tree(tmp);
+  hf_rm_tree(tmp);
   free(sc);
   r->msg[0] = '\0';
   return o;
@@ -343,7 +329,7 @@ fail:
   json_object_set_new(o, "error", json_string(err));
   json_object_set_new(o, "elapsed_ms", json_integer(hf__now_ms() - t0));
   check(r, checks, "rehearsal", "refuse", "upgrade-db to %s failed on a copy of the database: %s", r->target, err);
-  rm_tree(tmp);
+  hf_rm_tree(tmp);
   r->msg[0] = '\0';
   return o;
 }

@@ -10,10 +10,6 @@
  * table (unknown, not zero). 0, or HF_EDB with err set. */
 int hf_db_running_servers(const char *path, int64_t *n, char *err, size_t errlen);
 
-/* Removes a directory tree the agent made, depth first, never following a
- * symlink out of it. path must be absolute; errors are ignored (best effort). */
-void hf__rm_tree(const char *path);
-
 /* The line of a failed command's output (text borrowed) that says why: the
  * last one naming an error, else the last non-empty one; into out. */
 void hf__why_line(const char *text, char *out, size_t outlen);

@@ -228,23 +228,11 @@ void hf_sf_abort(struct hf_sf *s) {
   s->fd = s->dirfd = -1;
 }
 
-int hf_sf_write_all(int fd, const void *buf, size_t n) {
-  const char *p = buf;
-  while (n > 0) {
-    ssize_t k = write(fd, p, n);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) { if (k == 0) errno = EIO; return -1; }
-    p += k;
-    n -= (size_t)k;
-  }
-  return 0;
-}
-
 int hf_sf_write_file(const char *path, const void *buf, size_t n, mode_t mode, char *err, size_t errlen) {
   struct hf_sf s;
   int rc = hf_sf_begin(&s, path, mode, err, errlen);
   if (rc != 0) return rc;
-  if (hf_sf_write_all(s.fd, buf, n) != 0) {
+  if (hf_write_all(s.fd, buf, n) != 0) {
     snprintf(err, errlen, "write %s: %s", path, strerror(errno));
     hf_sf_abort(&s);
     return HF_EIO;

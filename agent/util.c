@@ -62,21 +62,6 @@ int hf__mkdirs(const char *path, int mode) {
   return 0;
 }
 
-int hf__fsync_parent(const char *path) {
-  char dir[PATH_MAX];
-  char *slash;
-  int fd, r;
-  if (hf__pathf(dir, sizeof dir, "%s", path) != 0) return HF_EINVAL;
-  slash = strrchr(dir, '/');
-  if (slash == NULL) return HF_EINVAL;
-  if (slash == dir) slash[1] = '\0'; else *slash = '\0';
-  fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return HF_EIO;
-  r = fsync(fd);
-  close(fd);
-  return r == 0 ? 0 : HF_EIO;
-}
-
 void hf_argv_init(struct hf_argv *a) {
   memset(a, 0, sizeof *a);
 }

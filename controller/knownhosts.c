@@ -17,6 +17,7 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
+#include "hf_files.h"
 #include "hf_knownhosts.h"
 
 enum { MARK_NONE, MARK_REVOKED, MARK_CA };
@@ -478,18 +479,6 @@ int hf_kh_match_algorithms(const struct hf_khfile *f, const struct hf_kh_match *
   return 1;
 }
 
-/* write(2) until done; -1 with errno set on failure. */
-static int write_all(int fd, const char *p, size_t n) {
-  while (n) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) { if (w == 0) errno = EIO; return -1; }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 int hf_kh_add(struct hf_khfile *f, const char *host, int port, const ssh_key key,
               char *err, size_t errlen) {
   char spec[600], spec22[600];
@@ -532,7 +521,7 @@ int hf_kh_add(struct hf_khfile *f, const char *host, int port, const ssh_key key
   char last = '\n';
   if (fstat(fd, &st) == 0 && st.st_size > 0 && pread(fd, &last, 1, st.st_size - 1) != 1) last = 0;
   const char *text = last == '\n' ? line + 1 : line;
-  int rc = write_all(fd, text, (size_t)n - (size_t)(text - line));
+  int rc = hf_write_all(fd, text, (size_t)n - (size_t)(text - line));
   int werr = errno;
   if (close(fd) < 0 && rc == 0) { rc = -1; werr = errno; }
   if (rc < 0) {

@@ -9,27 +9,17 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
+#include "hf_files.h"
 #include "hf_payload.h"
 
 #define PAYLOAD_MAX (64u << 20)
 
-/* Reads a whole regular file of 1..PAYLOAD_MAX bytes. */
+/* Reads a whole regular file of 1..PAYLOAD_MAX bytes: 0 or a negative errno. */
 static int slurp(const char *path, unsigned char **out, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return -errno;
-  struct stat st;
-  if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 ||
-      (unsigned long long)st.st_size > PAYLOAD_MAX) {
-    fclose(f);
-    return -EINVAL;
-  }
-  unsigned char *buf = malloc((size_t)st.st_size);
-  if (!buf) { fclose(f); return -ENOMEM; }
-  size_t n = fread(buf, 1, (size_t)st.st_size, f);
-  fclose(f);
-  if (n != (size_t)st.st_size) { free(buf); return -EIO; }
-  *out = buf;
-  *len = n;
+  char *buf;
+  if (hf_read_file(path, PAYLOAD_MAX, &buf, len) != 0) return errno == EFBIG ? -EINVAL : -errno;
+  if (*len == 0) { free(buf); return -EINVAL; }
+  *out = (unsigned char *)buf;
   return 0;
 }
 

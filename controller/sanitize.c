@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "hf_files.h"
 #include "hf_sanitize.h"
 
 /* Length of the valid UTF-8 sequence at p (avail bytes), 0 when it is not
@@ -92,17 +93,6 @@ struct filt {
   size_t ntail;
 };
 
-static int write_fd(int fd, const char *b, size_t n) {
-  while (n > 0) {
-    ssize_t k = write(fd, b, n);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) return -1;
-    b += k;
-    n -= (size_t)k;
-  }
-  return 0;
-}
-
 static ssize_t filt_write(void *cookie, const char *buf, size_t size) {
   struct filt *ft = cookie;
   char out[4096 + 8], in[4096 + 8];
@@ -119,7 +109,7 @@ static ssize_t filt_write(void *cookie, const char *buf, size_t size) {
     } else {
       memcpy(ft->tail, in + used, ft->ntail);
     }
-    if (write_fd(ft->fd, out, w) != 0) return done > 0 ? (ssize_t)done : -1;
+    if (hf_write_all(ft->fd, out, w) != 0) return done > 0 ? (ssize_t)done : -1;
     done += take;
   }
   return (ssize_t)size;
@@ -130,7 +120,7 @@ static int filt_close(void *cookie) {
   if (ft->ntail) {
     char out[8];
     size_t w = hf_clean_bytes(ft->tail, ft->ntail, out, NULL, true);
-    write_fd(ft->fd, out, w);
+    hf_write_all(ft->fd, out, w);
     ft->ntail = 0;
   }
   return 0;
@@ -177,7 +167,7 @@ void hf_term_raw(FILE *f, const char *s) {
   int fd;
   fflush(f);
   fd = f == stdout ? STDOUT_FILENO : f == stderr ? STDERR_FILENO : fileno(f);
-  if (fd >= 0) write_fd(fd, s, strlen(s));
+  if (fd >= 0) hf_write_all(fd, s, strlen(s));
 }
 
 /* ---- files written for other programs --------------------------------------------- */

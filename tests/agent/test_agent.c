@@ -100,7 +100,43 @@ static void test_sha256(void) {
   CHECK_EQ_INT(hf_sha256_file(path, hex), 0);
   CHECK_STR(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
   CHECK(hf_sha256_file("/nonexistent/x", hex) == -ENOENT);
+  {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    CHECK(fd >= 0 && hf_sha256_fd(fd, hex) == 0 && lseek(fd, 0, SEEK_CUR) == 0);
+    CHECK_STR(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+    if (fd >= 0) close(fd);
+  }
   free(big);
+}
+
+/* ---- common/: whole files, the parent's fsync, a tree removed ------------------------- */
+
+static void test_files(void) {
+  char path[PATH_MAX], sub[PATH_MAX], *buf = NULL;
+  size_t len = 99;
+  int fd;
+  snprintf(path, sizeof path, "%s/files-one", tmpdir);
+  fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  CHECK(fd >= 0 && hf_write_all(fd, "hello\nworld", 11) == 0);
+  if (fd >= 0) close(fd);
+  CHECK(hf_read_file(path, 11, &buf, &len) == 0 && len == 11 && strcmp(buf, "hello\nworld") == 0);
+  free(buf);
+  CHECK(hf_read_file(path, 10, &buf, &len) == -1 && errno == EFBIG && buf == NULL && len == 0);
+  CHECK(hf_read_file(tmpdir, 1 << 20, &buf, &len) == -1 && errno == EINVAL);
+  CHECK(hf_read_file("/nonexistent/x", 10, &buf, &len) == -1 && errno == ENOENT);
+  CHECK(hf_fsync_parent(path) == 0);
+  CHECK(hf_fsync_parent("/nonexistent/x/y") == -1 && errno == ENOENT);
+  /* A tree with a symlink out of it: the tree goes, the link's target stays. */
+  snprintf(sub, sizeof sub, "%s/files-tree/a/b", tmpdir);
+  CHECK(hf__mkdirs(sub, 0700) == 0);
+  snprintf(sub, sizeof sub, "%s/files-tree/a/b/f", tmpdir);
+  write_file(sub, "x");
+  snprintf(sub, sizeof sub, "%s/files-tree/a/out", tmpdir);
+  CHECK(symlink(path, sub) == 0);
+  snprintf(sub, sizeof sub, "%s/files-tree", tmpdir);
+  CHECK(hf_rm_tree(sub) == 0 && access(sub, F_OK) != 0 && access(path, F_OK) == 0);
+  CHECK(hf_rm_tree("/") == -1 && errno == EINVAL);
+  CHECK(hf_rm_tree("relative") == -1 && errno == EINVAL);
 }
 
 /* ---- journal ------------------------------------------------------------------------ */
@@ -1371,6 +1407,7 @@ int main(void) {
   test_http_live();
   test_run();
   test_op_handlers();
+  test_files();
   test_loop();
   test_validators();
   test_hostile_restore();

@@ -1,4 +1,4 @@
-/* hf_sha256.h: self-contained SHA-256 (FIPS 180-4), no dependency but libc; shared by agent and controller. */
+/* hf_sha256.h: self-contained SHA-256 (FIPS 180-4), no dependency but libc; part of common/ (agent and controller). */
 #ifndef HF_SHA256_H
 #define HF_SHA256_H
 
@@ -27,5 +27,8 @@ void hf_sha256_tohex(const unsigned char d[HF_SHA256_LEN], char hex[HF_SHA256_HE
 /* Digest of the whole file at path as hex. Returns 0, or a negative errno
  * (-ENOENT, -EIO, ...) when the file cannot be opened or read; hex is then "". */
 int hf_sha256_file(const char *path, char hex[HF_SHA256_HEX]);
+/* Digest of everything readable at fd (pread from offset 0; the file offset is
+ * not moved) as hex. 0, or -1 with errno set; hex is then "". */
+int hf_sha256_fd(int fd, char hex[HF_SHA256_HEX]);
 
 #endif /* HF_SHA256_H */

@@ -1,4 +1,5 @@
-/* sha256.c: SHA-256 per FIPS 180-4, written for clarity; big files are hashed in 64 KiB reads. */
+/* sha256.c: SHA-256 per FIPS 180-4, written for clarity; big files are hashed in 64 KiB reads.
+ * Part of common/: linked into the agent and the controller. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -111,36 +112,34 @@ void hf_sha256_hex(const void *data, size_t len, char hex[HF_SHA256_HEX]) {
   hf_sha256_tohex(d, hex);
 }
 
-int hf_sha256_file(const char *path, char hex[HF_SHA256_HEX]) {
-  unsigned char *buf; /* heap: callers may run on small thread-pool stacks */
-  struct hf_sha256 c;
+int hf_sha256_fd(int fd, char hex[HF_SHA256_HEX]) {
+  unsigned char *buf = malloc(65536); /* heap: callers may run on small thread-pool stacks */
   unsigned char d[HF_SHA256_LEN];
-  ssize_t n;
-  int fd, err = 0;
-
+  struct hf_sha256 c;
+  off_t off = 0;
   hex[0] = '\0';
-  fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -errno;
-  buf = malloc(65536);
-  if (buf == NULL) {
-    close(fd);
-    return -ENOMEM;
-  }
+  if (buf == NULL) return -1;
   hf_sha256_init(&c);
   for (;;) {
-    n = read(fd, buf, 65536);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      err = -errno;
-      break;
-    }
+    ssize_t n = pread(fd, buf, 65536, off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) { free(buf); return -1; }
     if (n == 0) break;
     hf_sha256_update(&c, buf, (size_t)n);
+    off += n;
   }
-  close(fd);
   free(buf);
-  if (err) return err;
   hf_sha256_final(&c, d);
   hf_sha256_tohex(d, hex);
   return 0;
+}
+
+int hf_sha256_file(const char *path, char hex[HF_SHA256_HEX]) {
+  int fd, r;
+  hex[0] = '\0';
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  r = hf_sha256_fd(fd, hex) == 0 ? 0 : -errno;
+  close(fd);
+  return r;
 }
