@@ -5,7 +5,6 @@
 #define _GNU_SOURCE /* memmem */
 #endif
 #include <errno.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,18 +171,6 @@ void hf__db_servers_facts(struct hf_req *r, json_t *db) {
   for (i = 0; us != NULL && i < us->n; i++) json_array_append_new(names, json_string(us->srv[i].label));
   json_object_set_new(db, "running_server_users", names);
   free(us);
-}
-
-static int rm_one(const char *p, const struct stat *sb, int type, struct FTW *ftw) {
-  (void)sb; (void)ftw;
-  if (type == FTW_DP) rmdir(p);
-  else unlink(p);
-  return 0;
-}
-
-void hf__rm_tree(const char *path) {
-  /* Depth first, never following symlinks out of the tree (FTW_PHYS). */
-  if (path != NULL && path[0] == '/' && strlen(path) > 1) nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* The line of a failed command's output that says why: the last one that
