@@ -1,5 +1,6 @@
 /* op_prep.c: the operations before any downtime: facts (what a hub is), preflight (its checks) and
  * the migration rehearsed on a copy of the database. They change nothing on the hub. */
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -334,6 +335,138 @@ fail:
   return o;
 }
 
+/* The target's requirements against an environment, read the way pip reads them: the wheel's
+ * METADATA Requires-Dist (markers evaluated), each checked with the environment's own Python
+ * (importlib.metadata for what is installed, packaging for the specifier). Prints one line per
+ * unsatisfied requirement, "MISSING<TAB>requirement<TAB>installed version or empty", then
+ * "CHECKED<TAB>n". Nothing here knows which packages a release needs. */
+static const char requires_py[] =
+  "import sys, zipfile, email.parser\n"
+  "try:\n"
+  "    from packaging.requirements import Requirement\n"
+  "except ImportError:\n"
+  "    from pip._vendor.packaging.requirements import Requirement\n"
+  "from importlib import metadata\n"
+  "z = zipfile.ZipFile(sys.argv[1])\n"
+  "meta = [n for n in z.namelist() if n.count('/') == 1 and n.endswith('.dist-info/METADATA')]\n"
+  "m = email.parser.Parser().parsestr(z.read(meta[0]).decode('utf-8', 'replace'), headersonly=True)\n"
+  "n = 0\n"
+  "for line in m.get_all('Requires-Dist') or []:\n"
+  "    req = Requirement(line)\n"
+  "    if req.marker is not None and not req.marker.evaluate({'extra': ''}):\n"
+  "        continue\n"
+  "    n += 1\n"
+  "    try:\n"
+  "        have = metadata.version(req.name)\n"
+  "    except metadata.PackageNotFoundError:\n"
+  "        print('MISSING\\t%s%s\\t' % (req.name, req.specifier))\n"
+  "        continue\n"
+  "    if req.specifier and not req.specifier.contains(have, prereleases=True):\n"
+  "        print('MISSING\\t%s%s\\t%s' % (req.name, req.specifier, have))\n"
+  "print('CHECKED\\t%d' % n)\n";
+
+/* The wheel of jupyterhub==r->target in dir (the preflight's package cache) into out; false when none. */
+static bool target_wheel(struct hf_req *r, const char *dir, char *out, size_t outlen) {
+  char want[HF_VER_LEN + 16];
+  struct dirent *de;
+  DIR *d = opendir(dir);
+  bool found = false;
+  if (d == NULL) return false;
+  snprintf(want, sizeof want, "jupyterhub-%s-", r->target);
+  while (!found && (de = readdir(d)) != NULL) {
+    size_t l = strlen(de->d_name);
+    found = strncmp(de->d_name, want, strlen(want)) == 0 && l > 4 && strcmp(de->d_name + l - 4, ".whl") == 0 &&
+            hf__pathf(out, outlen, "%s/%s", dir, de->d_name) == 0;
+  }
+  closedir(d);
+  return found;
+}
+
+static void requires_check(struct hf_req *r, json_t *checks, const struct hf_env *e, const char *cache_dir,
+                           bool installable) {
+  char whl[PATH_MAX], name[PATH_MAX + 16], miss[1500] = "";
+  char *so = NULL, *line, *save = NULL;
+  struct hf_argv a;
+  int nmiss = 0, nchecked = -1, rc;
+  snprintf(name, sizeof name, "requires:%s", e->prefix);
+  if (!target_wheel(r, cache_dir, whl, sizeof whl)) {
+    check(r, checks, name, "warn", "requirements of jupyterhub %s not checked: no wheel of it in %s", r->target, cache_dir);
+    return;
+  }
+  hf__argv_start(r, &a);
+  hf_argv_pushf(&a, "%s/bin/python", e->prefix);
+  hf_argv_push(&a, "-I");
+  hf_argv_push(&a, "-c");
+  hf_argv_push(&a, requires_py);
+  hf_argv_push(&a, whl);
+  rc = hf__cmd_stdout(r, &a, hf__left_ms(r), "preflight", &so);
+  hf_argv_free(&a);
+  if (rc != 0) {
+    char why[600];
+    hf__why_line(r->msg, why, sizeof why);
+    check(r, checks, name, "warn", "requirements of jupyterhub %s not checked in %s: %s", r->target, e->prefix, why);
+    free(so);
+    r->msg[0] = '\0';
+    return;
+  }
+  for (line = so ? strtok_r(so, "\n", &save) : NULL; line; line = strtok_r(NULL, "\n", &save)) {
+    char *t1 = strchr(line, '\t'), *t2 = t1 ? strchr(t1 + 1, '\t') : NULL;
+    size_t l = strlen(miss);
+    if (strncmp(line, "CHECKED\t", 8) == 0) { nchecked = atoi(line + 8); continue; }
+    if (strncmp(line, "MISSING\t", 8) != 0 || t2 == NULL) continue;
+    *t2 = '\0';
+    if (l < sizeof miss - 200)
+      snprintf(miss + l, sizeof miss - l, "%s%s (%s%s)", nmiss ? ", " : "", t1 + 1, t2[1] ? t2 + 1 : "not installed",
+               t2[1] ? " installed" : "");
+    nmiss++;
+  }
+  free(so);
+  if (nmiss == 0)
+    check(r, checks, name, "pass", "the %d requirements of jupyterhub %s are satisfied in %s", nchecked, r->target, e->prefix);
+  else if (!installable)
+    check(r, checks, name, "refuse", "jupyterhub %s requires %s in %s; pip cannot bring %s from the package source",
+          r->target, miss, e->prefix, nmiss == 1 ? "it" : "them all");
+  else
+    check(r, checks, name, "warn", "jupyterhub %s requires %s: pip will install %s into %s with the upgrade",
+          r->target, miss, nmiss == 1 ? "it" : "them", e->prefix);
+}
+
+/* jupyterhub upgrade-db runs the program `alembic` (alembic's console script) from PATH; the
+ * migrate step puts the hub environment's bin/ first. Without it upgrade-db fails inside the
+ * downtime: say so now. */
+static void upgrade_db_check(struct hf_req *r, json_t *checks, const struct hf_env *hub) {
+  char script[PATH_MAX], sys[PATH_MAX], interp[PATH_MAX] = "";
+  const char *found = NULL;
+  if (!hub->exists) return;
+  if (hf__pathf(script, sizeof script, "%s/bin/alembic", hub->prefix) == 0 && access(script, X_OK) == 0) found = script;
+  else if (hf__which("alembic", sys, sizeof sys)) found = sys;
+  if (found == NULL) {
+    check(r, checks, "upgrade-db", "refuse", "jupyterhub upgrade-db runs the alembic console script, and there is none: "
+          "no %s/bin/alembic and no alembic in the system directories (install alembic into %s with its pip)",
+          hub->prefix, hub->prefix);
+    return;
+  }
+  /* A script whose #! interpreter is gone (an environment copied from elsewhere) fails the same way. */
+  {
+    FILE *f = fopen(found, "re");
+    if (f != NULL) {
+      if (fgets(interp, sizeof interp, f) == NULL) interp[0] = '\0';
+      fclose(f);
+    }
+    interp[strcspn(interp, "\n")] = '\0';
+    if (strncmp(interp, "#!/", 3) == 0) {
+      char *sp = strpbrk(interp + 2, " \t");
+      if (sp) *sp = '\0';
+      if (access(interp + 2, X_OK) != 0) {
+        check(r, checks, "upgrade-db", "refuse", "%s starts %s, which cannot be run (%s): upgrade-db would fail",
+              found, interp + 2, strerror(errno));
+        return;
+      }
+    }
+  }
+  check(r, checks, "upgrade-db", "pass", "upgrade-db will run %s", found);
+}
+
 static void driven_check(struct hf_req *r, json_t *checks) {
   static const char *const how[] = { "systemctl", "supervisorctl", "docker", "the inventory's start/stop commands" };
   char who[160];
@@ -353,6 +486,7 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
   struct envset *es = malloc(sizeof *es);
   json_t *checks = json_array();
   char refused[2048] = "", name[PATH_MAX + 16];
+  bool installable[HF_MAX_ENVS + 1] = { false };
   int64_t need = 1 << 20, fb;
   int i, nref = 0;
   size_t k;
@@ -469,8 +603,15 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
       free(dry);
     }
     hf_argv_free(&a);
-    if (rc != 0) check(r, checks, name, "refuse", "jupyterhub==%s is not installable: %s", r->target, r->msg);
-    else check(r, checks, name, "pass", "pip can install jupyterhub==%s", r->target);
+    installable[i] = rc == 0;
+    if (rc != 0) {
+      /* pip's own words ("No matching distribution found for jupyter-events"), not its whole log. */
+      char why[600];
+      hf__why_line(r->msg, why, sizeof why);
+      check(r, checks, name, "refuse", "jupyterhub==%s is not installable from %s: %s", r->target,
+            r->hub.find_links ? r->hub.find_links : r->hub.index_url ? r->hub.index_url : "pip's configured index",
+            why[0] ? why : r->msg);
+    } else check(r, checks, name, "pass", "pip can install jupyterhub==%s", r->target);
     r->msg[0] = '\0';
   }
   /* The target's packages into a host-local cache now, while the hub still
@@ -483,9 +624,15 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
     else
       check(r, checks, "cache", "pass", "jupyterhub==%s cached in %s%s", r->target, json_string_value(json_object_get(co, "dir")),
             json_is_true(json_object_get(co, "already")) ? " (already there)" : "");
+    /* What the target requires (its wheel's Requires-Dist), checked in every environment. */
+    if (json_is_string(json_object_get(co, "dir")))
+      for (i = 0; i < es->n; i++)
+        if (es->env[i].exists && strcmp(es->env[i].installer, "pip") == 0)
+          requires_check(r, checks, &es->env[i], json_string_value(json_object_get(co, "dir")), installable[i]);
     json_object_set_new(data, "cache", co);
     r->msg[0] = '\0';
   }
+  upgrade_db_check(r, checks, &es->env[0]);
   /* What the version-aware rules read besides the environments. */
   {
     json_t *db = json_object();
