@@ -10,6 +10,7 @@
 #include "ops.h"
 #include "pg.h"
 #include "prep.h"
+#include "stage.h"
 
 /* ---- installer ---------------------------------------------------------------------------- */
 
@@ -56,6 +57,19 @@ static int env_install(struct hf_req *r, const struct hf_env *e, const char *con
 
 /* ---- install ------------------------------------------------------------------------------------ */
 
+/* Does e hold every string pin of pins ({pkg: ver}), by its files? */
+static bool env_at(const struct hf_env *e, json_t *pins) {
+  const char *pkg;
+  json_t *v;
+  json_object_foreach(pins, pkg, v) {
+    char ver[1][HF_VER_LEN];
+    if (!json_is_string(v)) continue;
+    hf_env_versions(e, &pkg, 1, ver);
+    if (strcmp(ver[0], json_string_value(v)) != 0) return false;
+  }
+  return true;
+}
+
 /* Brings every environment to the pins: want[prefix] = {pkg: ver}. Envs
  * already there are skipped, so a repeated install runs nothing. */
 int hf__install_envs(struct hf_req *r, const char *step, json_t *want, json_t *installed) {
@@ -63,6 +77,28 @@ int hf__install_envs(struct hf_req *r, const char *step, json_t *want, json_t *i
   int i, rc = 0;
   if (es == NULL) return HF_ENOMEM;
   hf__envs_load(r, es);
+  /* A rollback first switches back the environments an install switched out (stage.c), when
+   * they hold exactly the wanted versions: no installer, no package source. */
+  if (strcmp(step, "rollback") == 0) {
+    json_t *by = json_object(), *det;
+    for (i = 0; i < es->n && rc == 0; i++) {
+      json_t *pins = json_object_get(want, es->env[i].prefix);
+      bool restored = false;
+      if (!json_is_object(pins) || env_at(&es->env[i], pins)) continue;
+      rc = hf__stage_restore_prev(r, &es->env[i], pins, &restored);
+      if (restored) hf_env_inspect(es->env[i].prefix, r->hub.installer, &es->env[i]);
+      json_object_set_new(by, es->env[i].prefix, json_string(restored ? "switch" : "pip"));
+    }
+    if (rc != 0) { json_decref(by); free(es); return rc; }
+    if (json_object_size(by) > 0) {
+      /* Said in the journal (a record of the rollback still begun, with how). */
+      det = json_object();
+      json_object_set_new(det, "restored_by", by);
+      if ((rc = hf__jrec(r, step, "begin", det)) != 0) { free(es); return rc; }
+    } else {
+      json_decref(by);
+    }
+  }
   /* Separate environments side by side (issue 7); the loop below then finds
    * them at the pins, and verifies every one from its files. */
   if ((rc = hf__install_prepass(r, step, es->env, es->n, want, NULL)) != 0) { free(es); return rc; }
@@ -112,15 +148,10 @@ int hf__install_envs(struct hf_req *r, const char *step, json_t *want, json_t *i
   return rc;
 }
 
-int hf__op_install(struct hf_req *r, json_t *data) {
-  json_t *want = json_object(), *installed = json_object(), *det;
-  struct envset *es = malloc(sizeof *es);
-  int i, rc;
+json_t *hf__install_want(struct hf_req *r, const struct envset *es) {
+  json_t *want = json_object();
+  int i;
   size_t k;
-
-  if (es == NULL) { json_decref(want); json_decref(installed); return HF_ENOMEM; }
-  if ((rc = hf__need_backup(r, NULL)) != 0) goto out;
-  hf__envs_load(r, es);
   for (i = 0; i < es->n; i++) {
     json_t *o = json_object();
     json_object_set_new(o, "jupyterhub", json_string(r->target));
@@ -135,26 +166,53 @@ int hf__op_install(struct hf_req *r, json_t *data) {
     }
     json_object_set_new(want, es->env[i].prefix, o);
   }
+  return want;
+}
+
+/* Switches in every environment staged before the stop (stage.c), then brings whatever is left
+ * to the pins with the installer, and verifies every environment from its files. */
+int hf__op_install(struct hf_req *r, json_t *data) {
+  json_t *want = NULL, *installed = json_object(), *previous = json_object(), *det;
+  struct envset *es = malloc(sizeof *es);
+  int i, rc, n_sw = 0;
+
+  if (es == NULL) { json_decref(installed); json_decref(previous); return HF_ENOMEM; }
+  if ((rc = hf__need_backup(r, NULL)) != 0) goto out;
+  hf__envs_load(r, es);
+  want = hf__install_want(r, es);
   det = json_object();
   json_object_set_new(det, "target", json_string(r->target));
   json_object_set(det, "want", want);
   if ((rc = hf__jrec(r, "install", "begin", det)) != 0) goto out;
+  for (i = 0; i < es->n; i++) {
+    bool sw = false;
+    if ((rc = hf__stage_switch(r, &es->env[i], json_object_get(want, es->env[i].prefix), previous, &sw)) != 0) {
+      rc = hf__fail_step(r, "install", rc);
+      goto out;
+    }
+    n_sw += sw;
+  }
   if ((rc = hf__install_envs(r, "install", want, installed)) != 0) { rc = hf__fail_step(r, "install", rc); goto out; }
   det = json_object();
   json_object_set(det, "installed", installed);
+  json_object_set_new(det, "switched", json_boolean(n_sw == es->n));
+  json_object_set(det, "previous", previous);
   if ((rc = hf__jrec(r, "install", "done", det)) != 0) goto out;
   json_object_set(data, "installed", installed);
+  json_object_set_new(data, "switched", json_boolean(n_sw == es->n));
+  json_object_set(data, "previous", previous);
 out:
   free(es);
   json_decref(want);
   json_decref(installed);
+  json_decref(previous);
   return rc;
 }
 
 /* ---- migrate ------------------------------------------------------------------------------------ */
 
 /* The live database's alembic revision ("" when unknown: not SQLite or PostgreSQL, or no table). */
-static int alembic_now(struct hf_req *r, char *out, size_t outlen) {
+int hf__alembic_now(struct hf_req *r, char *out, size_t outlen) {
   int64_t users;
   out[0] = '\0';
   if (r->hub.sqlite) return hf_db_info(r->hub.db_path, out, outlen, &users, r->msg, sizeof r->msg) != 0 ? HF_EDB : 0;
@@ -168,13 +226,28 @@ static int alembic_now(struct hf_req *r, char *out, size_t outlen) {
 }
 
 int hf__op_migrate(struct hf_req *r, json_t *data) {
+  const char *expect = json_string_value(json_object_get(r->args, "expect_revision"));
   char before[128] = "", after[128] = "", bin[PATH_MAX];
   struct hf_argv a;
   json_t *det;
   int rc;
 
   if ((rc = hf__need_backup(r, NULL)) != 0) return rc;
-  if ((rc = alembic_now(r, before, sizeof before)) != 0) return rc;
+  if ((rc = hf__alembic_now(r, before, sizeof before)) != 0) return rc;
+  /* The rehearsal said what the revision will be: when the database already has it, upgrade-db
+   * would only cost its Python start-up inside the downtime. */
+  if (expect != NULL && before[0] && strcmp(before, expect) == 0) {
+    hf__event(r, "info", "migrate: the database is at %s already, as expected: upgrade-db not run", before);
+    det = json_object();
+    json_object_set_new(det, "alembic_before", json_string(before));
+    json_object_set_new(det, "alembic_after", json_string(before));
+    json_object_set_new(det, "skipped", json_true());
+    if ((rc = hf__jrec(r, "migrate", "begin", json_deep_copy(det))) != 0) { json_decref(det); return rc; }
+    if ((rc = hf__jrec(r, "migrate", "done", json_deep_copy(det))) != 0) { json_decref(det); return rc; }
+    json_object_update(data, det);
+    json_decref(det);
+    return 0;
+  }
   det = json_object();
   json_object_set_new(det, "alembic_before", before[0] ? json_string(before) : json_null());
   if ((rc = hf__jrec(r, "migrate", "begin", det)) != 0) return rc;
@@ -187,12 +260,13 @@ int hf__op_migrate(struct hf_req *r, json_t *data) {
   rc = hf__cmd(r, &a, r->hub.config_dir, bin, NULL, hf__left_ms(r), "migrate", false, NULL);
   hf_argv_free(&a);
   if (rc != 0) return hf__fail_step(r, "migrate", rc);
-  if ((rc = alembic_now(r, after, sizeof after)) != 0) return hf__fail_step(r, "migrate", rc);
+  if ((rc = hf__alembic_now(r, after, sizeof after)) != 0) return hf__fail_step(r, "migrate", rc);
   det = json_object();
   json_object_set_new(det, "alembic_before", before[0] ? json_string(before) : json_null());
   json_object_set_new(det, "alembic_after", after[0] ? json_string(after) : json_null());
   if ((rc = hf__jrec(r, "migrate", "done", det)) != 0) return rc;
   json_object_set_new(data, "alembic_before", before[0] ? json_string(before) : json_null());
   json_object_set_new(data, "alembic_after", after[0] ? json_string(after) : json_null());
+  json_object_set_new(data, "skipped", json_false());
   return 0;
 }
