@@ -25,15 +25,22 @@ static void usage(FILE *f, const char *cmd) {
     fprintf(f,
       "usage: hubfleet upgrade -i INVENTORY --to VERSION [options]\n\n"
       "Upgrades JupyterHub on every selected host, stage by stage: per host\n"
-      "preflight, backup, stop, install (hub and every single-user environment),\n"
-      "migrate (jupyterhub upgrade-db), start, health. A failure after the backup\n"
-      "rolls that host back. Progress is kept in the state file, so a killed\n"
-      "controller continues with 'hubfleet resume ROLLOUT'.\n\n"
+      "preflight, stage (the target installed into a copy of the hub's and every\n"
+      "single-user environment), backup, stop, install (the copies switched in),\n"
+      "migrate (jupyterhub upgrade-db, only when the rehearsal saw a schema\n"
+      "change), start, health. Hosts of later stages are prepared (preflight,\n"
+      "stage: nothing that changes a hub) while earlier stages run. A failure\n"
+      "after the stop rolls that host back. Progress is kept in the state file,\n"
+      "so a killed controller continues with 'hubfleet resume ROLLOUT'.\n\n"
       "  -i, --inventory FILE     Ansible INI or ansible-inventory JSON\n"
       "      --to VERSION         target jupyterhub version (PEP 440)\n"
       "      --stages LIST        cumulative stage sizes, e.g. 1,10%%,50%%,100%%\n"
       "                           (default: the canary group or 1 host, then the rest)\n"
       "      --parallel N         hosts upgraded at once inside a stage (default 10)\n"
+      "      --prepare-parallel N hosts of later stages prepared at once meanwhile\n"
+      "                           (default: as --parallel; 0 = prepare each host in its stage)\n"
+      "      --stop-early         a host of a later stage refused while preparing counts\n"
+      "                           against the budget at once (default: when its stage starts)\n"
       "      --max-failures N|P%% failure budget for the whole rollout (default 0);\n"
       "                           an unreachable host counts as a failure\n"
       "      --soak SECONDS       after each stage, wait, then re-check its hosts' health\n"
@@ -91,7 +98,8 @@ static int run(int argc, char **argv, enum hf_rollout_mode mode) {
    * messages, the summary) passes the one terminal filter (issue 13). */
   hf_sanitize_stdio();
   enum { O_TO = 256, O_STAGES, O_PARALLEL, O_MAXF, O_SOAK, O_CONFIRM, O_DRY, O_NOREH, O_LIMIT, O_EXCL, O_STATE,
-         O_EVENTS, O_JSON, O_KH, O_ACCEPT, O_AGENT, O_TIMEOUT, O_RECONNECT, O_STATS, O_HOSTS, O_RULES, O_HEALTH };
+         O_EVENTS, O_JSON, O_KH, O_ACCEPT, O_AGENT, O_TIMEOUT, O_RECONNECT, O_STATS, O_HOSTS, O_RULES, O_HEALTH,
+         O_PREPARE, O_STOPEARLY };
   static const struct option opts[] = {
     { "inventory", required_argument, NULL, 'i' }, { "to", required_argument, NULL, O_TO },
     { "stages", required_argument, NULL, O_STAGES }, { "parallel", required_argument, NULL, O_PARALLEL },
@@ -105,10 +113,11 @@ static int run(int argc, char **argv, enum hf_rollout_mode mode) {
     { "reconnect", required_argument, NULL, O_RECONNECT }, { "stats", no_argument, NULL, O_STATS },
     { "hosts", required_argument, NULL, O_HOSTS }, { "rules", required_argument, NULL, O_RULES },
     { "health-timeout", required_argument, NULL, O_HEALTH }, { "verbose", no_argument, NULL, 'v' },
+    { "prepare-parallel", required_argument, NULL, O_PREPARE }, { "stop-early", no_argument, NULL, O_STOPEARLY },
     { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
   const char *cmd = argv[0], *inv_path = NULL, *state_path = NULL, *events_path = NULL;
-  struct hf_rollout_opts o = { .mode = mode, .parallel = 10, .rehearse = true, .timeout_ms = 15000, .health_ms = 120000,
-                               .reconnect_ms = 300000 };
+  struct hf_rollout_opts o = { .mode = mode, .parallel = 10, .prepare_parallel = -1, .rehearse = true,
+                               .timeout_ms = 15000, .health_ms = 120000, .reconnect_ms = 300000 };
   int c;
   optind = 1;
   while ((c = getopt_long(argc, argv, "i:vh", opts, NULL)) != -1) {
@@ -124,6 +133,18 @@ static int run(int argc, char **argv, enum hf_rollout_mode mode) {
       o.parallel = (int)v;
       break;
     }
+    case O_PREPARE: {
+      char *end;
+      long v = strtol(optarg, &end, 10);
+      if (*end || v < 0 || v > 10000) {
+        fprintf(stderr, "hubfleet %s: --prepare-parallel: expected 0-10000\n", cmd);
+        return HF_EXIT_USAGE;
+      }
+      o.prepare_parallel = (int)v;
+      only_upgrade = true;
+      break;
+    }
+    case O_STOPEARLY: o.stop_early = true; only_upgrade = true; break;
     case O_MAXF: o.budget_spec = optarg; only_upgrade = true; break;
     case O_SOAK: if (seconds("--soak", optarg, &o.soak_ms)) return HF_EXIT_USAGE; only_upgrade = true; break;
     case O_CONFIRM: o.confirm = true; only_upgrade = true; break;
@@ -202,6 +223,8 @@ static int run(int argc, char **argv, enum hf_rollout_mode mode) {
       if ((v = json_object_get(ro_opts, "health_ms")) && json_is_integer(v)) o.health_ms = (unsigned)json_integer_value(v);
       if ((v = json_object_get(ro_opts, "confirm")) && json_is_boolean(v)) o.confirm = json_is_true(v);
       if ((v = json_object_get(ro_opts, "rehearse")) && json_is_boolean(v)) o.rehearse = json_is_true(v);
+      if ((v = json_object_get(ro_opts, "prepare_parallel")) && json_is_integer(v)) o.prepare_parallel = (int)json_integer_value(v);
+      if ((v = json_object_get(ro_opts, "stop_early")) && json_is_boolean(v)) o.stop_early = json_is_true(v);
     }
   }
   struct hf_inv_error ierr;

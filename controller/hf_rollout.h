@@ -39,6 +39,8 @@ struct hf_rollout_opts {
   const char           *exclude;    /* host pattern or NULL */
   const char           *hosts;      /* rollback: pattern of hosts to undo, NULL = all */
   int                   parallel;
+  int                   prepare_parallel; /* hosts of later stages prepared at once while a stage runs (0 = none, <0 = as parallel) */
+  bool                  stop_early; /* a refusal while preparing a later stage counts against the budget at once */
   unsigned              soak_ms;
   unsigned              health_ms;  /* health deadline after start */
   bool                  confirm;
@@ -55,6 +57,9 @@ struct hf_rollout_opts {
   bool                  stats;
   int                   verbose;
 };
+
+/* --prepare-parallel as it applies (negative = as --parallel). */
+int hf_rollout_prepare_parallel(const struct hf_rollout_opts *o);
 
 /* Runs a rollout to its end (or its halt / pause). Returns an exit code. */
 int hf_rollout_run(const struct hf_rollout_opts *o);

@@ -31,6 +31,7 @@ struct hf_state;
 
 /* Host status within a rollout, stored as text. */
 #define HF_HOST_PENDING     "pending"     /* not started: nothing was done to it */
+#define HF_HOST_PREPARED    "prepared"    /* prepared ahead of its stage (preflight, a staged copy of the envs); hub untouched */
 #define HF_HOST_RUNNING     "running"     /* steps in progress */
 #define HF_HOST_UPGRADED    "upgraded"    /* every step ok, healthy on the target */
 #define HF_HOST_FAILED      "failed"      /* failed before anything changed (preflight, unreachable) */

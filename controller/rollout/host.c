@@ -41,14 +41,25 @@ enum hr_outcome hr_outcome_parse(const char *text) {
 }
 
 size_t ro_active(const struct rollout *ro) {
-  return ro->nhosts - ro->in_state[HR_PENDING] - ro->in_state[HR_DONE];
+  return ro->nhosts - ro->in_state[HR_PENDING] - ro->in_state[HR_DONE] - ro->in_state[HR_PREPCONN] -
+         ro->in_state[HR_PREP] - ro->in_state[HR_PREPARED];
 }
 
 size_t ro_failures(const struct rollout *ro) {
   size_t n = 0;
-  for (int o = 0; o < HO__COUNT; o++)
-    if (outcomes[o].failure) n += ro->in_outcome[o];
+  for (unsigned s = 0; s < ro->nstages; s++)
+    if (s <= ro->stage || ro->o->stop_early) n += ro->fail_by_stage[s];
   return n;
+}
+
+void host_outcome_move(struct rhost *h, enum hr_outcome oc) {
+  struct rollout *ro = h->ro;
+  bool counted = h->stage < ro->nstages && ro->fail_by_stage;
+  if (counted && outcomes[h->outcome].failure) ro->fail_by_stage[h->stage]--;
+  ro->in_outcome[h->outcome]--;
+  h->outcome = oc;
+  ro->in_outcome[oc]++;
+  if (counted && outcomes[oc].failure) ro->fail_by_stage[h->stage]++;
 }
 
 /* The README promises every step is recorded before it is sent: a write to
@@ -77,6 +88,7 @@ static bool recording(const struct rollout *ro) {
 /* The name the state file and the agent know the request of state s by. */
 static const char *request_name(const struct rhost *h, enum hr_state s, int step) {
   switch (s) {
+  case HR_PREP:
   case HR_STEP:     return step < ST__COUNT ? hr_steps[step].name : NULL;
   case HR_ROLLBACK: return HF_STEP_ROLLBACK;
   case HR_RECHECK:  return hr_steps[ST_HEALTH].name;
@@ -87,7 +99,7 @@ static const char *request_name(const struct rhost *h, enum hr_state s, int step
 bool host_to(struct rhost *h, enum hr_state to, int step) {
   struct rollout *ro = h->ro;
   enum hr_state from = h->state;
-  if (ro->state_broken && (to == HR_STEP || to == HR_ROLLBACK || to == HR_RECHECK)) return false;
+  if (ro->state_broken && (to == HR_STEP || to == HR_PREP || to == HR_ROLLBACK || to == HR_RECHECK)) return false;
   if (!(states[from].next & (1u << to)) || (from == HR_DONE && h->goal != G_RECHECK)) {
     ro->bad_transitions++;
     fprintf(stderr, "hubfleet: internal error: %s: %s -> %s is not a transition of the host state machine\n",
@@ -96,8 +108,9 @@ bool host_to(struct rhost *h, enum hr_state to, int step) {
   if (ro->o->verbose) {
     if (from != to)
       fprintf(stderr, "hubfleet: %s: %s -> %s%s%s\n", h->host->name, states[from].name, states[to].name,
-              to == HR_STEP ? " " : "", to == HR_STEP && step < ST__COUNT ? hr_steps[step].name : "");
-    else if (to == HR_STEP && step != h->step)
+              to == HR_STEP || to == HR_PREP ? " " : "",
+              (to == HR_STEP || to == HR_PREP) && step < ST__COUNT ? hr_steps[step].name : "");
+    else if ((to == HR_STEP || to == HR_PREP) && step != h->step)
       fprintf(stderr, "hubfleet: %s: step %s -> %s\n", h->host->name,
               h->step < ST__COUNT ? hr_steps[h->step].name : "-", step < ST__COUNT ? hr_steps[step].name : "-");
   }
@@ -111,7 +124,7 @@ bool host_to(struct rhost *h, enum hr_state to, int step) {
   ro->in_state[from]--;
   ro->in_state[to]++;
   h->state = to;
-  if (to == HR_STEP) h->step = step;
+  if (to == HR_STEP || to == HR_PREP) h->step = step;
   return true;
 }
 
@@ -125,9 +138,7 @@ bool host_record(struct rhost *h, enum hr_outcome oc, const char *step, const ch
   } else if (error && error != h->error) {
     snprintf(h->error, sizeof h->error, "%s", error);
   }
-  ro->in_outcome[h->outcome]--;
-  h->outcome = oc;
-  ro->in_outcome[oc]++;
+  host_outcome_move(h, oc);
   return true;
 }
 

@@ -12,7 +12,7 @@ static int ssh_engine_new(uv_loop_t *loop, const struct hf_rollout_opts *o, void
     return HF_EXIT_USAGE;
   }
   struct hf_engine_opts eo = {
-    .parallel = o->parallel, .known_hosts = o->known_hosts, .accept_new = o->accept_new,
+    .parallel = o->parallel + hf_rollout_prepare_parallel(o), .known_hosts = o->known_hosts, .accept_new = o->accept_new,
     .agent_path = agent, .timeout_ms = o->timeout_ms, .verbose = o->verbose > 1,
   };
   struct hf_engine *e = NULL;

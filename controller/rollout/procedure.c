@@ -201,6 +201,85 @@ static void record_downtime(struct rhost *h, int64_t until) {
     hf_state_host_set_downtime(ro->o->state, ro->id, h->host->name, h->down_before + until - h->t_stop);
 }
 
+bool hr_step_known(int step) {
+  return step >= 0 && step < ST__COUNT && hf_op_by_name(hr_steps[step].name) != NULL;
+}
+
+/* The step after step that the protocol knows (ST__COUNT past the last). */
+static int next_step(int step) {
+  do step++; while (step < ST__COUNT && !hr_step_known(step));
+  return step;
+}
+
+/* For a host of a stage not reached yet: when its failure counts. */
+static const char *later_stage_note(const struct rhost *h) {
+  static char note[160];
+  note[0] = '\0';
+  if (h->stage > h->ro->stage && h->ro->o->mode != HF_RM_DRYRUN)
+    snprintf(note, sizeof note, " (found while preparing stage %u; %s)", h->stage + 1,
+             h->ro->o->stop_early ? "counts against the failure budget now (--stop-early)"
+                                  : "counts against the failure budget when that stage starts");
+  return note;
+}
+
+/* The rehearsal's revisions: what migrate should reach, and whether it
+ * may skip (no schema change). */
+static void keep_prediction(struct rhost *h, const json_t *data) {
+  const json_t *reh = json_object_get(data, "rehearsal");
+  const char *before = json_string_value(json_object_get(reh, "alembic_before"));
+  const char *after = json_string_value(json_object_get(reh, "alembic_after"));
+  h->expect_rev[0] = h->predicted_rev[0] = '\0';
+  if (after && strlen(after) < sizeof h->predicted_rev) snprintf(h->predicted_rev, sizeof h->predicted_rev, "%s", after);
+  if (before && after && !strcmp(before, after) && h->predicted_rev[0])
+    snprintf(h->expect_rev, sizeof h->expect_rev, "%s", after);
+}
+
+/* The live revision after migrate against the rehearsal's: a difference is
+ * recorded and shown (the hub's own start and health decide). */
+static void check_prediction(struct rhost *h, const json_t *data) {
+  const char *live = json_string_value(json_object_get(data, "alembic_after"));
+  bool skipped = json_is_true(json_object_get(data, "skipped"));
+  if (skipped) emit(h->ro, h, "step", "info", "migrate skipped: the rehearsal saw no schema change (revision %s)",
+                    h->expect_rev);
+  if (!h->predicted_rev[0] || !live) return;
+  if (strcmp(live, h->predicted_rev)) {
+    say(h->ro, "%s: warning: the database is at revision %s after migrate; the rehearsal predicted %s",
+        h->host->name, live, h->predicted_rev);
+    emit(h->ro, h, "step", "warn", "revision %s after migrate, rehearsal predicted %s", live, h->predicted_rev);
+  } else {
+    emit(h->ro, h, "step", "info", "revision %s after migrate, as the rehearsal predicted", live);
+  }
+}
+
+/* stage answered: a host preparing ahead of its stage is now prepared; a
+ * prepared host's re-check that found something changed (the agent staged
+ * again) prepares again from preflight, so the rules see the new facts.
+ * true = handled. */
+static bool prepare_done(struct rhost *h, const json_t *data) {
+  struct rollout *ro = h->ro;
+  if (h->goal == G_PREPARE) {
+    close_session(h);
+    h->prepared = true;
+    if (!host_record(h, HO_PREPARED, hr_steps[ST_STAGE].name, NULL)) return true;
+    host_to(h, HR_PREPARED, h->step);
+    say(ro, "%s: prepared for stage %u (%s)", h->host->name, h->stage + 1,
+        !hr_step_known(ST_STAGE) ? "preflight passed"
+        : json_is_true(json_object_get(data, "already")) ? "already staged" : "target staged beside the live envs");
+    emit(ro, h, "host", "info", "prepared");
+    launch_more(ro);
+    return true;
+  }
+  if (h->prepared && !json_is_true(json_object_get(data, "already"))) {
+    h->prepared = false;
+    say(ro, "%s: changed since it was prepared (the agent staged it again): preflight again", h->host->name);
+    emit(ro, h, "host", "info", "changed since prepared: preflight again");
+    h->step = ST_PREFLIGHT;
+    host_send(h);
+    return true;
+  }
+  return false;
+}
+
 static void on_step_result(struct hf_session *s, int status, const json_t *data, const char *message, void *ctx) {
   struct rhost *h = ctx;
   struct rollout *ro = h->ro;
@@ -239,14 +318,17 @@ static void on_step_result(struct hf_session *s, int status, const json_t *data,
     if (h->step == ST_PREFLIGHT) {
       char ref[600];
       refusals(data, ref, sizeof ref);
+      keep_prediction(h, data);
       if (ro->o->state && ro->id[0]) hf_state_event(ro->o->state, ro->id, h->host->name, "info", "preflight checks recorded");
       json_decref(merged);
       if (ref[0]) {
-        snprintf(why, sizeof why, "preflight refused: %s", ref);
+        snprintf(why, sizeof why, "preflight refused: %s%s", ref, later_stage_note(h));
         host_done(h, HO_FAILED, why);
         return;
       }
     }
+    if (h->step == ST_STAGE && prepare_done(h, data)) return;
+    if (h->step == ST_MIGRATE) check_prediction(h, data);
     if (!ro->o->verbose && !ro->tty) say(ro, "%s: %s ok (%.1fs)", h->host->name, name, (double)took / 1000.0);
     emit(ro, h, "step", "info", "%s ok in %.1fs", name, (double)took / 1000.0);
     if (h->step == ST_HEALTH) {
@@ -254,12 +336,19 @@ static void on_step_result(struct hf_session *s, int status, const json_t *data,
       host_done(h, HO_UPGRADED, NULL);
       return;
     }
-    h->step++;
+    h->step = next_step(h->step);
+    /* Prepared without a stage step (a protocol without it): preflight was it. */
+    if (h->goal == G_PREPARE && h->step > ST_STAGE) { prepare_done(h, data); return; }
     host_send(h);
     return;
   }
 
   emit(ro, h, "step", "error", "%s", why);
+  if (h->goal == G_PREPARE) {   /* nothing changed: the host failed its preparation */
+    snprintf(why + strlen(why), sizeof why - strlen(why), "%s", later_stage_note(h));
+    host_done(h, HO_FAILED, why);
+    return;
+  }
   if (lost && h->step >= ST_BACKUP) {   /* the hub may be mid-change: find out, never guess */
     host_wait_reconnect(h, message && *message ? message : hf_strerror(status));
     return;
@@ -353,7 +442,7 @@ static bool reconcile_steps(struct rhost *h, const json_t *data) {
       host_done(h, HO_UPGRADED, NULL);
       return true;
     }
-    h->step++;
+    h->step = next_step(h->step);
   }
   if (h->step >= ST__COUNT) { host_done(h, HO_UPGRADED, NULL); return true; }
   return false;
@@ -450,8 +539,12 @@ void host_send(struct rhost *h) {
     cb = on_step_result;
     if (hr_steps[h->step].target) json_object_set_new(args, "target", json_string(ro->target));
     if (h->step == ST_PREFLIGHT && !ro->o->rehearse) json_object_set_new(args, "rehearse", json_false());
+    /* The rehearsal saw no schema change: the agent skips upgrade-db when
+     * the live revision is the one it saw (JupyterHub refuses to start on
+     * an old schema, so a wrong skip shows at start). */
+    if (h->step == ST_MIGRATE && h->expect_rev[0]) json_object_set_new(args, "expect_revision", json_string(h->expect_rev));
     json_object_set_new(args, "timeout_ms", json_integer(timeout));
-    next = HR_STEP;
+    next = h->goal == G_PREPARE ? HR_PREP : HR_STEP;
   }
   if (!host_to(h, next, h->step)) { json_decref(args); return; }
   /* The rollback op stops the hub first (when this run did not already). */
@@ -474,11 +567,11 @@ static void on_ready(struct hf_session *s, int status, void *ctx) {
     const char *e = ro->port->error(s);
     snprintf(why, sizeof why, "%s", e && e[0] ? e : hf_strerror(status));
     close_session(h);
-    bool may_have_changed = h->reconnect_deadline || h->step >= ST_STOP || h->goal == G_ROLLBACK;
+    bool may_have_changed = h->goal != G_PREPARE && (h->reconnect_deadline || h->step >= ST_STOP || h->goal == G_ROLLBACK);
     bool retryable = status != HF_EHOSTKEY && status != HF_EAUTH && status != HF_EVERSION;
     if (may_have_changed && retryable && ro->o->mode != HF_RM_DRYRUN) { host_wait_reconnect(h, why); return; }
     char msg[700];
-    snprintf(msg, sizeof msg, "unreachable: %s", why);
+    snprintf(msg, sizeof msg, "unreachable: %s%s", why, h->goal == G_PREPARE ? later_stage_note(h) : "");
     host_done(h, h->goal == G_ROLLBACK || h->step >= ST_STOP ? HO_ATTENTION : HO_FAILED, msg);
     return;
   }
@@ -490,7 +583,7 @@ static void on_ready(struct hf_session *s, int status, void *ctx) {
 }
 
 void host_launch(struct rhost *h) {
-  host_to(h, HR_CONNECT, h->step);
+  host_to(h, h->goal == G_PREPARE ? HR_PREPCONN : HR_CONNECT, h->step);
   int r = h->ro->port->open(h->ro->engine, h->host, on_ready, h, &h->sess);
   if (r != 0) {
     h->sess = NULL;

@@ -86,6 +86,12 @@ int load_recorded(struct rollout *ro) {
   ro->nstages = (unsigned)json_integer_value(json_object_get(r, "nstages"));
   ro->stage = (unsigned)json_integer_value(json_object_get(r, "stage"));
   ro->budget = (unsigned)json_integer_value(json_object_get(r, "budget"));
+  if (ro->nstages == 0 || ro->nstages > ro->nhosts) {
+    fprintf(stderr, "hubfleet: rollout %s records %u stages for an inventory of %zu hosts (%s): the state file "
+            "does not match this inventory\n", o->rollout_id, ro->nstages, ro->nhosts, o->inventory_path);
+    json_decref(r);
+    return HF_EXIT_USAGE;
+  }
   if (o->mode == HF_RM_RESUME && strcmp(status, HF_ROLLOUT_RUNNING) && strcmp(status, HF_ROLLOUT_PAUSED)) {
     fprintf(stderr, "hubfleet resume: rollout %s is %s; only a running or paused rollout can be resumed%s\n",
             ro->id, status, !strcmp(status, HF_ROLLOUT_HALTED) ? " (it halted on its failure budget: "
@@ -112,19 +118,18 @@ int load_recorded(struct rollout *ro) {
     }
     struct rhost *h = &ro->hosts[k];
     h->stage = (unsigned)json_integer_value(json_object_get(row, "stage"));
+    if (h->stage >= ro->nstages) h->stage = ro->nstages - 1;   /* a damaged row still runs in the last stage */
     /* As recorded: the counts follow (the failure budget sees earlier runs' failures). */
-    ro->in_outcome[h->outcome]--;
-    h->outcome = hr_outcome_parse(st);
-    ro->in_outcome[h->outcome]++;
+    host_outcome_move(h, hr_outcome_parse(st));
     h->step = ST_PREFLIGHT;
     for (int s = 0; step && s < ST__COUNT; s++) if (!strcmp(hr_steps[s].name, step)) h->step = s;
     if (step && !strcmp(step, HF_STEP_ROLLBACK)) h->step = ST__COUNT; /* past every step: may have changed */
     if (o->mode == HF_RM_RESUME) {
       /* Running hosts continue from their recorded step after asking the journal;
        * pending ones start from the beginning. */
-      h->selected = h->outcome == HO_RUNNING || h->outcome == HO_PENDING;
+      h->selected = h->outcome == HO_RUNNING || h->outcome == HO_PENDING || h->outcome == HO_PREPARED;
       h->journal_first = h->outcome == HO_RUNNING;
-      if (h->outcome == HO_PENDING) h->step = ST_PREFLIGHT;
+      if (h->outcome == HO_PENDING || h->outcome == HO_PREPARED) h->step = ST_PREFLIGHT;
       if (h->step >= ST_STOP) h->t_stop = 0;
       if (h->outcome == HO_RUNNING && step && !strcmp(step, HF_STEP_ROLLBACK)) {
         /* An automatic rollback was under way: it goes on (its journal says

@@ -27,10 +27,14 @@
 /* ---- the per-host procedure --------------------------------------------------- */
 
 /* The upgrade's steps, in order (the agent's procedure; proto's operation
- * table has the same order and default deadlines). A failure at or after
- * "stop" means the hub may have changed: the agent's rollback runs. */
+ * table has the same order and default deadlines). preflight and stage
+ * change nothing the hub uses (stage: the target installed into a copy of
+ * each environment); they are the host's preparation, which runs ahead of
+ * its stage. A failure at or after "stop" means the hub may have changed:
+ * the agent's rollback runs. */
 #define HR_STEPS(X)                                                   \
   X(PREFLIGHT, "preflight",  300000, true)                            \
+  X(STAGE,     "stage",     1200000, true)                            \
   X(BACKUP,    "backup",     600000, true)                            \
   X(STOP,      "stop",       120000, false)                           \
   X(INSTALL,   "install",   1200000, true)                            \
@@ -64,6 +68,12 @@ extern const struct hr_step_def hr_steps[ST__COUNT];
  * (HR_TO(...) masks). host_to() is the only place a state changes. */
 #define HR_STATES(X)                                                                                        \
   X(PENDING,  "pending",  "not started in this run, or paused at a safe point",                             \
+    HR_TO(CONNECT) | HR_TO(PREPCONN) | HR_TO(DONE))                                                         \
+  X(PREPCONN, "prep-connect", "a session to prepare the host ahead of its stage is opening",                \
+    HR_TO(PREP) | HR_TO(PENDING) | HR_TO(DONE))                                                             \
+  X(PREP,     "prep",     "preparing ahead of its stage: preflight, then stage (neither changes the hub)",  \
+    HR_TO(PREP) | HR_TO(PREPARED) | HR_TO(PENDING) | HR_TO(DONE))                                           \
+  X(PREPARED, "prepared", "prepared, session closed, waiting for its stage",                               \
     HR_TO(CONNECT) | HR_TO(DONE))                                                                           \
   X(CONNECT,  "connect",  "a session to the host is opening",                                               \
     HR_TO(JOURNAL) | HR_TO(STEP) | HR_TO(ROLLBACK) | HR_TO(RECHECK) | HR_TO(WAIT) | HR_TO(DONE) |           \
@@ -93,6 +103,7 @@ enum hr_state {
 #define HR_OUTCOMES(X)                  \
   X(PENDING,    HF_HOST_PENDING,    false) \
   X(RUNNING,    HF_HOST_RUNNING,    false) \
+  X(PREPARED,   HF_HOST_PREPARED,   false) \
   X(UPGRADED,   HF_HOST_UPGRADED,   false) \
   X(FAILED,     HF_HOST_FAILED,     true)  \
   X(ROLLEDBACK, HF_HOST_ROLLEDBACK, true)  \
@@ -105,7 +116,7 @@ enum hr_outcome {
 };
 
 /* Why a host is being connected (what to send once ready). */
-enum hr_goal { G_STEPS, G_ROLLBACK, G_RECHECK, G_PREFLIGHT_ONLY };
+enum hr_goal { G_STEPS, G_ROLLBACK, G_RECHECK, G_PREFLIGHT_ONLY, G_PREPARE };
 
 /* ---- the engine, as the scheduler sees it ------------------------------------------ */
 
@@ -153,6 +164,9 @@ struct rhost {
   uv_timer_t               timer;
   bool                     journal_first; /* ask the journal before the next step */
   bool                     selected;    /* part of this run */
+  bool                     prepared;    /* preflight and stage done ahead of its stage: re-check stage only */
+  char                     expect_rev[64]; /* the rehearsal saw no schema change: migrate may skip at this revision */
+  char                     predicted_rev[64]; /* the revision the rehearsal migrated its copy to ("" = unknown) */
   json_t                  *preflight;   /* dry run: the preflight data (new) */
   char                     error[512];
   unsigned                 ev_logged;   /* warn/error events recorded for the request in flight */
@@ -173,9 +187,11 @@ struct rollout {
   unsigned          nstages, stage;
   unsigned          budget;
   size_t            in_state[HR__COUNT];    /* hosts per state: kept by host_to() only */
-  size_t            in_outcome[HO__COUNT];  /* hosts per outcome: kept by host_set_outcome() only */
+  size_t            in_outcome[HO__COUNT];  /* hosts per outcome: kept by host_record() only */
+  unsigned         *fail_by_stage;          /* failure outcomes per stage: kept by host_record() only */
   unsigned          bad_transitions;        /* transitions the table refused (a bug; tests assert 0) */
   size_t            next;          /* next index in launch order */
+  size_t            prep_next;     /* next index in launch order to prepare */
   size_t           *order;         /* host indexes in stage order */
   bool              halting;
   bool              state_broken;  /* a state write failed: stopped at once, exit 70 */
@@ -206,10 +222,15 @@ bool host_to(struct rhost *h, enum hr_state to, int step);
 bool host_record(struct rhost *h, enum hr_outcome oc, const char *step, const char *error);
 /* host_record at the host's current step. */
 bool host_set_outcome(struct rhost *h, enum hr_outcome oc, const char *error);
-/* Hosts in a state other than pending and done. */
+/* Hosts whose upgrade (or rollback, re-check) is in flight: not pending,
+ * done, preparing or prepared. */
 size_t ro_active(const struct rollout *ro);
-/* Hosts failed, rolled back or needing attention (the budget's count). */
+/* Hosts failed, rolled back or needing attention in the stages reached (the
+ * budget's count; with --stop-early, in every stage: a refusal found while
+ * preparing a later stage counts at once). */
 size_t ro_failures(const struct rollout *ro);
+/* Moves h's outcome (the counts follow); records nothing. */
+void host_outcome_move(struct rhost *h, enum hr_outcome oc);
 /* A state write's result: false stops the rollout at once (exit 70). */
 bool state_ok(struct rollout *ro, int rc, const char *what);
 /* The state machine as a markdown table (docs/rollout.md holds it). */
@@ -221,6 +242,9 @@ void host_send(struct rhost *h);
 void host_done(struct rhost *h, enum hr_outcome oc, const char *error);
 void close_session(struct rhost *h);
 void host_timer_init(struct rhost *h);
+/* Whether the protocol (proto's operation table) has this step: a step it
+ * lacks is passed over (stage, before the agent knew it). */
+bool hr_step_known(int step);
 
 /* scheduler.c */
 void launch_more(struct rollout *ro);

@@ -75,10 +75,38 @@ static void on_soak(uv_timer_t *t) {
 
 /* Starts hosts of the current stage while slots are free; moves the rollout
  * on when the stage is over. */
+int hf_rollout_prepare_parallel(const struct hf_rollout_opts *o) {
+  return o->prepare_parallel < 0 ? o->parallel : o->prepare_parallel;
+}
+
+/* Hosts being prepared ahead of their stage right now. */
+static size_t preparing(const struct rollout *ro) { return ro->in_state[HR_PREPCONN] + ro->in_state[HR_PREP]; }
+
+/* Prepares hosts of the stages after the current one, in launch order, up
+ * to --prepare-parallel at once: preflight (rules, rehearsal, the package
+ * fetch) and stage (the target installed into a copy of each env), none of
+ * which changes the hub. */
+static void prepare_more(struct rollout *ro) {
+  int bound = hf_rollout_prepare_parallel(ro->o);
+  if (ro->halting || ro->interrupts || bound <= 0) return;
+  if (ro->o->mode != HF_RM_UPGRADE && ro->o->mode != HF_RM_RESUME) return;
+  if (ro->prep_next < ro->next) ro->prep_next = ro->next;
+  while (preparing(ro) < (size_t)bound && ro->prep_next < ro->nhosts) {
+    struct rhost *h = &ro->hosts[ro->order[ro->prep_next++]];
+    if (!h->selected || h->stage <= ro->stage || h->state != HR_PENDING) continue;
+    if (h->outcome != HO_PENDING && h->outcome != HO_PREPARED) continue;  /* mid-upgrade (resume): in its stage */
+    h->goal = G_PREPARE;
+    h->step = ST_PREFLIGHT;
+    host_launch(h);
+  }
+}
+
+/* Starts hosts of the current stage while slots are free; moves the rollout
+ * on when the stage is over. */
 void launch_more(struct rollout *ro) {
   if (ro->finished) return;
   if (ro->interrupts) {
-    if (ro_active(ro) == 0) {
+    if (ro_active(ro) == 0 && preparing(ro) == 0) {
       say(ro, "paused: every host in flight reached a safe point; continue with 'hubfleet resume %s'", ro->id);
       finish(ro, ro->o->mode == HF_RM_DRYRUN ? "interrupted" : HF_ROLLOUT_PAUSED);
     }
@@ -95,15 +123,21 @@ void launch_more(struct rollout *ro) {
   while (ro_active(ro) < (size_t)ro->o->parallel && ro->next < ro->nhosts) {
     struct rhost *h = &ro->hosts[ro->order[ro->next]];
     if (h->stage != ro->stage) break;
+    /* Being prepared: its turn comes when that ends (in launch order). */
+    if (h->selected && (h->state == HR_PREPCONN || h->state == HR_PREP) && !ro->halting) break;
     ro->next++;
-    if (!h->selected || h->state != HR_PENDING) continue;
+    if (!h->selected || (h->state != HR_PENDING && h->state != HR_PREPARED)) continue;
     /* Halting: untouched hosts stay untouched; a host a killed controller
      * left mid-upgrade (resume) is still finished. */
     if (ro->halting && h->outcome != HO_RUNNING) continue;
+    /* Prepared: a cheap re-check (stage again: nothing changed since?), then on. */
+    if (h->state == HR_PREPARED) h->step = hr_step_known(ST_STAGE) ? ST_STAGE : ST_BACKUP;
+    if (h->goal == G_PREPARE) h->goal = G_STEPS;   /* (a resumed rollback keeps its goal) */
     host_launch(h);
   }
+  prepare_more(ro);
   if (ro_active(ro) > 0) return;
-  if (ro->halting) { finish(ro, HF_ROLLOUT_HALTED); return; }
+  if (ro->halting) { if (preparing(ro) == 0) finish(ro, HF_ROLLOUT_HALTED); return; }
   if (stage_has_pending(ro)) return;
   if (ro->next < ro->nhosts && ro->hosts[ro->order[ro->next]].stage == ro->stage) return;
   /* Stage over (its soak re-check too, when one ran). */
@@ -122,7 +156,10 @@ void launch_more(struct rollout *ro) {
 }
 
 static void stage_next(struct rollout *ro) {
-  if (ro->halting) { finish(ro, HF_ROLLOUT_HALTED); return; }
+  if (ro->halting) { if (preparing(ro) == 0) finish(ro, HF_ROLLOUT_HALTED); return; }
+  /* The operator is asked with every preparation settled (a pause then
+   * leaves nothing in flight). */
+  if (ro->o->confirm && preparing(ro) > 0) return;
   unsigned next = ro->stage + 1;
   size_t n = 0;
   for (size_t i = 0; i < ro->nhosts; i++) n += ro->hosts[i].selected && ro->hosts[i].stage == next;
@@ -135,8 +172,19 @@ static void stage_next(struct rollout *ro) {
   }
   ro->stage = next;
   if (ro->o->state) hf_state_rollout_set_stage(ro->o->state, ro->id, next);
-  say(ro, "stage %u of %u: %zu host%s", next + 1, ro->nstages, n, n == 1 ? "" : "s");
-  emit(ro, NULL, "stage", "info", "stage %u started: %zu hosts", next + 1, n);
+  size_t ready = 0;
+  for (size_t i = 0; i < ro->nhosts; i++) ready += ro->hosts[i].selected && ro->hosts[i].stage == next &&
+                                                   ro->hosts[i].state == HR_PREPARED;
+  say(ro, "stage %u of %u: %zu host%s (%zu prepared)", next + 1, ro->nstages, n, n == 1 ? "" : "s", ready);
+  emit(ro, NULL, "stage", "info", "stage %u started: %zu hosts, %zu prepared", next + 1, n, ready);
+  /* Refusals found while preparing this stage count from now on. */
+  if (ro_failures(ro) > ro->budget) {
+    ro->halting = true;
+    say(ro, "failure budget exceeded (%zu failed, budget %u, counting hosts of stage %u that failed their "
+        "preparation): halting; hosts not yet started stay untouched", ro_failures(ro), ro->budget, next + 1);
+    emit(ro, NULL, "rollout", "error", "failure budget exceeded at the start of stage %u: %zu failed, budget %u",
+         next + 1, ro_failures(ro), ro->budget);
+  }
   launch_more(ro);
 }
 
@@ -167,10 +215,11 @@ int hf_rollout_run_on(const struct hf_rollout_opts *o, const struct hf_rollout_p
   ro.nhosts = o->inv->nhosts;
   ro.hosts = calloc(ro.nhosts ? ro.nhosts : 1, sizeof *ro.hosts);
   ro.order = calloc(ro.nhosts ? ro.nhosts : 1, sizeof *ro.order);
+  ro.fail_by_stage = calloc(ro.nhosts + 1, sizeof *ro.fail_by_stage);   /* a stage holds one host at least */
   bool *canary = calloc(ro.nhosts ? ro.nhosts : 1, sizeof *canary);
   unsigned *stage_of = calloc(ro.nhosts ? ro.nhosts : 1, sizeof *stage_of);
   const char **names = calloc(ro.nhosts ? ro.nhosts : 1, sizeof *names);
-  if (!ro.hosts || !ro.order || !canary || !stage_of || !names) goto out;
+  if (!ro.hosts || !ro.order || !ro.fail_by_stage || !canary || !stage_of || !names) goto out;
   if (uv_loop_init(&ro.loop) != 0) goto out;
 
   size_t nsel = 0;
@@ -222,9 +271,10 @@ int hf_rollout_run_on(const struct hf_rollout_opts *o, const struct hf_rollout_p
     }
     for (size_t k = 0; k < nsel; k++) stage_of[k] = ro.hosts[sel_idx[k]].stage;
     if (o->mode == HF_RM_UPGRADE) {
-      json_t *opts = json_pack("{s:s?,s:s?,s:s?,s:s?,s:i,s:I,s:I,s:b,s:b}", "stages", o->stages_spec,
+      json_t *opts = json_pack("{s:s?,s:s?,s:s?,s:s?,s:i,s:i,s:b,s:I,s:I,s:b,s:b}", "stages", o->stages_spec,
                                "max_failures", o->budget_spec, "limit", o->limit, "exclude", o->exclude,
-                               "parallel", o->parallel, "soak_ms", (json_int_t)o->soak_ms,
+                               "parallel", o->parallel, "prepare_parallel", o->prepare_parallel,
+                               "stop_early", o->stop_early, "soak_ms", (json_int_t)o->soak_ms,
                                "health_ms", (json_int_t)o->health_ms, "confirm", o->confirm, "rehearse", o->rehearse);
       int r = hf_state_rollout_create(o->state, ro.target, o->inventory_path, opts, ro.nstages, ro.budget,
                                       names, stage_of, nsel, ro.id, sizeof ro.id);
@@ -371,6 +421,7 @@ out_loop:
 out:
   free(ro.hosts);
   free(ro.order);
+  free(ro.fail_by_stage);
   free(canary);
   free(stage_of);
   free(names);

@@ -54,6 +54,10 @@ struct fhost {
   bool          lost_once;
   int           losses;
   int           first_req_seq;  /* global order of its first request (0 = none) */
+  int           stage_done_seq; /* ... of its first stage done */
+  int           failed_seq;     /* ... of its first failed answer */
+  bool          staged;         /* a staged copy exists and nothing changed since */
+  bool          change_after_stage; /* the live env changes right after it is staged (once) */
   int           health_done_seq;
 };
 
@@ -214,6 +218,7 @@ static void agent_run(struct hf_session *s) {
   }
   if (step >= 0 && !recheck) journal_add(h, op, "begin");
   if (h->sc.fail_op && !strcmp(op, h->sc.fail_op)) {
+    if (!h->failed_seq) h->failed_seq = ++seq;
     journal_add(h, op, "failed");
     s->status = h->sc.fail_code ? h->sc.fail_code : HF_ECMD;
     snprintf(s->msg, sizeof s->msg, "%s exited 1", op);
@@ -228,7 +233,12 @@ static void agent_run(struct hf_session *s) {
     snprintf(s->msg, sizeof s->msg, "connection lost");
     return;
   }
-  if (step == ST_PREFLIGHT)
+  if (step == ST_STAGE) {
+    s->data = json_pack("{s:b,s:{}}", "already", h->staged, "staged");
+    h->staged = !h->change_after_stage;
+    h->change_after_stage = false;
+    if (!h->stage_done_seq) h->stage_done_seq = ++seq;
+  } else if (step == ST_PREFLIGHT)
     s->data = json_pack("{s:[],s:[{s:s,s:s}]}", "checks", "envs", "role", "hub", "jupyterhub", "3.0.0");
   else if (step == ST_BACKUP)
     s->data = json_pack("{s:{s:s}}", "backup", "dir", "/var/backups/hub");
@@ -310,7 +320,8 @@ static struct hf_rollout_opts opts(struct run *r, enum hf_rollout_mode mode) {
   char err[256];
   if (!r->st && hf_state_open(p, &r->st, err, sizeof err) != 0) { fprintf(stderr, "state: %s\n", err); exit(2); }
   struct hf_rollout_opts o = { .mode = mode, .inv = r->inv, .state = r->st, .target = "3.1.1",
-                               .inventory_path = "inv.ini", .parallel = 10, .health_ms = 5000, .rehearse = true,
+                               .inventory_path = "inv.ini", .parallel = 10, .prepare_parallel = 0,
+                               .health_ms = 5000, .rehearse = true,
                                .rules_path = rules_path, .timeout_ms = 5000, .reconnect_ms = 400 };
   return o;
 }
@@ -515,7 +526,7 @@ static void t_reconnect(void) {
 /* The controller SIGKILLed at every step boundary (a forked child), then
  * resume: every step runs once, nothing stale, the downtime kept. */
 static void t_kill_resume(void) {
-  static const char *ops[] = { "preflight", "backup", "stop", "install", "migrate", "start", "health" };
+  static const char *ops[] = { "preflight", "stage", "backup", "stop", "install", "migrate", "start", "health" };
   for (size_t k = 0; k < sizeof ops / sizeof *ops; k++) {
     for (int when = K_BEFORE; when <= K_AFTER; when++) {
       fleet(2);
@@ -634,10 +645,82 @@ static void t_stale_refused(void) {
   fh[0].sc.fail_code = HF_ESTATE;
   o = opts(&r, HF_RM_UPGRADE);
   go(&r, &o);
-  CHECK(!strcmp(host_status(&r, 0), "rolled_back") && fh[0].runs[ST__COUNT] == 1 && fh[0].requests == 6,
+  CHECK(!strcmp(host_status(&r, 0), "rolled_back") && fh[0].runs[ST__COUNT] == 1 && fh[0].requests == 7,
         "%s, rollback ran %d, %d requests (preflight..migrate, rollback)", host_status(&r, 0), fh[0].runs[ST__COUNT],
         fh[0].requests);
   run_close(&r);
+}
+
+static int steps_run(const struct fhost *h, int from, int to) {
+  int n = 0;
+  for (int k = from; k <= to; k++) n += h->runs[k];
+  return n;
+}
+
+/* Later stages prepared while the canary runs: preflight and stage done
+ * before the canary is healthy; in its stage a prepared host re-checks
+ * (stage again, "already") and goes on; every changing step runs once. */
+static void t_pipeline(void) {
+  struct run r = { 0 };
+  fleet(6);
+  struct hf_rollout_opts o = opts(&r, HF_RM_UPGRADE);
+  o.stages_spec = "1,3,100%";
+  o.prepare_parallel = 5;
+  CHECK(go(&r, &o) == HF_EXIT_OK && !strcmp(rollout_status(&r), "done"), "rc %d %s", r.rc, rollout_status(&r));
+  for (int i = 1; i < 6; i++) {
+    CHECK(fh[i].stage_done_seq && fh[i].stage_done_seq < fh[0].health_done_seq,
+          "%s was not prepared while the canary upgraded", fh[i].name);
+    CHECK(!strcmp(host_status(&r, i), "upgraded") && fh[i].runs[ST_PREFLIGHT] == 1 && fh[i].runs[ST_STAGE] == 2,
+          "%s: %s, preflight %d, stage %d (prepare + re-check)", fh[i].name, host_status(&r, i),
+          fh[i].runs[ST_PREFLIGHT], fh[i].runs[ST_STAGE]);
+    for (int k = ST_BACKUP; k < ST__COUNT; k++) CHECK(fh[i].runs[k] == 1, "%s %s ran %d", fh[i].name, hr_steps[k].name, fh[i].runs[k]);
+  }
+  CHECK(total_stale() == 0, "stale %d", total_stale());
+  run_close(&r);
+
+  /* a prepared host whose env changed before its stage prepares again */
+  fleet(2);
+  fh[1].change_after_stage = true;
+  o = opts(&r, HF_RM_UPGRADE);
+  o.prepare_parallel = 1;
+  CHECK(go(&r, &o) == HF_EXIT_OK, "rc %d", r.rc);
+  CHECK(!strcmp(host_status(&r, 1), "upgraded") && fh[1].runs[ST_PREFLIGHT] == 2 && fh[1].runs[ST_STAGE] == 3,
+        "changed host: %s, preflight %d (2 expected), stage %d (3)", host_status(&r, 1), fh[1].runs[ST_PREFLIGHT],
+        fh[1].runs[ST_STAGE]);
+  run_close(&r);
+}
+
+/* A stage-3 host refused while preparing: reported at once (while the
+ * canary runs), counted when stage 3 starts (or at once with --stop-early);
+ * the halted rollout leaves unreached hosts' hubs untouched, prepared. */
+static void t_prepare_refused(void) {
+  for (int early = 0; early < 2; early++) {
+    struct run r = { 0 };
+    fleet(6);
+    fh[4].sc.fail_op = "preflight";
+    struct hf_rollout_opts o = opts(&r, HF_RM_UPGRADE);
+    o.stages_spec = "1,3,100%";
+    o.prepare_parallel = 5;
+    o.parallel = 1;
+    o.stop_early = early;
+    go(&r, &o);
+    CHECK(r.rc == HF_EXIT_FAIL && !strcmp(rollout_status(&r), "halted"), "early %d: rc %d %s", early, r.rc, rollout_status(&r));
+    CHECK(fh[4].failed_seq && fh[4].failed_seq < fh[0].health_done_seq, "early %d: the refusal came after the canary", early);
+    CHECK(!strcmp(host_status(&r, 4), "failed"), "early %d: %s", early, host_status(&r, 4));
+    CHECK(!strcmp(host_status(&r, 0), "upgraded"), "early %d: canary %s", early, host_status(&r, 0));
+    int reached = early ? 1 : 3;     /* stages 1-2 (hub01-03) upgrade unless --stop-early */
+    for (int i = 1; i < 6; i++) {
+      if (i == 4) continue;
+      if (i < reached) {
+        CHECK(!strcmp(host_status(&r, i), "upgraded"), "early %d: %s %s", early, fh[i].name, host_status(&r, i));
+      } else {
+        CHECK(steps_run(&fh[i], ST_BACKUP, ST__COUNT) == 0, "early %d: %s of a halted stage was changed", early, fh[i].name);
+        CHECK(!strcmp(host_status(&r, i), "prepared") || !strcmp(host_status(&r, i), "pending"), "early %d: %s %s",
+              early, fh[i].name, host_status(&r, i));
+      }
+    }
+    run_close(&r);
+  }
 }
 
 /* docs/rollout.md holds the state machine as host.c's tables print it. */
@@ -669,7 +752,7 @@ static void t_docs(const char *doc) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 3) { fprintf(stderr, "usage: test-scheduler RULES.json DOCS/rollout.md\n"); return 2; }
+  if (argc < 3) { fprintf(stderr, "usage: test-scheduler RULES.json DOCS/rollout.md [SCENARIO]\n"); return 2; }
   rules_path = argv[1];
   snprintf(dir, sizeof dir, "/tmp/hf-sched-XXXXXX");
   if (!mkdtemp(dir)) { perror("mkdtemp"); return 2; }
@@ -677,9 +760,11 @@ int main(int argc, char **argv) {
   struct { const char *name; void (*fn)(void); } t[] = {
     { "stages", t_stages }, { "budget", t_budget }, { "soak", t_soak_lost }, { "confirm", t_confirm },
     { "reconnect", t_reconnect }, { "kill-resume", t_kill_resume }, { "kill-in-rollback", t_kill_in_rollback },
-    { "interrupt", t_interrupt }, { "stale", t_stale_refused },
+    { "interrupt", t_interrupt }, { "stale", t_stale_refused }, { "pipeline", t_pipeline },
+    { "prepare-refused", t_prepare_refused },
   };
   for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
+    if (argc > 3 && strcmp(argv[3], t[i].name)) continue;   /* one scenario by name */
     int before = failures;
     int64_t t0 = hf_state_now_ms();
     t[i].fn();
