@@ -49,7 +49,7 @@ static const char page_head[] =
   "h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:28px 0 8px;border-bottom:1px solid #dde;padding-bottom:4px}\n"
   ".meta{color:#556}.pill{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;font-size:12px}\n"
   ".s-done,.s-upgraded,.s-ok{background:#d8f3dc;color:#1b5e20}.s-halted,.s-failed,.s-needs_attention{background:#fde2e1;color:#8a1c12}\n"
-  ".s-rolled_back{background:#ffe8cc;color:#8a4b00}.s-running,.s-paused,.s-pending{background:#e3e8f4;color:#2b3a67}\n"
+  ".s-rolled_back{background:#ffe8cc;color:#8a4b00}.s-running,.s-paused,.s-pending,.s-prepared{background:#e3e8f4;color:#2b3a67}\n"
   "table{border-collapse:collapse;margin:6px 0}td,th{padding:4px 10px;border-bottom:1px solid #eef;text-align:left;vertical-align:top}\n"
   "th{background:#f5f6fa;font-weight:600}td.num{text-align:right}.drift{background:#fff4d6}\n"
   "pre{background:#f7f7f9;padding:8px;border-radius:4px;white-space:pre-wrap;max-height:16em;overflow:auto;margin:4px 0}\n"

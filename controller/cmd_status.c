@@ -49,7 +49,7 @@ static void print_rollout(FILE *f, json_t *r, json_t *hosts) {
 
   long long nstages = json_integer_value(json_object_get(r, "nstages"));
   for (long long s = 0; s < nstages && s < 1000; s++) {
-    int pending = 0, running = 0, upgraded = 0, failed = 0, rolled = 0, attention = 0;
+    int pending = 0, running = 0, prepared = 0, upgraded = 0, failed = 0, rolled = 0, attention = 0;
     size_t i;
     json_t *h;
     json_array_foreach(hosts, i, h) {
@@ -60,10 +60,11 @@ static void print_rollout(FILE *f, json_t *r, json_t *hosts) {
       else if (!strcmp(st, HF_HOST_UPGRADED)) upgraded++;
       else if (!strcmp(st, HF_HOST_ROLLEDBACK)) rolled++;
       else if (!strcmp(st, HF_HOST_ATTENTION)) attention++;
+      else if (!strcmp(st, HF_HOST_PREPARED)) prepared++;
       else failed++;
     }
-    fprintf(f, "  stage %lld: %d upgraded, %d running, %d pending, %d failed, %d rolled back, %d need attention\n",
-            s + 1, upgraded, running, pending, failed, rolled, attention);
+    fprintf(f, "  stage %lld: %d upgraded, %d running, %d prepared, %d pending, %d failed, %d rolled back, "
+            "%d need attention\n", s + 1, upgraded, running, prepared, pending, failed, rolled, attention);
   }
   fprintf(f, "\n  %-24s %-5s %-16s %-10s %-9s %-9s %s\n", "HOST", "STAGE", "STATUS", "STEP", "HUB DOWN", "USERS", "ERROR");
   size_t i;

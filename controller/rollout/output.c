@@ -33,6 +33,7 @@ void say(struct rollout *ro, const char *fmt, ...) {
 static void progress_draw(struct rollout *ro) {
   if (!ro->tty || ro->finished) return;
   int done = 0, running = 0, failed = 0, rolled = 0, total = 0;
+  size_t prepared = ro->in_state[HR_PREPARED], preparing = ro->in_state[HR_PREP] + ro->in_state[HR_PREPCONN];
   for (size_t i = 0; i < ro->nhosts; i++) {
     struct rhost *h = &ro->hosts[i];
     if (!h->selected || h->stage != ro->stage) continue;
@@ -48,8 +49,9 @@ static void progress_draw(struct rollout *ro) {
   bar[20] = '\0';
   int64_t el = (hf_state_now_ms() - ro->t0) / 1000;
   hf_term_raw(stderr, "\r\033[K");
-  fprintf(stderr, "stage %u/%u [%s] %d/%d done, %d running, %d failed, %d rolled back  %02" PRId64 ":%02" PRId64,
-          ro->stage + 1, ro->nstages, bar, done, total, running, failed, rolled, el / 60, el % 60);
+  fprintf(stderr, "stage %u/%u [%s] %d/%d done, %d running, %d failed, %d rolled back; later stages: %zu prepared, "
+          "%zu preparing  %02" PRId64 ":%02" PRId64, ro->stage + 1, ro->nstages, bar, done, total, running, failed, rolled,
+          prepared, preparing, el / 60, el % 60);
   fflush(stderr);
 }
 
@@ -136,7 +138,7 @@ void print_dryrun(struct rollout *ro) {
 }
 
 void print_summary(struct rollout *ro) {
-  int up = 0, failed = 0, rolled = 0, att = 0, untouched = 0, running = 0;
+  int up = 0, failed = 0, rolled = 0, att = 0, untouched = 0, running = 0, prepared = 0;
   json_t *hosts = ro->o->state ? hf_state_hosts(ro->o->state, ro->id) : NULL;
   size_t i;
   json_t *row;
@@ -147,13 +149,14 @@ void print_summary(struct rollout *ro) {
     else if (!strcmp(st, HF_HOST_ATTENTION)) att++;
     else if (!strcmp(st, HF_HOST_PENDING)) untouched++;
     else if (!strcmp(st, HF_HOST_RUNNING)) running++;   /* paused or stopped mid-procedure */
+    else if (!strcmp(st, HF_HOST_PREPARED)) prepared++; /* hub untouched; a staged copy of its envs left */
     else failed++;
   }
   if (ro->o->json) {
-    json_t *doc = json_pack("{s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:O}", "rollout", ro->id, "target", ro->target,
+    json_t *doc = json_pack("{s:s,s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:O}", "rollout", ro->id, "target", ro->target,
                             "status", ro->final_status ? ro->final_status : "?", "upgraded", up, "failed", failed,
                             "rolled_back", rolled, "needs_attention", att, "untouched", untouched,
-                            "in_progress", running, "hosts", hosts);
+                            "prepared", prepared, "in_progress", running, "hosts", hosts);
     json_dumpf(doc, stdout, JSON_INDENT(2));
     fputc('\n', stdout);
     json_decref(doc);
@@ -163,10 +166,13 @@ void print_summary(struct rollout *ro) {
       printf("  %d rolled back, %d need attention; %.1fs\n", rolled, att, (double)(hf_state_now_ms() - ro->t0) / 1000.0);
     else
     {
-      char inprog[96] = "";
+      char inprog[96] = "", prep[160] = "";
       if (running) snprintf(inprog, sizeof inprog, ", %d in progress (resume goes on from the journals)", running);
-      printf("  %d upgraded, %d failed, %d rolled back, %d need attention, %d untouched%s; budget %u, used %zu; %.1fs\n",
-             up, failed, rolled, att, untouched, inprog, ro->budget, ro_failures(ro),
+      if (prepared)
+        snprintf(prep, sizeof prep, ", %d prepared (hub untouched; a staged copy of its environments left, "
+                 "see docs/rollout.md)", prepared);
+      printf("  %d upgraded, %d failed, %d rolled back, %d need attention, %d untouched%s%s; budget %u, used %zu; %.1fs\n",
+             up, failed, rolled, att, untouched, prep, inprog, ro->budget, ro_failures(ro),
              (double)(hf_state_now_ms() - ro->t0) / 1000.0);
     }
     printf("  %-24s %-5s %-16s %-9s %-9s %s\n", "HOST", "STAGE", "STATUS", "HUB DOWN", "USERS", "ERROR");
