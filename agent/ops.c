@@ -15,6 +15,7 @@
 #include "hf_safefile.h"
 #include "hub.h"
 #include "ops.h"
+#include "stage.h"
 
 /* The pid holding the host lock, or 0 when it is free (fd: the open lock file). */
 static int lock_holder(int fd) {
@@ -78,6 +79,7 @@ typedef int (*op_fn)(struct hf_req *r, json_t *data);
 static const op_fn handlers[HF_OP__COUNT] = {
   [HF_OP_FACTS]     = hf__op_facts,
   [HF_OP_PREFLIGHT] = hf__op_preflight,
+  [HF_OP_STAGE]     = hf__op_stage,
   [HF_OP_BACKUP]    = hf__op_backup,
   [HF_OP_STOP]      = hf__op_stop,
   [HF_OP_INSTALL]   = hf__op_install,
@@ -206,6 +208,7 @@ bool hf__op_implemented(enum hf_op_id op) {
 int hf__op_dispatch(struct hf_req *r, json_t **data) {
   const struct hf_op *op = hf_op_by_name(r->op);
   const json_t *to;
+  bool locked;
   int rc, lockfd = -1;
 
   *data = NULL;
@@ -232,14 +235,17 @@ int hf__op_dispatch(struct hf_req *r, json_t **data) {
   /* become: the whole request runs as root in this binary under sudo -n
    * (the hub's files, its database and its service are root's). */
   if (r->hub.become && geteuid() != 0) return hf__become_relay(r, data);
+  /* stage leaves the hub as it is but writes beside its environments: under the lock too, so it
+   * never runs beside an install or rollback of the same hub. */
+  locked = op->changes_hub || op->id == HF_OP_STAGE;
   if (op->id != HF_OP_FACTS &&
-      (rc = check_dirs(r, op->name, op->changes_hub || op->id == HF_OP_PREFLIGHT)) != 0)
+      (rc = check_dirs(r, op->name, locked || op->id == HF_OP_PREFLIGHT)) != 0)
     return rc;
   if ((*data = json_object()) == NULL) return HF_ENOMEM;
   /* A journaled step that leaves the hub as it is (health) is checked
    * without the lock; one that changes it, under the lock. */
-  if (!op->changes_hub && (rc = refuse_stale(r, op)) != 0) return rc;
-  if (op->changes_hub) {
+  if (!locked && (rc = refuse_stale(r, op)) != 0) return rc;
+  if (locked) {
     /* Who does the work: lets an operator (or a test) find this process. */
     hf__event(r, "debug", "agent pid %d: %s for rollout %s", hf__agent_pid(), op->name, r->rollout);
     if ((rc = host_lock(r, &lockfd)) != 0) return rc;

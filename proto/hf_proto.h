@@ -196,7 +196,8 @@ struct hf_arg_spec {
  *   timeout_ms  the step's deadline: the agent's when args.timeout_ms is
  *               absent, and what the controller sends for that step
  *   step        position in the upgrade procedure (1 = first); 0 = not a
- *               step of it. The agent runs a journaled step only right after
+ *               step of it (stage: optional, between preflight and backup;
+ *               it refuses itself once the journal holds another step). The agent runs a journaled step only right after
  *               the journaled step before it (or again after itself).
  *   extra       arguments beyond hub (always required), rollout, target and
  *               timeout_ms (always optional): HF_OP_ARG(name, TYPE, required)...
@@ -205,10 +206,12 @@ struct hf_arg_spec {
   XX(FACTS,     "facts",     false, false, OPT, NO,  1000,    0, )                                 \
   XX(PREFLIGHT, "preflight", false, false, OPT, REQ, 300000,  1,                                   \
      HF_OP_ARG("rehearse", BOOL, false) HF_OP_ARG("rules", OBJECT, false))                         \
+  XX(STAGE,     "stage",     false, true,  REQ, REQ, 1200000, 0, )                                 \
   XX(BACKUP,    "backup",    true,  true,  REQ, REQ, 600000,  2, HF_OP_ARG("homes", BOOL, false))  \
   XX(STOP,      "stop",      true,  true,  REQ, NO,  120000,  3, )                                 \
   XX(INSTALL,   "install",   true,  true,  REQ, REQ, 1200000, 4, )                                 \
-  XX(MIGRATE,   "migrate",   true,  true,  REQ, NO,  600000,  5, )                                 \
+  XX(MIGRATE,   "migrate",   true,  true,  REQ, NO,  600000,  5,                                    \
+     HF_OP_ARG("expect_revision", ID, false))                                                     \
   XX(START,     "start",     true,  true,  REQ, NO,  180000,  6, )                                 \
   XX(HEALTH,    "health",    false, true,  OPT, REQ, 120000,  7, )                                 \
   XX(ROLLBACK,  "rollback",  true,  true,  REQ, NO,  1800000, 0, HF_OP_ARG("previous", OBJECT, false)) \

@@ -711,11 +711,11 @@ static void test_version_order(void) {
 }
 
 static void test_ops(void) {
-  static const char *const expected[] = { "facts", "preflight", "backup", "stop", "install",
+  static const char *const expected[] = { "facts", "preflight", "stage", "backup", "stop", "install",
                                           "migrate", "start", "health", "rollback", "journal", NULL };
   /* Which ops require rollout and target. */
   static const struct { const char *op; bool rollout, target; } req[] = {
-    { "facts", false, false }, { "preflight", false, true }, { "backup", true, true },
+    { "facts", false, false }, { "preflight", false, true }, { "stage", true, true }, { "backup", true, true },
     { "stop", true, false }, { "install", true, true }, { "migrate", true, false },
     { "start", true, false }, { "health", false, true }, { "rollback", true, false },
     { "journal", true, false } };
