@@ -6,11 +6,13 @@
 #include "hf_controller.h"
 #include "rollout_int.h"
 
-const struct hr_step_def hr_steps[ST__COUNT] = {
-#define HR_STEP_DEF(id, name, ms, target) [ST_##id] = { name, ms, target },
-  HR_STEPS(HR_STEP_DEF)
-#undef HR_STEP_DEF
+static const enum hf_op_id step_ops[ST__COUNT] = {
+#define HR_STEP_OP(id) [ST_##id] = HF_OP_##id,
+  HR_STEPS(HR_STEP_OP)
+#undef HR_STEP_OP
 };
+
+const struct hf_op *hr_step(int s) { return hf_op_get(step_ops[s]); }
 
 static const struct {
   const char *name, *what;
@@ -89,9 +91,9 @@ static bool recording(const struct rollout *ro) {
 static const char *request_name(const struct rhost *h, enum hr_state s, int step) {
   switch (s) {
   case HR_PREP:
-  case HR_STEP:     return step < ST__COUNT ? hr_steps[step].name : NULL;
+  case HR_STEP:     return step < ST__COUNT ? hr_step(step)->name : NULL;
   case HR_ROLLBACK: return HF_STEP_ROLLBACK;
-  case HR_RECHECK:  return hr_steps[ST_HEALTH].name;
+  case HR_RECHECK:  return hr_step(ST_HEALTH)->name;
   default:          (void)h; return NULL;
   }
 }
@@ -109,10 +111,10 @@ bool host_to(struct rhost *h, enum hr_state to, int step) {
     if (from != to)
       fprintf(stderr, "hubfleet: %s: %s -> %s%s%s\n", h->host->name, states[from].name, states[to].name,
               to == HR_STEP || to == HR_PREP ? " " : "",
-              (to == HR_STEP || to == HR_PREP) && step < ST__COUNT ? hr_steps[step].name : "");
+              (to == HR_STEP || to == HR_PREP) && step < ST__COUNT ? hr_step(step)->name : "");
     else if ((to == HR_STEP || to == HR_PREP) && step != h->step)
       fprintf(stderr, "hubfleet: %s: step %s -> %s\n", h->host->name,
-              h->step < ST__COUNT ? hr_steps[h->step].name : "-", step < ST__COUNT ? hr_steps[step].name : "-");
+              h->step < ST__COUNT ? hr_step(h->step)->name : "-", step < ST__COUNT ? hr_step(step)->name : "-");
   }
   /* A request's start is in the state file before the request exists. */
   const char *req = request_name(h, to, step);
@@ -143,7 +145,7 @@ bool host_record(struct rhost *h, enum hr_outcome oc, const char *step, const ch
 }
 
 bool host_set_outcome(struct rhost *h, enum hr_outcome oc, const char *error) {
-  return host_record(h, oc, h->step < ST__COUNT ? hr_steps[h->step].name : NULL, error);
+  return host_record(h, oc, h->step < ST__COUNT ? hr_step(h->step)->name : NULL, error);
 }
 
 void hf_rollout_machine_md(FILE *f) {
@@ -160,6 +162,6 @@ void hf_rollout_machine_md(FILE *f) {
     fprintf(f, "| `%s` | %s |\n", outcomes[o].text, outcomes[o].failure ? "yes" : "no");
   fprintf(f, "\n| step | default deadline | carries the target |\n|---|---|---|\n");
   for (int s = 0; s < ST__COUNT; s++)
-    fprintf(f, "| `%s` | %u s | %s |\n", hr_steps[s].name, hr_steps[s].timeout_ms / 1000,
-            hr_steps[s].target ? "yes" : "no");
+    fprintf(f, "| `%s` | %u s | %s |\n", hr_step(s)->name, (unsigned)hr_step(s)->default_timeout_ms / 1000,
+            (hr_step(s)->target == HF_OPARG_REQ) ? "yes" : "no");
 }

@@ -80,7 +80,7 @@ void emit_ndjson(struct rollout *ro, const struct rhost *h, const char *event, c
       json_object_set_new(ev, "host", json_string(h->host->name));
       json_object_set_new(ev, "status", json_string(hr_outcome_text(h->outcome)));
       json_object_set_new(ev, "stage", json_integer(h->stage + 1));
-      if (h->step < ST__COUNT) json_object_set_new(ev, "step", json_string(hr_steps[h->step].name));
+      if (h->step < ST__COUNT) json_object_set_new(ev, "step", json_string(hr_step(h->step)->name));
     }
     json_dumpf(ev, ro->o->events, JSON_COMPACT);
     fputc('\n', ro->o->events);

@@ -12,7 +12,7 @@
 #include "rollout_int.h"
 
 static const char *step_name(const struct rhost *h) {
-  return h->step < ST__COUNT ? hr_steps[h->step].name : HF_STEP_ROLLBACK;
+  return h->step < ST__COUNT ? hr_step(h->step)->name : HF_STEP_ROLLBACK;
 }
 
 void close_session(struct rhost *h) {
@@ -201,16 +201,6 @@ static void record_downtime(struct rhost *h, int64_t until) {
     hf_state_host_set_downtime(ro->o->state, ro->id, h->host->name, h->down_before + until - h->t_stop);
 }
 
-bool hr_step_known(int step) {
-  return step >= 0 && step < ST__COUNT && hf_op_by_name(hr_steps[step].name) != NULL;
-}
-
-/* The step after step that the protocol knows (ST__COUNT past the last). */
-static int next_step(int step) {
-  do step++; while (step < ST__COUNT && !hr_step_known(step));
-  return step;
-}
-
 /* For a host of a stage not reached yet: when its failure counts. */
 static const char *later_stage_note(const struct rhost *h) {
   static char note[160];
@@ -260,16 +250,16 @@ static bool prepare_done(struct rhost *h, const json_t *data) {
   if (h->goal == G_PREPARE) {
     close_session(h);
     h->prepared = true;
-    if (!host_record(h, HO_PREPARED, hr_steps[ST_STAGE].name, NULL)) return true;
+    if (!host_record(h, HO_PREPARED, hr_step(ST_STAGE)->name, NULL)) return true;
     host_to(h, HR_PREPARED, h->step);
     say(ro, "%s: prepared for stage %u (%s)", h->host->name, h->stage + 1,
-        !hr_step_known(ST_STAGE) ? "preflight passed"
-        : json_is_true(json_object_get(data, "already")) ? "already staged" : "target staged beside the live envs");
+        !data ? "preflight passed; not staged" : json_is_true(json_object_get(data, "already")) ? "already staged"
+        : "target staged beside the live envs");
     emit(ro, h, "host", "info", "prepared");
     launch_more(ro);
     return true;
   }
-  if (h->prepared && !json_is_true(json_object_get(data, "already"))) {
+  if (h->prepared && data && !json_is_true(json_object_get(data, "already"))) {
     h->prepared = false;
     say(ro, "%s: changed since it was prepared (the agent staged it again): preflight again", h->host->name);
     emit(ro, h, "host", "info", "changed since prepared: preflight again");
@@ -283,12 +273,22 @@ static bool prepare_done(struct rhost *h, const json_t *data) {
 static void on_step_result(struct hf_session *s, int status, const json_t *data, const char *message, void *ctx) {
   struct rhost *h = ctx;
   struct rollout *ro = h->ro;
-  const char *name = hr_steps[h->step].name;
+  const char *name = hr_step(h->step)->name;
   events_summary(h);
   int64_t took = hf_state_now_ms() - h->t_step;
   bool lost = request_lost(h, s, status);
   char why[700];
 
+  if (h->step == ST_STAGE && status == HF_EUNSUPPORTED) {
+    /* An environment the agent cannot stage (conda, a symlinked or nested
+     * env): no copy; install will run pip inside the downtime, as before. */
+    say(ro, "%s: not staged (%s): install will run pip while the hub is down", h->host->name,
+        message && *message ? message : "unsupported");
+    emit(ro, h, "step", "warn", "not staged: %s", message && *message ? message : "unsupported");
+    request_end(h, 0, false, NULL, NULL);
+    status = 0;
+    data = NULL;
+  }
   if (status != 0) snprintf(why, sizeof why, "%s failed: %s", name, message && *message ? message : hf_strerror(status));
   /* A failure that will be rolled back: the goal is in the state before the
    * failed step's end is, so no moment exists where a resume would re-send it. */
@@ -332,13 +332,13 @@ static void on_step_result(struct hf_session *s, int status, const json_t *data,
     if (!ro->o->verbose && !ro->tty) say(ro, "%s: %s ok (%.1fs)", h->host->name, name, (double)took / 1000.0);
     emit(ro, h, "step", "info", "%s ok in %.1fs", name, (double)took / 1000.0);
     if (h->step == ST_HEALTH) {
-      record_downtime(h, hf_state_now_ms());
+      /* The agent waits for its users' probe after the verdict: not downtime. */
+      json_int_t wait = json_integer_value(json_object_get(json_object_get(data, "users_probe"), "wait_ms"));
+      record_downtime(h, hf_state_now_ms() - (wait > 0 && wait < 60000 ? wait : 0));
       host_done(h, HO_UPGRADED, NULL);
       return;
     }
-    h->step = next_step(h->step);
-    /* Prepared without a stage step (a protocol without it): preflight was it. */
-    if (h->goal == G_PREPARE && h->step > ST_STAGE) { prepare_done(h, data); return; }
+    h->step++;
     host_send(h);
     return;
   }
@@ -423,16 +423,16 @@ static bool reconcile_steps(struct rhost *h, const json_t *data) {
   int64_t stop_at = journal_time(data, "stop", "begin");
   if (!h->t_stop && stop_at) h->t_stop = stop_at;
   while (h->step < ST__COUNT) {
-    const char *js = journal_state_at(data, hr_steps[h->step].name, NULL);
+    const char *js = journal_state_at(data, hr_step(h->step)->name, NULL);
     if (h->step == ST_PREFLIGHT || !js || strcmp(js, "done")) break;
-    emit(ro, h, "journal", "info", "journal: %s already done", hr_steps[h->step].name);
+    emit(ro, h, "journal", "info", "journal: %s already done", hr_step(h->step)->name);
     if (ro->o->state) {
       /* What the step returned, as the journal kept it, so the host row
        * still holds the backup and the installed versions after a kill. */
       json_t *jd = journal_step_data(data, h->step);
       int64_t id;
       keep_step_data(h, jd);
-      if (hf_state_step_begin(ro->o->state, ro->id, h->host->name, hr_steps[h->step].name, &id) == 0)
+      if (hf_state_step_begin(ro->o->state, ro->id, h->host->name, hr_step(h->step)->name, &id) == 0)
         hf_state_step_end(ro->o->state, id, "ok", jd, "reconciled from the host's journal");
       json_decref(jd);
     }
@@ -442,7 +442,7 @@ static bool reconcile_steps(struct rhost *h, const json_t *data) {
       host_done(h, HO_UPGRADED, NULL);
       return true;
     }
-    h->step = next_step(h->step);
+    h->step++;
   }
   if (h->step >= ST__COUNT) { host_done(h, HO_UPGRADED, NULL); return true; }
   return false;
@@ -504,7 +504,7 @@ void host_send(struct rhost *h) {
      * and resume goes on from its journal. A rollback runs to its end. */
     close_session(h);
     host_to(h, HR_PENDING, h->step);
-    say(ro, "%s: paused after %s", h->host->name, h->step < ST__COUNT && h->step > 0 ? hr_steps[h->step - 1].name : "connecting");
+    say(ro, "%s: paused after %s", h->host->name, h->step < ST__COUNT && h->step > 0 ? hr_step(h->step - 1)->name : "connecting");
     launch_more(ro);
     return;
   }
@@ -527,17 +527,17 @@ void host_send(struct rhost *h) {
     json_object_set_new(args, "timeout_ms", json_integer(timeout));
     next = HR_ROLLBACK;
   } else if (h->goal == G_RECHECK) {
-    op = hr_steps[ST_HEALTH].name;
+    op = hr_step(ST_HEALTH)->name;
     cb = on_recheck_result;
     json_object_set_new(args, "target", json_string(ro->target));
     json_object_set_new(args, "timeout_ms", json_integer(ro->o->health_ms));
     timeout = ro->o->health_ms;
     next = HR_RECHECK;
   } else {
-    op = hr_steps[h->step].name;
-    timeout = h->step == ST_HEALTH ? ro->o->health_ms : hr_steps[h->step].timeout_ms;
+    op = hr_step(h->step)->name;
+    timeout = h->step == ST_HEALTH ? ro->o->health_ms : (unsigned)hr_step(h->step)->default_timeout_ms;
     cb = on_step_result;
-    if (hr_steps[h->step].target) json_object_set_new(args, "target", json_string(ro->target));
+    if ((hr_step(h->step)->target == HF_OPARG_REQ)) json_object_set_new(args, "target", json_string(ro->target));
     if (h->step == ST_PREFLIGHT && !ro->o->rehearse) json_object_set_new(args, "rehearse", json_false());
     /* The rehearsal saw no schema change: the agent skips upgrade-db when
      * the live revision is the one it saw (JupyterHub refuses to start on

@@ -30,7 +30,7 @@ bool journal_rolled_back(const json_t *data) {
   const char *rb = journal_state_at(data, "rollback", &rb_at);
   if (!rb || strcmp(rb, "done")) return false;
   for (int s = ST_BACKUP; s < ST__COUNT; s++) {
-    journal_state_at(data, hr_steps[s].name, &at);
+    journal_state_at(data, hr_step(s)->name, &at);
     if (at > rb_at) return false;
   }
   return true;
@@ -41,7 +41,7 @@ bool journal_rolled_back(const json_t *data) {
  * step's answer ({backup, previous}, {installed}, {alembic_before, ...}). */
 json_t *journal_step_data(const json_t *data, int step) {
   long at;
-  journal_state_at(data, hr_steps[step].name, &at);
+  journal_state_at(data, hr_step(step)->name, &at);
   if (at < 0) return NULL;
   json_t *detail = json_object_get(json_array_get(json_object_get(data, "steps"), (size_t)at), "detail");
   return json_is_object(detail) ? json_incref(detail) : NULL;
@@ -122,7 +122,7 @@ int load_recorded(struct rollout *ro) {
     /* As recorded: the counts follow (the failure budget sees earlier runs' failures). */
     host_outcome_move(h, hr_outcome_parse(st));
     h->step = ST_PREFLIGHT;
-    for (int s = 0; step && s < ST__COUNT; s++) if (!strcmp(hr_steps[s].name, step)) h->step = s;
+    for (int s = 0; step && s < ST__COUNT; s++) if (!strcmp(hr_step(s)->name, step)) h->step = s;
     if (step && !strcmp(step, HF_STEP_ROLLBACK)) h->step = ST__COUNT; /* past every step: may have changed */
     if (o->mode == HF_RM_RESUME) {
       /* Running hosts continue from their recorded step after asking the journal;

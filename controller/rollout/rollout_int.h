@@ -22,37 +22,27 @@
 #include <stdio.h>
 #include <uv.h>
 #include "hf_engine.h"
+#include "hf_proto.h"
 #include "hf_rollout.h"
 
 /* ---- the per-host procedure --------------------------------------------------- */
 
-/* The upgrade's steps, in order (the agent's procedure; proto's operation
- * table has the same order and default deadlines). preflight and stage
- * change nothing the hub uses (stage: the target installed into a copy of
- * each environment); they are the host's preparation, which runs ahead of
- * its stage. A failure at or after "stop" means the hub may have changed:
- * the agent's rollback runs. */
-#define HR_STEPS(X)                                                   \
-  X(PREFLIGHT, "preflight",  300000, true)                            \
-  X(STAGE,     "stage",     1200000, true)                            \
-  X(BACKUP,    "backup",     600000, true)                            \
-  X(STOP,      "stop",       120000, false)                           \
-  X(INSTALL,   "install",   1200000, true)                            \
-  X(MIGRATE,   "migrate",    600000, false)                           \
-  X(START,     "start",      180000, false)                           \
-  X(HEALTH,    "health",     180000, true)
+/* The upgrade's steps, in order: operations of proto's table (HF_OP_MAP:
+ * names, arguments, default deadlines, place in the procedure; a unit test
+ * checks this order against it). preflight and stage change nothing the
+ * hub uses (stage: the target installed into a copy of each environment);
+ * they are the host's preparation, which runs ahead of its stage. A
+ * failure at or after "stop" means the hub may have changed: the agent's
+ * rollback runs. */
+#define HR_STEPS(X) X(PREFLIGHT) X(STAGE) X(BACKUP) X(STOP) X(INSTALL) X(MIGRATE) X(START) X(HEALTH)
 enum hr_step {
-#define HR_STEP_ENUM(id, name, ms, target) ST_##id,
+#define HR_STEP_ENUM(id) ST_##id,
   HR_STEPS(HR_STEP_ENUM)
 #undef HR_STEP_ENUM
   ST__COUNT
 };
-struct hr_step_def {
-  const char *name;
-  unsigned    timeout_ms;
-  bool        target;       /* the request carries the target version */
-};
-extern const struct hr_step_def hr_steps[ST__COUNT];
+/* The operation of step s (0 <= s < ST__COUNT). */
+const struct hf_op *hr_step(int s);
 #define ROLLBACK_TIMEOUT_MS 1800000u
 #define JOURNAL_TIMEOUT_MS  30000u
 #define RESULT_GRACE_MS     30000u
@@ -242,9 +232,6 @@ void host_send(struct rhost *h);
 void host_done(struct rhost *h, enum hr_outcome oc, const char *error);
 void close_session(struct rhost *h);
 void host_timer_init(struct rhost *h);
-/* Whether the protocol (proto's operation table) has this step: a step it
- * lacks is passed over (stage, before the agent knew it). */
-bool hr_step_known(int step);
 
 /* scheduler.c */
 void launch_more(struct rollout *ro);

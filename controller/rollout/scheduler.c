@@ -131,7 +131,7 @@ void launch_more(struct rollout *ro) {
      * left mid-upgrade (resume) is still finished. */
     if (ro->halting && h->outcome != HO_RUNNING) continue;
     /* Prepared: a cheap re-check (stage again: nothing changed since?), then on. */
-    if (h->state == HR_PREPARED) h->step = hr_step_known(ST_STAGE) ? ST_STAGE : ST_BACKUP;
+    if (h->state == HR_PREPARED) h->step = ST_STAGE;
     if (h->goal == G_PREPARE) h->goal = G_STEPS;   /* (a resumed rollback keeps its goal) */
     host_launch(h);
   }

@@ -114,12 +114,12 @@ static bool stale(const struct fhost *h, int step) {
     if (!strcmp(json_string_value(json_object_get(r, "state")), "done"))
       last = json_string_value(json_object_get(r, "step"));
   bool ok = step == ST_PREFLIGHT || step == ST_BACKUP ||
-            (last && (!strcmp(last, hr_steps[step - 1].name) || !strcmp(last, hr_steps[step].name)));
+            (last && (!strcmp(last, hr_step(step - 1)->name) || !strcmp(last, hr_step(step)->name)));
   json_decref(j);
   return !ok;
 }
 static int step_of(const char *op) {
-  for (int s = 0; s < ST__COUNT; s++) if (!strcmp(hr_steps[s].name, op)) return s;
+  for (int s = 0; s < ST__COUNT; s++) if (!strcmp(hr_step(s)->name, op)) return s;
   return !strcmp(op, "rollback") ? ST__COUNT : -1;
 }
 
@@ -399,7 +399,7 @@ static void t_stages(void) {
   for (int i = 0; i < 4; i++) {
     CHECK(!strcmp(host_status(&r, i), "upgraded"), "%s %s", fh[i].name, host_status(&r, i));
     CHECK(has_downtime(&r, i), "%s downtime", fh[i].name);
-    for (int s = 0; s < ST__COUNT; s++) CHECK(fh[i].runs[s] == 1, "%s ran %s %d times", fh[i].name, hr_steps[s].name, fh[i].runs[s]);
+    for (int s = 0; s < ST__COUNT; s++) CHECK(fh[i].runs[s] == 1, "%s ran %s %d times", fh[i].name, hr_step(s)->name, fh[i].runs[s]);
   }
   for (int i = 1; i < 4; i++)
     CHECK(fh[i].first_req_seq > fh[0].health_done_seq, "stage 2 host %s started before the canary was healthy", fh[i].name);
@@ -562,7 +562,7 @@ static void t_kill_resume(void) {
       for (int h = 0; h < 2; h++) CHECK(!strcmp(host_status(&r, h), "upgraded"), "kill at %s: %s %s", ops[k], fh[h].name, host_status(&r, h));
       for (int s = 1; s < ST__COUNT; s++)
         CHECK(before[s] + fh[0].runs[s] == 1, "kill at %s/%s: %s ran %d times in all", ops[k],
-              when == K_BEFORE ? "before" : "after", hr_steps[s].name, before[s] + fh[0].runs[s]);
+              when == K_BEFORE ? "before" : "after", hr_step(s)->name, before[s] + fh[0].runs[s]);
       CHECK(total_stale() == 0, "kill at %s: %d stale steps sent", ops[k], total_stale());
       CHECK(has_downtime(&r, 0), "kill at %s: hub01's downtime lost", ops[k]);
       run_close(&r);
@@ -619,7 +619,7 @@ static void t_interrupt(void) {
   o.rollout_id = id;
   snprintf(r.id, sizeof r.id, "%s", id);
   CHECK(go(&r, &o) == HF_EXIT_OK && !strcmp(rollout_status(&r), "done"), "resume rc %d %s", r.rc, rollout_status(&r));
-  for (int s = 0; s < ST__COUNT; s++) CHECK(s == ST_PREFLIGHT || fh[0].runs[s] == 1, "%s ran %d", hr_steps[s].name, fh[0].runs[s]);
+  for (int s = 0; s < ST__COUNT; s++) CHECK(s == ST_PREFLIGHT || fh[0].runs[s] == 1, "%s ran %d", hr_step(s)->name, fh[0].runs[s]);
   CHECK(has_downtime(&r, 0) && total_stale() == 0, "downtime / stale");
   run_close(&r);
 }
@@ -673,7 +673,7 @@ static void t_pipeline(void) {
     CHECK(!strcmp(host_status(&r, i), "upgraded") && fh[i].runs[ST_PREFLIGHT] == 1 && fh[i].runs[ST_STAGE] == 2,
           "%s: %s, preflight %d, stage %d (prepare + re-check)", fh[i].name, host_status(&r, i),
           fh[i].runs[ST_PREFLIGHT], fh[i].runs[ST_STAGE]);
-    for (int k = ST_BACKUP; k < ST__COUNT; k++) CHECK(fh[i].runs[k] == 1, "%s %s ran %d", fh[i].name, hr_steps[k].name, fh[i].runs[k]);
+    for (int k = ST_BACKUP; k < ST__COUNT; k++) CHECK(fh[i].runs[k] == 1, "%s %s ran %d", fh[i].name, hr_step(k)->name, fh[i].runs[k]);
   }
   CHECK(total_stale() == 0, "stale %d", total_stale());
   run_close(&r);
@@ -723,6 +723,20 @@ static void t_prepare_refused(void) {
   }
 }
 
+/* The controller's steps are proto's procedure, in its order. */
+static void t_op_table(void) {
+  int last = 0;
+  for (int s = 0; s < ST__COUNT; s++) {
+    const struct hf_op *op = hr_step(s);
+    /* a numbered step of the procedure, in order; or stage, journaled but not numbered (optional) */
+    bool optional = s == ST_STAGE && op && op->step == 0 && op->journaled && !op->changes_hub;
+    CHECK(op && (op->step > last || optional), "step %d (%s) out of the procedure's order (%d after %d)", s,
+          op ? op->name : "?", op ? op->step : -1, last);
+    if (op && !optional) last = op->step;
+    CHECK(op && hf_op_by_name(op->name) == op, "step %d not in proto's table", s);
+  }
+}
+
 /* docs/rollout.md holds the state machine as host.c's tables print it. */
 static void t_docs(const char *doc) {
   char *want = NULL;
@@ -761,7 +775,7 @@ int main(int argc, char **argv) {
     { "stages", t_stages }, { "budget", t_budget }, { "soak", t_soak_lost }, { "confirm", t_confirm },
     { "reconnect", t_reconnect }, { "kill-resume", t_kill_resume }, { "kill-in-rollback", t_kill_in_rollback },
     { "interrupt", t_interrupt }, { "stale", t_stale_refused }, { "pipeline", t_pipeline },
-    { "prepare-refused", t_prepare_refused },
+    { "prepare-refused", t_prepare_refused }, { "op-table", t_op_table },
   };
   for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
     if (argc > 3 && strcmp(argv[3], t[i].name)) continue;   /* one scenario by name */
