@@ -1,0 +1,431 @@
+#!/usr/bin/python3
+"""staging.py: the agent's staged environments (issue 17) on the test fleet, over real OpenSSH.
+
+Usage: staging.py AGENT_BINARY FLEET_SCRIPT
+
+One hub host (its own fleet: id "st" + $HF_TEST_ID, or "st" + 3 hex digits of a hash of this
+checkout's path; $HF_STAGING_FLEET_ID wins), driven by protocol frames (tests/agent/client.py).
+The hub reads its packages from a private copy of the fleet's wheel directory, so that the test
+can take the package source away without touching other fleets. Cases:
+  1  stage: every env copied to ENV.hf-next with the target, the hub's pid and versions unchanged,
+     the copy's console scripts name ENV (not ENV.hf-next)
+  2  stage sent again: already, answered at once
+  3  a package pip-installed into a live env after staging: stage again re-stages (and the copy has it)
+  4  backup, stop, install: every env switched (ENV holds the target, ENV.hf-prev the previous,
+     owner kept); migrate with an expect_revision other than the live one runs upgrade-db; sent
+     again with the now-live revision it is skipped (< 0.3 s); start, health
+  5  rollback with the package source and the host's package cache moved away: every env back by
+     switch (journal: restored_by switch), hub healthy on the baseline, database = backup
+  6  the agent SIGKILLed during the switch of a second rollout: the re-sent install converges
+     (every env at the target, ENV.hf-prev the baseline), the hub upgrades and rolls back
+  7  a symlink planted at ENV.hf-next by the hub's user: stage refused (bad_state), the target
+     of the link untouched, the link left; a foreign directory there: refused too
+The fleet is torn down at the end, also on failure (HF_KEEP_FLEET=1 keeps it).
+"""
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from client import Agent  # noqa: E402
+
+AGENT, FLEET = sys.argv[1], sys.argv[2]
+FID = os.environ.get('HF_STAGING_FLEET_ID') or \
+    ('st' + os.environ['HF_TEST_ID'][:3] if os.environ.get('HF_TEST_ID') else
+     'st' + hashlib.sha1(os.path.realpath(FLEET).encode()).hexdigest()[:3])
+REMOTE = '.hubfleet-agent-test'
+AGENT_BYTES = b''
+failures = []
+checks = 0
+
+
+def log(*a):
+    print('[%s]' % time.strftime('%H:%M:%S'), *a, flush=True)
+
+
+def check(cond, what):
+    global checks
+    checks += 1
+    log('ok:' if cond else 'FAIL:', what)
+    if not cond:
+        failures.append(what)
+    return cond
+
+
+def fleet(*args, capture=True, check_rc=True):
+    r = subprocess.run([FLEET, '--id', FID] + list(args), stdout=subprocess.PIPE if capture else None,
+                       text=True, timeout=900)
+    if check_rc and r.returncode != 0:
+        raise RuntimeError('fleet %s failed with %d' % (' '.join(args), r.returncode))
+    return r.stdout
+
+
+class Host:
+    def __init__(self, name, hv):
+        self.name, self.hv = name, hv
+        self.ssh = ['ssh', '-F', '/dev/null', '-i', hv['ansible_ssh_private_key_file'],
+                    '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=yes',
+                    '-o', 'UserKnownHostsFile=' + hv['hubfleet_known_hosts'],
+                    '-o', 'GlobalKnownHostsFile=/dev/null', '-o', 'ConnectTimeout=10',
+                    '-o', 'LogLevel=ERROR', '-p', str(hv.get('ansible_port', 22)),
+                    '-l', hv['ansible_user'], hv['ansible_host']]
+        envs = hv.get('hubfleet_user_envs', '')
+        self.hub = {
+            'hub_env': hv['hubfleet_hub_env'],
+            'user_envs': [e for e in envs.split(',') if e] if isinstance(envs, str) else envs,
+            'config': hv['hubfleet_config'],
+            'db': hv['hubfleet_db'],
+            'service': hv['hubfleet_service'],
+            'supervisor_config': hv['hubfleet_supervisor_config'],
+            'health_url': hv['hubfleet_health_url'],
+            'hub_log': hv['hubfleet_hub_log'],
+            'installer': hv['hubfleet_installer'],
+            'find_links': hv['hubfleet_find_links'],
+            'backup_dir': hv['hubfleet_backup_dir'],
+            'state_dir': hv['hubfleet_state_dir'],
+        }
+        self.db_path = self.hub['db'][len('sqlite:///'):]
+        self.envs = [self.hub['hub_env']] + [e for e in self.hub['user_envs'] if e != self.hub['hub_env']]
+
+    def run(self, *argv):
+        return subprocess.run(self.ssh + ['--'] + list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=300)
+
+    def deploy(self):
+        cmd = 'cat > %s.tmp && chmod 0755 %s.tmp && mv -f %s.tmp %s' % (REMOTE, REMOTE, REMOTE, REMOTE)
+        subprocess.run(self.ssh + ['--', cmd], input=AGENT_BYTES, check=True, timeout=120)
+
+    def agent(self):
+        return Agent(self.ssh + ['--', './' + REMOTE])
+
+    def hub_pid(self):
+        out = self.run('supervisorctl', '-c', self.hub['supervisor_config'], 'pid', 'jupyterhub').stdout.strip()
+        return int(out) if out.isdigit() else None
+
+
+def req(agent, op, on_event=None, **args):
+    t0 = time.monotonic()
+    res, events = agent.request(op, args, timeout=1200, on_event=on_event)
+    return res, events, time.monotonic() - t0
+
+
+def ok(res):
+    return res.get('ok') is True
+
+
+def err(res):
+    return (res.get('error') or {}).get('code')
+
+
+def msg(res):
+    return ((res.get('error') or {}).get('message') or '')[:400]
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(65536), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def facts(host, agent):
+    res, _, _ = req(agent, 'facts', hub=host.hub)
+    d = res['data']
+    return {'envs': {e['prefix']: e['jupyterhub'] for e in d['envs']},
+            'alembic': d['db']['alembic_revision'], 'api': d['api_version'], 'running': d['hub_running']}
+
+
+def dist_version(env, name):
+    """The version of distribution name in env, from its dist-info (what pip left)."""
+    for lib in os.listdir(os.path.join(env, 'lib')):
+        site = os.path.join(env, 'lib', lib, 'site-packages')
+        if not os.path.isdir(site):
+            continue
+        for d in os.listdir(site):
+            if d.endswith('.dist-info') and d.split('-')[0].lower() == name.replace('-', '_').lower():
+                return d[len(d.split('-')[0]) + 1:-len('.dist-info')]
+    return None
+
+
+def shebang(path):
+    with open(path, 'rb') as f:
+        return f.readline().decode(errors='replace').strip()
+
+
+def tiny_wheel(directory, name, version):
+    """A real wheel (zip with METADATA, WHEEL, RECORD) of one module, for pip to install."""
+    files = {'%s.py' % name: b'VALUE = 1\n',
+             '%s-%s.dist-info/METADATA' % (name, version):
+                 ('Metadata-Version: 2.1\nName: %s\nVersion: %s\n' % (name, version)).encode(),
+             '%s-%s.dist-info/WHEEL' % (name, version):
+                 b'Wheel-Version: 1.0\nGenerator: staging.py\nRoot-Is-Purelib: true\nTag: py3-none-any\n'}
+    record = io.StringIO()
+    import base64
+    for p, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
+        record.write('%s,sha256=%s,%d\n' % (p, digest, len(data)))
+    record.write('%s-%s.dist-info/RECORD,,\n' % (name, version))
+    files['%s-%s.dist-info/RECORD' % (name, version)] = record.getvalue().encode()
+    path = os.path.join(directory, '%s-%s-py3-none-any.whl' % (name, version))
+    with zipfile.ZipFile(path, 'w') as z:
+        for p, data in files.items():
+            z.writestr(p, data)
+    os.chmod(path, 0o644)
+    return path
+
+
+def journal(host, agent, rollout):
+    res, _, _ = req(agent, 'journal', hub=host.hub, rollout=rollout)
+    return res['data']['steps']
+
+
+def upgrade_steps(host, agent, rollout, target, ops, what):
+    for op in ops:
+        a = {'hub': host.hub, 'rollout': rollout}
+        if op in ('backup', 'install', 'health'):
+            a['target'] = target
+        res, _, dt = req(agent, op, **a)
+        if not check(ok(res), '%s: %s (%.2f s) %s' % (what, op, dt, msg(res))):
+            return False
+    return True
+
+
+def kill_at_switch(host, rollout, target):
+    """install, the agent SIGKILLed as soon as it reports its first environment switched."""
+    a = host.agent()
+    pid = [None]
+    killed = threading.Event()
+
+    def on_event(e):
+        t = e.get('text') or ''
+        if t.startswith('agent pid '):
+            pid[0] = int(t.split()[2].rstrip(':'))
+        if 'switched to its staged copy' in t and pid[0] and not killed.is_set():
+            os.kill(pid[0], signal.SIGKILL)  # the remote agent, by its pid (same kernel)
+            killed.set()
+    try:
+        a.request('install', {'hub': host.hub, 'rollout': rollout, 'target': target}, timeout=600, on_event=on_event)
+        check(False, '6: the agent was killed during the switch')
+    except EOFError:
+        check(killed.is_set(), '6: agent pid %s SIGKILLed right after its first switch' % pid[0])
+    a.close()
+
+
+def main():
+    global AGENT_BYTES
+    with open(AGENT, 'rb') as f:
+        AGENT_BYTES = f.read()
+    log('fleet up --hubs 1 (id %s)' % FID)
+    fleet('up', '--hubs', '1', capture=False)
+    versions = {}
+    for line in fleet('versions').splitlines():
+        k, v = line.split()
+        versions.setdefault(k, v)
+    base, newer = versions['baseline'], versions['newer']
+    inv = json.loads(fleet('inventory', '--json'))
+    hv = inv['_meta']['hostvars']
+    hubname = (inv.get('canary', {}).get('hosts') or inv['hubs']['hosts'])[0]
+    host = Host(hubname, hv[hubname])
+    # A private package source for this hub (the fleet's wheel directory is shared by every fleet).
+    fstate = fleet('path', 'state').strip()
+    wheels = os.path.join(fstate, 'stage-wheels')
+    os.makedirs(wheels, exist_ok=True)
+    os.chmod(wheels, 0o755)
+    for w in os.listdir(host.hub['find_links']):
+        if w.endswith('.whl'):
+            shutil.copy(os.path.join(host.hub['find_links'], w), wheels)
+    host.hub['find_links'] = wheels
+    host.deploy()
+    a = host.agent()
+    st0 = facts(host, a)
+    check(all(v == base for v in st0['envs'].values()) and st0['api'] == base and len(st0['envs']) >= 2,
+          'baseline: %s' % st0)
+    envs = host.envs
+    uid0 = {e: os.stat(e).st_uid for e in envs}
+    mode0 = {e: os.stat(e).st_mode & 0o7777 for e in envs}
+
+    res, _, dt = req(a, 'preflight', hub=host.hub, target=newer)
+    check(ok(res) and res['data']['refused'] is False, 'preflight passes for %s (%.1f s)' % (newer, dt))
+    rehearsed = ((res.get('data') or {}).get('rehearsal') or {}).get('alembic_after')
+
+    # 1: stage
+    pid0 = host.hub_pid()
+    res, _, dt = req(a, 'stage', hub=host.hub, rollout='s1', target=newer)
+    check(ok(res) and res['data']['already'] is False, '1: stage succeeds (%.2f s, %s bytes) %s'
+          % (dt, (res.get('data') or {}).get('bytes'), msg(res)))
+    staged = (res.get('data') or {}).get('staged') or {}
+    check(sorted(staged) == sorted(envs) and all(staged[e]['path'] == e + '.hf-next' and
+                                                  staged[e]['versions'].get('jupyterhub') == newer for e in staged),
+          '1: every env staged at ENV.hf-next with %s: %s' % (newer, json.dumps(staged)[:300]))
+    check(all(dist_version(e + '.hf-next', 'jupyterhub') == newer and dist_version(e, 'jupyterhub') == base
+              for e in envs), '1: the copies hold %s by their files, the live envs still %s' % (newer, base))
+    sb = {e: shebang(os.path.join(e + '.hf-next', 'bin', 'jupyterhub')) for e in envs}
+    check(all(sb[e] == '#!' + e + '/bin/python' for e in envs),
+          '1: the copies\' console scripts name the live env (after the switch): %s' % sb)
+    check(all(os.stat(e + '.hf-next').st_mode & 0o777 == 0o700 for e in envs),
+          '1: the staging directories are private (0700) until the switch')
+    st = facts(host, a)
+    check(host.hub_pid() == pid0 and pid0 and st['api'] == base and st['running'],
+          '1: the hub kept running untouched (pid %s, api %s)' % (pid0, st['api']))
+
+    # 2: sent again
+    res, _, dt = req(a, 'stage', hub=host.hub, rollout='s1', target=newer)
+    check(ok(res) and res['data']['already'] is True, '2: stage sent again: already (%.3f s)' % dt)
+    fig_already = dt
+
+    # 3: a live env changed after staging
+    user_env = envs[-1]
+    tiny_wheel(wheels, 'hfstagemark', '1.0')
+    r = host.run(user_env + '/bin/python', '-m', 'pip', 'install', '--no-index', '--find-links', wheels,
+                 '--disable-pip-version-check', 'hfstagemark==1.0')
+    check(r.returncode == 0 and dist_version(user_env, 'hfstagemark') == '1.0',
+          '3: pip installed hfstagemark into the live %s (%s)' % (user_env, r.stdout.strip()[-200:]))
+    res, _, dt = req(a, 'stage', hub=host.hub, rollout='s1', target=newer)
+    check(ok(res) and res['data']['already'] is False and dist_version(user_env + '.hf-next', 'hfstagemark') == '1.0',
+          '3: stage after the change stages again (%.2f s), the copy has the new package' % dt)
+    res, _, dt = req(a, 'stage', hub=host.hub, rollout='s1', target=newer)
+    check(ok(res) and res['data']['already'] is True, '3: and is already again after that')
+
+    # 4: backup, stop, install (switch), migrate (runs, then skipped), start, health
+    if not upgrade_steps(host, a, 's1', newer, ['backup', 'stop'], '4'):
+        return
+    res, ev, dt = req(a, 'install', hub=host.hub, rollout='s1', target=newer)
+    ran = [e.get('text') for e in ev if ': run ' in (e.get('text') or '')]
+    d = res.get('data') or {}
+    check(ok(res) and d.get('switched') is True and not ran,
+          '4: install switched every env, no installer ran (%.3f s) %s' % (dt, msg(res)))
+    fig_install = dt
+    check(d.get('previous') == {e: e + '.hf-prev' for e in envs}, '4: previous: %s' % d.get('previous'))
+    check(all(dist_version(e, 'jupyterhub') == newer and dist_version(e + '.hf-prev', 'jupyterhub') == base
+              and not os.path.lexists(e + '.hf-next') for e in envs),
+          '4: ENV holds %s, ENV.hf-prev %s, no ENV.hf-next left' % (newer, base))
+    check(all(os.stat(e).st_uid == uid0[e] and os.stat(e).st_mode & 0o7777 == mode0[e] for e in envs),
+          '4: the switched envs have their previous owner and mode')
+    check(dist_version(user_env, 'hfstagemark') == '1.0', '4: the package installed after staging is in the env')
+    res2, ev2, dt = req(a, 'install', hub=host.hub, rollout='s1', target=newer)
+    check(ok(res2) and res2['data']['switched'] is True and res2['data']['installed'] == d.get('installed'),
+          '4: install sent again: the same answer, nothing changed (%.3f s)' % dt)
+    live_rev = facts(host, a)['alembic']
+    res, _, dt = req(a, 'migrate', hub=host.hub, rollout='s1', expect_revision=live_rev + 'x')
+    check(ok(res) and res['data'].get('skipped') is False and res['data']['alembic_after'] != live_rev,
+          '4: migrate with another expect_revision runs upgrade-db: %s -> %s (%.2f s)'
+          % (live_rev, (res.get('data') or {}).get('alembic_after'), dt))
+    fig_migrate = dt
+    if rehearsed:
+        check((res.get('data') or {}).get('alembic_after') == rehearsed, '4: the rehearsal predicted %s' % rehearsed)
+    now_rev = facts(host, a)['alembic']
+    res, ev, dt = req(a, 'migrate', hub=host.hub, rollout='s1', expect_revision=now_rev)
+    check(ok(res) and res['data'].get('skipped') is True and res['data']['alembic_before'] == now_rev and dt < 0.3
+          and not [e for e in ev if ': run ' in (e.get('text') or '')],
+          '4: migrate with expect_revision = the live %s is skipped in %.3f s (< 0.3)' % (now_rev, dt))
+    fig_skip = dt
+    if not upgrade_steps(host, a, 's1', newer, ['start', 'health'], '4'):
+        return
+    st = facts(host, a)
+    check(st['api'] == newer and all(v == newer for v in st['envs'].values()), '4: the hub runs %s: %s' % (newer, st))
+
+    # 5: rollback with the package source and the cache gone
+    jr, _, _ = req(a, 'journal', hub=host.hub, rollout='s1')
+    bk = jr['data']['backup']
+    away = wheels + '.away'
+    os.rename(wheels, away)
+    cache = os.path.join(host.hub['state_dir'], 'cache')
+    cache_away = os.path.join(fstate, 'stage-cache.away')
+    moved_cache = os.path.isdir(cache)
+    if moved_cache:
+        shutil.move(cache, cache_away)
+    res, ev, dt = req(a, 'rollback', hub=host.hub, rollout='s1', timeout_ms=180000)
+    ran = [e.get('text') for e in ev if 'pip' in (e.get('text') or '') and ': run ' in (e.get('text') or '')]
+    check(ok(res) and not ran, '5: rollback with the package source and cache moved away succeeds, no pip ran '
+          '(%.2f s) %s' % (dt, msg(res)))
+    fig_rollback = dt
+    rb = [s for s in journal(host, a, 's1') if s['step'] == 'rollback' and 'restored_by' in (s['detail'] or {})]
+    check(rb and rb[-1]['detail']['restored_by'] == {e: 'switch' for e in envs},
+          '5: the journal says restored_by switch: %s' % (rb[-1]['detail'] if rb else None))
+    st = facts(host, a)
+    check(st['api'] == base and all(v == base for v in st['envs'].values()) and sha256(host.db_path) == bk['db_sha256'],
+          '5: the hub runs %s again, every env at %s, database = backup: %s' % (base, base, st))
+    check(dist_version(user_env, 'hfstagemark') == '1.0', '5: the restored user env is the one it was (hfstagemark)')
+    os.rename(away, wheels)
+    if moved_cache:
+        shutil.move(cache_away, cache)
+
+    # 6: SIGKILL during the switch, then install again
+    res, _, dt = req(a, 'stage', hub=host.hub, rollout='s2', target=newer)
+    check(ok(res) and res['data']['already'] is False, '6: stage for rollout s2 (%.2f s) %s' % (dt, msg(res)))
+    if not upgrade_steps(host, a, 's2', newer, ['backup', 'stop'], '6'):
+        return
+    a.close()
+    kill_at_switch(host, 's2', newer)
+    time.sleep(1)
+    a = host.agent()
+    steps = [(s['step'], s['state']) for s in journal(host, a, 's2')]
+    check(('install', 'begin') in steps and ('install', 'done') not in steps, '6: the journal shows install begun, not done')
+    res, _, dt = req(a, 'install', hub=host.hub, rollout='s2', target=newer)
+    check(ok(res) and res['data'].get('switched') is True, '6: the re-sent install converges (%.3f s) %s' % (dt, msg(res)))
+    check(all(dist_version(e, 'jupyterhub') == newer and dist_version(e + '.hf-prev', 'jupyterhub') == base
+              and not os.path.lexists(e + '.hf-next') for e in envs),
+          '6: every env at %s, every ENV.hf-prev at %s, no ENV.hf-next' % (newer, base))
+    if not upgrade_steps(host, a, 's2', newer, ['migrate', 'start', 'health'], '6'):
+        return
+    res, _, dt = req(a, 'rollback', hub=host.hub, rollout='s2', timeout_ms=180000)
+    st = facts(host, a)
+    check(ok(res) and st['api'] == base and all(v == base for v in st['envs'].values()),
+          '6: rollback after it: %s (%.2f s)' % (st, dt))
+
+    # 7: a symlink planted at ENV.hf-next by the hub's user
+    victim = os.path.join(fstate, 'stage-victim')
+    os.makedirs(os.path.join(victim, 'lib'), exist_ok=True)
+    with open(os.path.join(victim, 'keep'), 'w') as f:
+        f.write('keep\n')
+    os.chmod(victim, 0o777)
+    before = sorted(os.listdir(victim))
+    target_env = envs[0]
+    r = host.run('ln', '-s', victim, target_env + '.hf-next')
+    check(r.returncode == 0 and os.path.islink(target_env + '.hf-next'), '7: the hub user planted a symlink')
+    res, _, _ = req(a, 'stage', hub=host.hub, rollout='s3', target=newer)
+    check(err(res) == 'bad_state' and 'not a staging copy this agent made' in msg(res),
+          '7: stage refused: %s: %s' % (err(res), msg(res)[:200]))
+    check(sorted(os.listdir(victim)) == before and os.path.islink(target_env + '.hf-next'),
+          '7: nothing followed: the link\'s target unchanged (%s), the link left' % sorted(os.listdir(victim)))
+    os.unlink(target_env + '.hf-next')
+    r = host.run('mkdir', target_env + '.hf-next')
+    res, _, _ = req(a, 'stage', hub=host.hub, rollout='s3', target=newer)
+    check(err(res) == 'bad_state' and os.path.isdir(target_env + '.hf-next') and not os.listdir(target_env + '.hf-next'),
+          '7: a foreign directory at ENV.hf-next: refused too, left as it was (%s)' % err(res))
+    st = facts(host, a)
+    check(st['api'] == base and all(v == base for v in st['envs'].values()), '7: the hub untouched')
+    a.close()
+    log('figures: stage already %.3f s, install by switch %.3f s, migrate %.2f s, migrate skipped %.3f s, '
+        'rollback by switch %.2f s' % (fig_already, fig_install, fig_migrate, fig_skip, fig_rollback))
+
+
+def on_signal(signum, frame):
+    raise SystemExit('killed by signal %d' % signum)
+
+
+if __name__ == '__main__':
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        main()
+    except (Exception, SystemExit) as e:  # report, then tear down
+        import traceback
+        traceback.print_exc()
+        failures.append('exception: %r' % e)
+    finally:
+        if os.environ.get('HF_KEEP_FLEET') != '1':
+            fleet('down', capture=False, check_rc=False)
+    log('%d checks, %d failed' % (checks, len(failures)))
+    for f in failures:
+        log('  failed:', f)
+    sys.exit(1 if failures else 0)
