@@ -18,10 +18,12 @@ set +e +o pipefail   # every step is checked explicitly
 CHECK="$PY $HERE_UP/check.py"
 NHUBS=${HF_TEST_HUBS:-8}
 
-# up_fleet: the fleet, its inventory and a private state file.
+# up_fleet [FLEET_UP_ARGS...]: the fleet (--hubs $NHUBS and the extra
+# arguments of `fleet up`, e.g. --user-servers), its inventory and a
+# private state file.
 up_fleet() {
-  step "fleet up --hubs $NHUBS (fleet $HF_TEST_ID)"
-  fleet up --hubs "$NHUBS" > /dev/null || { echo "FAIL - fleet up"; exit 1; }
+  step "fleet up --hubs $NHUBS $* (fleet $HF_TEST_ID)"
+  fleet up --hubs "$NHUBS" "$@" > /dev/null || { echo "FAIL - fleet up"; exit 1; }
   W=$(fleet path state)/upgrade-test
   mkdir -p "$W"
   export XDG_STATE_HOME=$W/xdg     # never the operator's own state
