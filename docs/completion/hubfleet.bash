@@ -17,7 +17,7 @@ _hubfleet() {
   case $prev in
     -i|--inventory|--state|--events|--known-hosts|--agent|--rules|-o|--output|--audit|--prometheus)
       COMPREPLY=($(compgen -f -- "$cur")); compopt -o filenames 2>/dev/null; return ;;
-    --to|--stages|--parallel|-p|--max-failures|--soak|--limit|-l|--exclude|--timeout|-t|--reconnect|--health-timeout|--hosts|--expect|--handshakes|--max-handshakes|--retries|--max-uploads)
+    --to|--stages|--parallel|--prepare-parallel|-p|--max-failures|--soak|--limit|-l|--exclude|--timeout|-t|--reconnect|--health-timeout|--hosts|--expect|--handshakes|--max-handshakes|--retries|--max-uploads)
       return ;;
   esac
   local common="--state --events --json --known-hosts --accept-new --agent --timeout --reconnect --stats --verbose --help"
@@ -25,7 +25,7 @@ _hubfleet() {
   case $cmd in
     inventory) opts="check list --json --limit --help" ;;
     audit) opts="-i --inventory --limit --parallel --handshakes --max-handshakes --retries --max-uploads --timeout --expect --json --prometheus --accept-new --known-hosts --agent --stats --verbose --help" ;;
-    upgrade) opts="-i --inventory --to --stages --parallel --max-failures --soak --health-timeout --confirm --dry-run --no-rehearse --limit --exclude --rules $common" ;;
+    upgrade) opts="-i --inventory --to --stages --parallel --prepare-parallel --stop-early --max-failures --soak --health-timeout --confirm --dry-run --no-rehearse --limit --exclude --rules $common" ;;
     resume) opts="-i --inventory $common" ;;
     rollback) opts="-i --inventory --hosts $common" ;;
     status) opts="--state --json --steps --help" ;;
