@@ -20,8 +20,13 @@ can take the package source away without touching other fleets. Cases:
      (every env at the target, ENV.hf-prev the baseline), the hub upgrades and rolls back
   7  a symlink planted at ENV.hf-next by the hub's user: stage refused (bad_state), the target
      of the link untouched, the link left; a foreign directory there: refused too
+  8  the same as root (become, real sudo): the planted symlink refused; staged copies root's and
+     0700 at the top with the hub user's files inside; the switch gives them the hub user's owner
+     and mode; an ENV.hf-prev the root agent did not keep is moved aside, not removed; rollback by
+     switch
 The fleet is torn down at the end, also on failure (HF_KEEP_FLEET=1 keeps it).
 """
+import base64
 import hashlib
 import io
 import json
@@ -35,76 +40,23 @@ import time
 import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from client import Agent  # noqa: E402
+import integration as ig  # noqa: E402  (its fleet, host and check helpers)
+from integration import check, err, fleet, log, ok, sha256  # noqa: E402,F401
 
 AGENT, FLEET = sys.argv[1], sys.argv[2]
-FID = os.environ.get('HF_STAGING_FLEET_ID') or \
+ig.FID = FID = os.environ.get('HF_STAGING_FLEET_ID') or \
     ('st' + os.environ['HF_TEST_ID'][:3] if os.environ.get('HF_TEST_ID') else
      'st' + hashlib.sha1(os.path.realpath(FLEET).encode()).hexdigest()[:3])
-REMOTE = '.hubfleet-agent-test'
-AGENT_BYTES = b''
-failures = []
-checks = 0
 
 
-def log(*a):
-    print('[%s]' % time.strftime('%H:%M:%S'), *a, flush=True)
-
-
-def check(cond, what):
-    global checks
-    checks += 1
-    log('ok:' if cond else 'FAIL:', what)
-    if not cond:
-        failures.append(what)
-    return cond
-
-
-def fleet(*args, capture=True, check_rc=True):
-    r = subprocess.run([FLEET, '--id', FID] + list(args), stdout=subprocess.PIPE if capture else None,
-                       text=True, timeout=900)
-    if check_rc and r.returncode != 0:
-        raise RuntimeError('fleet %s failed with %d' % (' '.join(args), r.returncode))
-    return r.stdout
-
-
-class Host:
+class Host(ig.Host):
     def __init__(self, name, hv):
-        self.name, self.hv = name, hv
-        self.ssh = ['ssh', '-F', '/dev/null', '-i', hv['ansible_ssh_private_key_file'],
-                    '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=yes',
-                    '-o', 'UserKnownHostsFile=' + hv['hubfleet_known_hosts'],
-                    '-o', 'GlobalKnownHostsFile=/dev/null', '-o', 'ConnectTimeout=10',
-                    '-o', 'LogLevel=ERROR', '-p', str(hv.get('ansible_port', 22)),
-                    '-l', hv['ansible_user'], hv['ansible_host']]
-        envs = hv.get('hubfleet_user_envs', '')
-        self.hub = {
-            'hub_env': hv['hubfleet_hub_env'],
-            'user_envs': [e for e in envs.split(',') if e] if isinstance(envs, str) else envs,
-            'config': hv['hubfleet_config'],
-            'db': hv['hubfleet_db'],
-            'service': hv['hubfleet_service'],
-            'supervisor_config': hv['hubfleet_supervisor_config'],
-            'health_url': hv['hubfleet_health_url'],
-            'hub_log': hv['hubfleet_hub_log'],
-            'installer': hv['hubfleet_installer'],
-            'find_links': hv['hubfleet_find_links'],
-            'backup_dir': hv['hubfleet_backup_dir'],
-            'state_dir': hv['hubfleet_state_dir'],
-        }
-        self.db_path = self.hub['db'][len('sqlite:///'):]
+        super().__init__(name, hv)
         self.envs = [self.hub['hub_env']] + [e for e in self.hub['user_envs'] if e != self.hub['hub_env']]
 
     def run(self, *argv):
         return subprocess.run(self.ssh + ['--'] + list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=300)
-
-    def deploy(self):
-        cmd = 'cat > %s.tmp && chmod 0755 %s.tmp && mv -f %s.tmp %s' % (REMOTE, REMOTE, REMOTE, REMOTE)
-        subprocess.run(self.ssh + ['--', cmd], input=AGENT_BYTES, check=True, timeout=120)
-
-    def agent(self):
-        return Agent(self.ssh + ['--', './' + REMOTE])
 
     def hub_pid(self):
         out = self.run('supervisorctl', '-c', self.hub['supervisor_config'], 'pid', 'jupyterhub').stdout.strip()
@@ -117,24 +69,8 @@ def req(agent, op, on_event=None, **args):
     return res, events, time.monotonic() - t0
 
 
-def ok(res):
-    return res.get('ok') is True
-
-
-def err(res):
-    return (res.get('error') or {}).get('code')
-
-
 def msg(res):
     return ((res.get('error') or {}).get('message') or '')[:400]
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(65536), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def facts(host, agent):
@@ -169,7 +105,6 @@ def tiny_wheel(directory, name, version):
              '%s-%s.dist-info/WHEEL' % (name, version):
                  b'Wheel-Version: 1.0\nGenerator: staging.py\nRoot-Is-Purelib: true\nTag: py3-none-any\n'}
     record = io.StringIO()
-    import base64
     for p, data in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
         record.write('%s,sha256=%s,%d\n' % (p, digest, len(data)))
@@ -183,14 +118,14 @@ def tiny_wheel(directory, name, version):
     return path
 
 
-def journal(host, agent, rollout):
-    res, _, _ = req(agent, 'journal', hub=host.hub, rollout=rollout)
+def journal(host, agent, rollout, hub=None):
+    res, _, _ = req(agent, 'journal', hub=hub or host.hub, rollout=rollout)
     return res['data']['steps']
 
 
-def upgrade_steps(host, agent, rollout, target, ops, what):
+def upgrade_steps(host, agent, rollout, target, ops, what, hub=None):
     for op in ops:
-        a = {'hub': host.hub, 'rollout': rollout}
+        a = {'hub': hub or host.hub, 'rollout': rollout}
         if op in ('backup', 'install', 'health'):
             a['target'] = target
         res, _, dt = req(agent, op, **a)
@@ -221,9 +156,8 @@ def kill_at_switch(host, rollout, target):
 
 
 def main():
-    global AGENT_BYTES
     with open(AGENT, 'rb') as f:
-        AGENT_BYTES = f.read()
+        ig.AGENT_BYTES = f.read()
     log('fleet up --hubs 1 (id %s)' % FID)
     fleet('up', '--hubs', '1', capture=False)
     versions = {}
@@ -404,6 +338,44 @@ def main():
           '7: a foreign directory at ENV.hf-next: refused too, left as it was (%s)' % err(res))
     st = facts(host, a)
     check(st['api'] == base and all(v == base for v in st['envs'].values()), '7: the hub untouched')
+    os.rmdir(target_env + '.hf-next')
+    a.close()
+
+    # 8: the same as root (become, real sudo): a planted symlink refused; the copy root's (0700)
+    # with the hub user's files inside until the switch gives it the hub user's owner and mode
+    rs = os.path.join(fstate, 'stage-root-state')
+    hb = dict(host.hub, become=True, state_dir=rs, backup_dir=rs + '/backups')
+    a = host.agent()
+    os.chmod(victim, 0o755)
+    link = envs[-1] + '.hf-next'
+    r = host.run('ln', '-s', victim, link)
+    res, _, _ = req(a, 'stage', hub=hb, rollout='s4', target=newer)
+    check(err(res) == 'bad_state' and sorted(os.listdir(victim)) == before and os.path.islink(link),
+          '8: as root: the planted symlink refused, nothing followed (%s)' % msg(res)[:160])
+    os.unlink(link)
+    res, _, dt = req(a, 'stage', hub=hb, rollout='s4', target=newer)
+    check(ok(res) and res['data']['already'] is False, '8: stage as root (%.2f s) %s' % (dt, msg(res)))
+    hub_uid = uid0[envs[0]]
+    check(all(os.stat(e + '.hf-next').st_uid == 0 and os.stat(e + '.hf-next').st_mode & 0o777 == 0o700 and
+              os.stat(e + '.hf-next/bin').st_uid == hub_uid for e in envs if os.path.isdir(e + '.hf-next')),
+          '8: each copy root\'s and 0700 at the top, the hub user\'s inside')
+    if upgrade_steps(host, a, 's4', newer, ['backup', 'stop'], '8', hub=hb):
+        res, _, dt = req(a, 'install', hub=hb, rollout='s4', target=newer)
+        check(ok(res) and res['data'].get('switched') is True, '8: install as root switched (%.3f s) %s' % (dt, msg(res)))
+        check(all(os.stat(e).st_uid == uid0[e] and os.stat(e).st_mode & 0o7777 == mode0[e] and
+                  dist_version(e, 'jupyterhub') == newer for e in envs),
+              '8: the switched envs have the hub user\'s owner and mode back')
+        aside = sorted({n for d in {os.path.dirname(e) for e in envs} for n in os.listdir(d) if n.startswith('.hf-aside-')})
+        check(len(aside) == len(envs), '8: the ENV.hf-prev the root agent did not keep moved aside, not removed: %s' % aside)
+        res, _, dt = req(a, 'migrate', hub=hb, rollout='s4', expect_revision=rehearsed or 'x')
+        check(ok(res), '8: migrate (%.2f s) %s' % (dt, msg(res)))
+        res, _, dt = req(a, 'rollback', hub=hb, rollout='s4', timeout_ms=180000)
+        rb = [s['detail']['restored_by'] for s in journal(host, a, 's4', hb)
+              if s['step'] == 'rollback' and 'restored_by' in (s['detail'] or {})]
+        st = facts(host, a)
+        check(ok(res) and st['api'] == base and all(v == base for v in st['envs'].values()) and
+              all(os.stat(e).st_uid == uid0[e] for e in envs) and rb and rb[-1] == {e: 'switch' for e in envs},
+              '8: rollback as root by switch: %s %s (%.2f s) %s' % (st['envs'], rb[-1:], dt, msg(res)))
     a.close()
     log('figures: stage already %.3f s, install by switch %.3f s, migrate %.2f s, migrate skipped %.3f s, '
         'rollback by switch %.2f s' % (fig_already, fig_install, fig_migrate, fig_skip, fig_rollback))
@@ -421,11 +393,11 @@ if __name__ == '__main__':
     except (Exception, SystemExit) as e:  # report, then tear down
         import traceback
         traceback.print_exc()
-        failures.append('exception: %r' % e)
+        ig.failures.append('exception: %r' % e)
     finally:
         if os.environ.get('HF_KEEP_FLEET') != '1':
             fleet('down', capture=False, check_rc=False)
-    log('%d checks, %d failed' % (checks, len(failures)))
-    for f in failures:
+    log('%d checks, %d failed' % (ig.checks, len(ig.failures)))
+    for f in ig.failures:
         log('  failed:', f)
-    sys.exit(1 if failures else 0)
+    sys.exit(1 if ig.failures else 0)
