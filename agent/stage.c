@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -83,15 +84,15 @@ static int rec_path(struct hf_req *r, const char *prefix, char *out, size_t outl
 
 /* The record (new) or NULL when there is none or it is not one of ours for prefix. */
 static json_t *rec_load(struct hf_req *r, const char *prefix) {
-  char path[PATH_MAX], err[512], buf[65536];
+  char path[PATH_MAX], err[512], *buf = NULL;
+  size_t n = 0;
   json_t *rec;
-  ssize_t n;
   int fd;
   if (rec_path(r, prefix, path, sizeof path) != 0 || (fd = hf_sf_open_read(path, err, sizeof err)) < 0) return NULL;
-  n = read(fd, buf, sizeof buf - 1);
+  if (hf_read_fd(fd, 1 << 20, &buf, &n) != 0) buf = NULL;
   close(fd);
-  if (n <= 0) return NULL;
-  rec = json_loadb(buf, (size_t)n, 0, NULL);
+  rec = buf ? json_loadb(buf, n, 0, NULL) : NULL;
+  free(buf);
   if (!json_is_object(rec) || strcmp(json_string_value(json_object_get(rec, "env")) ?: "", prefix) != 0) {
     json_decref(rec);
     return NULL;
@@ -176,13 +177,12 @@ static void fingerprint(const struct hf_env *e, char hex[HF_SHA256_HEX]) {
 
 /* Does the environment at prefix hold exactly pins ({pkg: ver}, non-strings ignored), read from
  * its files? got (may be NULL) gets {pkg: version-or-null}. */
-static bool holds(struct hf_req *r, const char *prefix, json_t *pins, json_t *got) {
+static bool holds(const char *prefix, json_t *pins, json_t *got) {
   struct hf_env e;
   const char *pkg;
   json_t *v;
   bool all = true;
   hf_env_inspect(prefix, "pip", &e);
-  (void)r;
   if (!e.exists) return false;
   json_object_foreach(pins, pkg, v) {
     char ver[1][HF_VER_LEN];
@@ -219,7 +219,7 @@ static bool still_staged(struct hf_req *r, const struct hf_env *e, json_t *pins,
          strcmp(json_string_value(json_object_get(rec, "pins")) ?: "", pinstr) == 0 &&
          strcmp(json_string_value(json_object_get(rec, "fingerprint")) ?: "", fp) == 0 &&
          (alembic == NULL || strcmp(json_string_value(json_object_get(rec, "alembic")) ?: "", alembic) == 0) &&
-         holds(r, s.nextpath, pins, got);
+         holds(s.nextpath, pins, got);
     close(s.pfd);
   }
   r->msg[0] = '\0';
@@ -445,22 +445,15 @@ static bool newer(const struct stat *st, const struct timespec *t) {
 /* Rewrites the regular file name in dfd when it holds the needle: a random O_EXCL|O_NOFOLLOW file
  * beside it with its owner and mode, renamed over it. */
 static int reloc_file(struct reloc *x, int dfd, const char *name, const struct stat *st) {
-  size_t nl = strlen(x->needle), rl = strlen(x->repl), len, o = 0;
-  char *buf, *out, tmp[64], *p, *q;
+  size_t nl = strlen(x->needle), rl = strlen(x->repl), got = 0, o = 0;
+  char *buf = NULL, *out, tmp[64], *p, *q;
+  unsigned char rnd[8];
   int in, fd, tries;
-  ssize_t got = 0;
   if (st->st_size <= 0 || st->st_size > (64 << 20)) return 0;
-  len = (size_t)st->st_size;
   if ((in = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)) < 0) return 0;
-  if ((buf = malloc(len + 1)) == NULL) { close(in); return HF_ENOMEM; }
-  while ((size_t)got < len) {
-    ssize_t n = read(in, buf + got, len - (size_t)got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    got += n;
-  }
+  if (hf_read_fd(in, 64 << 20, &buf, &got) != 0) buf = NULL;
   close(in);
-  buf[got] = '\0';
+  if (buf == NULL) return 0;
   if (memmem(buf, (size_t)got, x->needle, nl) == NULL) { free(buf); return 0; }
   if ((out = malloc((size_t)got / nl * rl + (size_t)got + 1)) == NULL) { free(buf); return HF_ENOMEM; }
   for (p = buf; (q = memmem(p, (size_t)(buf + got - p), x->needle, nl)) != NULL; p = q + nl) {
@@ -470,7 +463,9 @@ static int reloc_file(struct reloc *x, int dfd, const char *name, const struct s
   memcpy(out + o, p, (size_t)(buf + got - p)); o += (size_t)(buf + got - p);
   free(buf);
   for (tries = 0, fd = -1; tries < 16 && fd < 0; tries++) {
-    snprintf(tmp, sizeof tmp, ".hf-tmp-%08lx%04x", (unsigned long)random(), tries);
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) memset(rnd, tries, sizeof rnd);
+    snprintf(tmp, sizeof tmp, ".hf-tmp-%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3], rnd[4],
+             rnd[5], rnd[6], rnd[7]);
     fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0 && errno != EEXIST) break;
   }
@@ -713,7 +708,7 @@ static int stage_env(struct hf_req *r, const struct hf_env *e, json_t *pins, con
     goto out;
   }
   hf__event(r, "info", "stage: %d files rewritten from %s to %s", x.rewritten, s.nextpath, e->prefix);
-  if (!holds(r, s.nextpath, pins, got)) {
+  if (!holds(s.nextpath, pins, got)) {
     gs = json_dumps(got, JSON_COMPACT);
     snprintf(r->msg, sizeof r->msg, "stage: %s does not hold the target after pip (files say %s)", s.nextpath,
              gs ? gs : "?");
@@ -737,7 +732,16 @@ static int stage_env(struct hf_req *r, const struct hf_env *e, json_t *pins, con
   json_object_set(entry, "versions", got);
 out:
   if (sfd >= 0) close(sfd);
-  if (dfd >= 0) close(dfd);
+  if (dfd >= 0) {
+    close(dfd);
+    /* A copy that did not become a valid one is not left beside the environment. */
+    if (rc != 0) {
+      char keep[sizeof r->msg];
+      snprintf(keep, sizeof keep, "%s", r->msg);
+      if (rm_own(r, &s, s.next, rec, "next") == 0) hf__event(r, "info", "stage: the incomplete %s removed", s.nextpath);
+      snprintf(r->msg, sizeof r->msg, "%s", keep);
+    }
+  }
   close(s.pfd);
   json_decref(rec);
   json_decref(got);
@@ -994,7 +998,7 @@ int hf__stage_restore_prev(struct hf_req *r, const struct hf_env *e, json_t *pin
   if (rec == NULL) return 0;
   if (spot_open(r, e->prefix, &s) != 0) { json_decref(rec); r->msg[0] = '\0'; return 0; }
   if (!at_stat(&s, s.prev, &pst) || !rec_is(rec, "prev", &pst) || !at_stat(&s, s.live, &lst) || !S_ISDIR(lst.st_mode) ||
-      !holds(r, s.prevpath, pins, NULL))
+      !holds(s.prevpath, pins, NULL))
     goto out;
   if (renameat2(s.pfd, s.prev, s.pfd, s.live, RENAME_EXCHANGE) != 0) {
     hf__event(r, "info", "rollback: cannot exchange %s and %s (%s): pip instead", s.prevpath, e->prefix, strerror(errno));
