@@ -1,5 +1,6 @@
-/* http.c: a deliberately tiny HTTP/1.1 GET client for the hub's health endpoints and the users' probe: numeric
- * addresses only (no resolver in a static binary), one deadline for connect+read, bounded size. */
+/* http.c: a deliberately tiny HTTP/1.1 GET client for the hub's health endpoints and the users'
+ * probe: numeric addresses only (no resolver in a static binary), one deadline for connect+read,
+ * bounded size. */
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>

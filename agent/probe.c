@@ -389,7 +389,12 @@ void hf__probe_end(struct hf_req *r, json_t *data) {
   /* A figure only when one probe watched from the stop to the verdict. */
   json_object_set_new(data, "users_downtime_ms",
                       strcmp(state, "complete") == 0 ? json_incref(json_object_get(o, "longest_down_ms")) : json_null());
-  if (json_is_integer(json_object_get(o, "pid"))) waitpid((pid_t)json_integer_value(json_object_get(o, "pid")), NULL, WNOHANG);
+  if (free_now && json_is_integer(json_object_get(o, "pid"))) {
+    /* This agent's own child (without become): reaped, not left a zombie.
+     * Another's (a root agent of an earlier request): ECHILD at once. */
+    pid_t pid = (pid_t)json_integer_value(json_object_get(o, "pid"));
+    for (int i = 0; i < 50 && waitpid(pid, NULL, WNOHANG) == 0; i++) usleep(10000);
+  }
   json_object_set_new(data, "users_probe", o);
   if (free_now) {
     unlink(stopp);
