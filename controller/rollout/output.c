@@ -103,6 +103,66 @@ static void envs_line(const json_t *envs, char *buf, size_t len) {
   }
 }
 
+/* The dry run folded for the fleet: every refusal and warning once, with
+ * how many hosts (and which) share it word for word. */
+static void print_folded(struct rollout *ro, FILE *f) {
+  json_t *groups = json_object();   /* "outcome\tname\tdetail" -> [hosts] */
+  size_t nsel = 0, ready = 0;
+  for (size_t k = 0; k < ro->nhosts; k++) {
+    struct rhost *h = &ro->hosts[ro->order[k]];
+    if (!h->selected) continue;
+    nsel++;
+    ready += h->outcome == HO_UPGRADED;
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(h->preflight, "checks"), i, c) {
+      const char *oc = json_string_value(json_object_get(c, "outcome"));
+      if (!oc || (strcmp(oc, "refuse") && strcmp(oc, "warn"))) continue;
+      char key[2048];
+      snprintf(key, sizeof key, "%s\t%s\t%s", oc, json_string_value(json_object_get(c, "name")) ?: "?",
+               json_string_value(json_object_get(c, "detail")) ?: "");
+      json_t *list = json_object_get(groups, key);
+      if (!list) json_object_set_new(groups, key, list = json_array());
+      json_array_append_new(list, json_string(h->host->name));
+    }
+    if (!h->preflight && h->error[0]) {   /* no preflight answer: unreachable, say */
+      char key[2048];
+      snprintf(key, sizeof key, "refuse\t%s\t%s", "host", h->error);
+      json_t *list = json_object_get(groups, key);
+      if (!list) json_object_set_new(groups, key, list = json_array());
+      json_array_append_new(list, json_string(h->host->name));
+    }
+  }
+  fprintf(f, "\nfleet: %zu host%s, %zu ready, %zu refused\n", nsel, nsel == 1 ? "" : "s", ready, nsel - ready);
+  for (int pass = 0; pass < 2; pass++) {   /* refusals first, then warnings */
+    const char *key;
+    json_t *list;
+    json_object_foreach(groups, key, list) {
+      if (strncmp(key, pass ? "warn\t" : "refuse\t", pass ? 5 : 7)) continue;
+      char copy[2048], hosts[512], line[2048], name[64];
+      snprintf(copy, sizeof copy, "%s", key);
+      char *oc = copy, *nm = strchr(oc, '\t'), *detail;
+      if (!nm) continue;
+      *nm++ = '\0';
+      if (!(detail = strchr(nm, '\t'))) continue;
+      *detail++ = '\0';
+      size_t off = 0, i, n = json_array_size(list);
+      json_t *hn;
+      hosts[0] = '\0';
+      json_array_foreach(list, i, hn) {
+        if (i == 8) { snprintf(hosts + off, sizeof hosts - off, ", ... %zu more", n - 8); break; }
+        int w = snprintf(hosts + off, sizeof hosts - off, "%s%s", i ? ", " : "", json_string_value(hn));
+        if (w < 0 || (size_t)w >= sizeof hosts - off) break;
+        off += (size_t)w;
+      }
+      fprintf(f, "  %-7s %-22s on %zu of %zu host%s (%s)\n", oc, hf_clean_line(name, sizeof name, nm), n, nsel,
+              nsel == 1 ? "" : "s", hf_clean_line(line, sizeof line, hosts));
+      fprintf(f, "          %s\n", hf_clean_line(line, sizeof line, detail));
+    }
+  }
+  json_decref(groups);
+}
+
 void print_dryrun(struct rollout *ro) {
   FILE *f = stdout;
   json_t *doc = json_pack("{s:s,s:i,s:[]}", "target", ro->target, "stages", (int)ro->nstages, "hosts");
@@ -134,6 +194,7 @@ void print_dryrun(struct rollout *ro) {
     }
   }
   if (ro->o->json) { json_dumpf(doc, f, JSON_INDENT(2)); fputc('\n', f); }
+  else print_folded(ro, f);
   json_decref(doc);
 }
 

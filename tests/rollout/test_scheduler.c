@@ -42,6 +42,7 @@ struct script {
   const char    *kill_op;        /* _exit(9) at this op (in a child) */
   enum kill_when kill_when;
   const char    *sigint_op;      /* raise(SIGINT) when this op is received */
+  const char    *refuse;         /* preflight answers with this refusing check */
 };
 
 struct fhost {
@@ -238,8 +239,12 @@ static void agent_run(struct hf_session *s) {
     h->staged = !h->change_after_stage;
     h->change_after_stage = false;
     if (!h->stage_done_seq) h->stage_done_seq = ++seq;
-  } else if (step == ST_PREFLIGHT)
+  } else if (step == ST_PREFLIGHT) {
     s->data = json_pack("{s:[],s:[{s:s,s:s}]}", "checks", "envs", "role", "hub", "jupyterhub", "3.0.0");
+    if (h->sc.refuse)
+      json_array_append_new(json_object_get(s->data, "checks"),
+                            json_pack("{s:s,s:s,s:s}", "name", "requires", "outcome", "refuse", "detail", h->sc.refuse));
+  }
   else if (step == ST_BACKUP)
     s->data = json_pack("{s:{s:s}}", "backup", "dir", "/var/backups/hub");
   else
@@ -723,6 +728,33 @@ static void t_prepare_refused(void) {
   }
 }
 
+/* A dry run changes nothing and folds the fleet's refusals: one line for
+ * the refusal three hosts share, with their names. */
+static void t_dryrun(void) {
+  struct run r = { 0 };
+  fleet(4);
+  for (int i = 0; i < 3; i++) fh[i].sc.refuse = "needs pydantic>=2 (missing)";
+  struct hf_rollout_opts o = opts(&r, HF_RM_DRYRUN);
+  o.state = NULL;
+  char p[512];
+  snprintf(p, sizeof p, "%s/out.txt", dir);
+  unlink(p);
+  CHECK(go(&r, &o) == HF_EXIT_FAIL, "dry run rc %d", r.rc);
+  int changed = 0;
+  for (int i = 0; i < 4; i++) changed += steps_run(&fh[i], ST_STAGE, ST__COUNT);
+  CHECK(changed == 0, "a dry run sent %d steps past preflight", changed);
+  FILE *f = fopen(p, "r");
+  char line[1024];
+  bool fleet_line = false, folded = false;
+  while (f && fgets(line, sizeof line, f)) {
+    fleet_line |= strstr(line, "fleet: 4 hosts, 1 ready, 3 refused") != NULL;
+    folded |= strstr(line, "requires") && strstr(line, "on 3 of 4 hosts (hub01, hub02, hub03)");
+  }
+  if (f) fclose(f);
+  CHECK(fleet_line && folded, "dry run output not folded (fleet line %d, folded refusal %d): see %s", fleet_line, folded, p);
+  run_close(&r);
+}
+
 /* The controller's steps are proto's procedure, in its order. */
 static void t_op_table(void) {
   int last = 0;
@@ -776,6 +808,7 @@ int main(int argc, char **argv) {
     { "reconnect", t_reconnect }, { "kill-resume", t_kill_resume }, { "kill-in-rollback", t_kill_in_rollback },
     { "interrupt", t_interrupt }, { "stale", t_stale_refused }, { "pipeline", t_pipeline },
     { "prepare-refused", t_prepare_refused }, { "op-table", t_op_table },
+    { "dry-run", t_dryrun },
   };
   for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
     if (argc > 3 && strcmp(argv[3], t[i].name)) continue;   /* one scenario by name */
