@@ -24,9 +24,12 @@ can take the package source away without touching other fleets. Cases:
      0700 at the top with the hub user's files inside; the switch gives them the hub user's owner
      and mode; an ENV.hf-prev the root agent did not keep is moved aside, not removed; rollback by
      switch
+  9  install cut between its renames, reproduced with the same syscalls (an exchange done, a live
+     env renamed to ENV.hf-prev with its copy not yet in): the re-sent install finishes both
 The fleet is torn down at the end, also on failure (HF_KEEP_FLEET=1 keeps it).
 """
 import base64
+import ctypes
 import hashlib
 import io
 import json
@@ -135,7 +138,9 @@ def upgrade_steps(host, agent, rollout, target, ops, what, hub=None):
 
 
 def kill_at_switch(host, rollout, target):
-    """install, the agent SIGKILLed as soon as it reports its first environment switched."""
+    """install, the agent SIGKILLed as soon as it reports its first environment switched. The
+    whole switch takes milliseconds, so the kill may land after the answer: True when it cut the
+    install (case 9 reproduces the cut states exactly)."""
     a = host.agent()
     pid = [None]
     killed = threading.Event()
@@ -148,11 +153,16 @@ def kill_at_switch(host, rollout, target):
             os.kill(pid[0], signal.SIGKILL)  # the remote agent, by its pid (same kernel)
             killed.set()
     try:
-        a.request('install', {'hub': host.hub, 'rollout': rollout, 'target': target}, timeout=600, on_event=on_event)
-        check(False, '6: the agent was killed during the switch')
+        res, _ = a.request('install', {'hub': host.hub, 'rollout': rollout, 'target': target}, timeout=600,
+                           on_event=on_event)
+        check(ok(res) and killed.is_set(), '6: SIGKILL sent at the first switch; the install answered first (%s)'
+              % err(res))
+        cut = False
     except EOFError:
         check(killed.is_set(), '6: agent pid %s SIGKILLed right after its first switch' % pid[0])
+        cut = True
     a.close()
+    return cut
 
 
 def main():
@@ -299,11 +309,13 @@ def main():
     if not upgrade_steps(host, a, 's2', newer, ['backup', 'stop'], '6'):
         return
     a.close()
-    kill_at_switch(host, 's2', newer)
+    cut = kill_at_switch(host, 's2', newer)
     time.sleep(1)
     a = host.agent()
     steps = [(s['step'], s['state']) for s in journal(host, a, 's2')]
-    check(('install', 'begin') in steps and ('install', 'done') not in steps, '6: the journal shows install begun, not done')
+    if cut:
+        check(('install', 'begin') in steps and ('install', 'done') not in steps,
+              '6: the journal shows install begun, not done')
     res, _, dt = req(a, 'install', hub=host.hub, rollout='s2', target=newer)
     check(ok(res) and res['data'].get('switched') is True, '6: the re-sent install converges (%.3f s) %s' % (dt, msg(res)))
     check(all(dist_version(e, 'jupyterhub') == newer and dist_version(e + '.hf-prev', 'jupyterhub') == base
@@ -376,6 +388,34 @@ def main():
         check(ok(res) and st['api'] == base and all(v == base for v in st['envs'].values()) and
               all(os.stat(e).st_uid == uid0[e] for e in envs) and rb and rb[-1] == {e: 'switch' for e in envs},
               '8: rollback as root by switch: %s %s (%.2f s) %s' % (st['envs'], rb[-1:], dt, msg(res)))
+    a.close()
+
+    # 9: an install cut between its two renames, reproduced exactly: env 1 exchanged with its copy
+    # (a kill right after renameat2), env 2 renamed to ENV.hf-prev with its copy not yet renamed in
+    # (the two-rename path, killed between them); the re-sent install finishes both
+    a = host.agent()
+    res, _, dt = req(a, 'stage', hub=host.hub, rollout='s5', target=newer)
+    check(ok(res), '9: stage (%.2f s) %s' % (dt, msg(res)))
+    if upgrade_steps(host, a, 's5', newer, ['backup', 'stop'], '9'):
+        libc = ctypes.CDLL(None, use_errno=True)
+        e1, e2 = envs[0], envs[-1]
+        rc1 = libc.renameat2(-100, (e1 + '.hf-next').encode(), -100, e1.encode(), 2)  # AT_FDCWD, RENAME_EXCHANGE
+        if os.path.lexists(e2 + '.hf-prev'):
+            os.rename(e2 + '.hf-prev', os.path.join(os.path.dirname(e2), '.test-aside-prev'))
+        os.rename(e2, e2 + '.hf-prev')
+        check(rc1 == 0 and not os.path.exists(e2), '9: the cut states made (exchange done for %s, %s renamed away)'
+              % (e1, e2))
+        res, ev, dt = req(a, 'install', hub=host.hub, rollout='s5', target=newer)
+        done = [e.get('text') for e in ev if 'finished the switch' in (e.get('text') or '')]
+        check(ok(res) and res['data'].get('switched') is True and len(done) == 2,
+              '9: the re-sent install finishes both switches (%.3f s): %s %s' % (dt, done, msg(res)))
+        check(all(dist_version(e, 'jupyterhub') == newer and dist_version(e + '.hf-prev', 'jupyterhub') == base
+                  and not os.path.lexists(e + '.hf-next') for e in envs),
+              '9: every env at %s, ENV.hf-prev at %s, no ENV.hf-next' % (newer, base))
+        res, _, dt = req(a, 'rollback', hub=host.hub, rollout='s5', timeout_ms=180000)
+        st = facts(host, a)
+        check(ok(res) and st['api'] == base and all(v == base for v in st['envs'].values()),
+              '9: rollback after it: %s (%.2f s) %s' % (st['envs'], dt, msg(res)))
     a.close()
     log('figures: stage already %.3f s, install by switch %.3f s, migrate %.2f s, migrate skipped %.3f s, '
         'rollback by switch %.2f s' % (fig_already, fig_install, fig_migrate, fig_skip, fig_rollback))
