@@ -253,7 +253,7 @@ void print_summary(struct rollout *ro) {
   else if (ro->final_status && !strcmp(ro->final_status, HF_ROLLOUT_HALTED)) ro->exit_code = HF_EXIT_FAIL;
   else if (ro->final_status && !strcmp(ro->final_status, HF_ROLLOUT_PAUSED)) ro->exit_code = HF_EXIT_OK;
   else if (rolled && ro->o->mode != HF_RM_ROLLBACK) ro->exit_code = HF_EXIT_ROLLEDBACK;
-  else if (failed) ro->exit_code = HF_EXIT_FAIL;
+  else if (failed && ro->o->mode != HF_RM_ROLLBACK) ro->exit_code = HF_EXIT_FAIL;   /* a rollback answers for its hosts */
   else ro->exit_code = HF_EXIT_OK;
   json_decref(hosts);
 }
