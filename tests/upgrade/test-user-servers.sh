@@ -14,7 +14,7 @@
 #  - both hubs on the new release on disk, no agent or probe left.
 # usage: test-user-servers.sh HUBFLEET AGENT
 . "$(dirname "$0")/users-lib.sh"
-up_users 2
+up_users --hubs 2
 users_before
 probes_start
 

@@ -1,29 +1,21 @@
 # tests/upgrade/users-lib.sh: sourced by the tests of hubs in use (fleet up
 # --user-servers: alice's and bob's real servers and kernels, zero-downtime
-# config). On top of lib.sh: the fleet, the truth about the users' servers
-# read without hubfleet (the hub database, /hub/api/users with the fleet's
-# service token, the processes), and the test's own probe, run from inside
-# each hub's namespace, independent of the agent's.
+# config), on SQLite and PostgreSQL. On top of real-lib.sh: the fleet, the
+# truth about the users' servers read without hubfleet (the hub database,
+# /hub/api/users with the fleet's service token, the processes), and the
+# test's own probe, run from inside each hub's namespace, independent of the
+# agent's.
 # usage (from a test): . users-lib.sh HUBFLEET AGENT
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/real-lib.sh"
 USERS_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-# up_users N: `fleet up --hubs N --user-servers`, its inventory, a private
-# state file; sets W, STATE, INV, HUBLIST, NEW, NEWREV.
+# up_users ARGS...: up_real ARGS --user-servers (W, STATE, INV, HUBLIST,
+# PGLIST, SQLLIST); NEW/NEWREV: the fixture release "newer" (a test may pick
+# another); every hub's servers answer.
 up_users() {
-  step "fleet up --hubs $1 --user-servers (fleet $HF_TEST_ID)"
-  local t0=$SECONDS st h
-  fleet up --hubs "$1" --user-servers > /dev/null || { echo "FAIL - fleet up --user-servers"; exit 1; }
-  echo "# fleet up took $((SECONDS - t0))s"
-  W=$(fleet path state)/upgrade-test
-  mkdir -p "$W"
-  export XDG_STATE_HOME=$W/xdg
-  STATE=$W/state.db
-  INV=$W/inv.ini
-  fleet inventory > "$INV"
-  fleet inventory --json > "$W/inv.json"
-  mapfile -t HUBLIST < <(hosts_of hubs)
-  NEW=$(fleet versions --long | awk '$1 == "newer" { print $2 }')
+  local st h
+  up_real "$@" --user-servers
+  NEW=$(kind_ver newer)
   NEWREV=$(fleet versions --long | awk '$1 == "newer" { print $3 }')
   st=$(fleet status) || true
   for h in "${HUBLIST[@]}"; do
@@ -31,14 +23,14 @@ up_users() {
   done
 }
 
-var() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["_meta"]["hostvars"][sys.argv[2]][sys.argv[3]])' "$W/inv.json" "$1" "$2"; }
-tree() { dirname "$(dirname "$(var "$1" hubfleet_config)")"; }
-token() { cat "$(dirname "$(var "$1" hubfleet_config)")/fleet-service-token"; }
-# db_count HOST: running servers in the hub's SQLite database
-db_count() { sqlite3 "$(var "$1" hubfleet_db | sed 's|^sqlite:///||')" 'select count(*) from spawners where server_id is not null'; }
+tree() { dirname "$(dirname "$(hv "$1" hubfleet_config)")"; }
+token() { cat "$(dirname "$(hv "$1" hubfleet_config)")/fleet-service-token"; }
+# db_count HOST: running servers in the hub's database
+RUNNING_SQL='select count(*) from spawners where server_id is not null'
+db_count() { if is_pg "$1"; then psq "$1" "$RUNNING_SQL"; else sqlite3 "file:$(sqlite_db "$1")?mode=ro" "$RUNNING_SQL"; fi; }
 # users_running HOST: names of users with a running server, per /hub/api/users
 users_running() {
-  fleet exec "$1" -- curl -sf -m 10 --noproxy '*' -H "Authorization: token $(token "$1")" "$(var "$1" hubfleet_health_url)/hub/api/users" |
+  fleet exec "$1" -- curl -sf -m 10 --noproxy '*' -H "Authorization: token $(token "$1")" "$(hv "$1" hubfleet_health_url)/hub/api/users" |
     $PY -c 'import json, sys; print(" ".join(sorted(u["name"] for u in json.load(sys.stdin) if u["server"])))'
 }
 users_are() { [ "$(users_running "$1")" = "$2" ]; }
@@ -47,7 +39,7 @@ procs() { { pgrep -f "$(tree "$1")/user-env/bin/jupyterhub-singleuser"; pgrep -f
 kernel_alive() {
   local k
   k=$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["kernels"][sys.argv[2]]["alice"])' "$(fleet path state)/state.json" "$1")
-  fleet exec "$1" -- curl -sf -m 5 --noproxy '*' -H "Authorization: token $(token "$1")" "$(var "$1" hubfleet_health_url)/user/alice/api/kernels/$k" >/dev/null
+  fleet exec "$1" -- curl -sf -m 5 --noproxy '*' -H "Authorization: token $(token "$1")" "$(hv "$1" hubfleet_health_url)/user/alice/api/kernels/$k" >/dev/null
 }
 
 # users_before: the truth before, per hub (REAL: db count, PROCS: pids)
@@ -71,7 +63,7 @@ probes_start() {
   step "the test's own probes (inside each namespace, every 100 ms)"
   rm -f "$W/probe.stop"
   for h in "${HUBLIST[@]}"; do
-    fleet exec "$h" -- $PY "$USERS_HERE/user_probe.py" "$(var "$h" hubfleet_health_url)" "$W/probe.stop" "$W/probe-$h.json" alice bob &
+    fleet exec "$h" -- $PY "$USERS_HERE/user_probe.py" "$(hv "$h" hubfleet_health_url)" "$W/probe.stop" "$W/probe-$h.json" alice bob &
     PROBE_PID[$h]=$!
   done
   sleep 1
@@ -100,13 +92,13 @@ event_line() { grep -F "$3" "$1" | grep -qF "\"host\":\"$2\""; }
 users_after() {
   local h
   step "after"
-  truth
   for h in "${HUBLIST[@]}"; do
-    check "$h: on $NEW at $NEWREV on disk" on_disk "$h" "$NEW" "$NEWREV"
+    check "$h: every env on $NEW" envs_on "$h" "$NEW"
+    check "$h: the live database at $NEWREV" test "$(alembic_of "$h")" = "$NEWREV"
     check "$h: the same server and kernel processes" test "$(procs "$h")" = "${PROCS[$h]}"
     check "$h: alice's kernel is still there" kernel_alive "$h"
     check "$h: $NEW finds alice's and bob's servers (/hub/api/users)" wait_for 30 users_are "$h" "alice bob"
     check "$h: still 2 servers in its database" test "$(db_count "$h")" = 2
-    check "$h: no agent or probe left on the host" wait_for 10 not pgrep -u "$(var "$h" ansible_user)" -f hubfleet-agent
+    check "$h: no agent or probe left on the host" wait_for 10 not pgrep -u "$(hv "$h" ansible_user)" -f hubfleet-agent
   done
 }
