@@ -256,6 +256,7 @@ static int f_request(struct hf_session *s, const char *op, json_t *args, unsigne
   (void)timeout_ms; (void)on_event;
   if (!s->ok || s->op[0]) { json_decref(args); return HF_ESTATE; }
   snprintf(s->op, sizeof s->op, "%s", op);
+  json_decref(s->args);
   s->args = args;
   s->on_result = on_result;
   s->rctx = ctx;
