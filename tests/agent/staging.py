@@ -3,7 +3,7 @@
 
 Usage: staging.py AGENT_BINARY FLEET_SCRIPT
 
-One hub host (its own fleet: id "st" + $HF_TEST_ID, or "st" + 3 hex digits of a hash of this
+One SQLite hub host and one PostgreSQL hub host (its own fleet: id "st" + $HF_TEST_ID, or "st" + 3 hex digits of a hash of this
 checkout's path; $HF_STAGING_FLEET_ID wins), driven by protocol frames (tests/agent/client.py).
 The hub reads its packages from a private copy of the fleet's wheel directory, so that the test
 can take the package source away without touching other fleets. Cases:
@@ -26,6 +26,8 @@ can take the package source away without touching other fleets. Cases:
      switch
   9  install cut between its renames, reproduced with the same syscalls (an exchange done, a live
      env renamed to ENV.hf-prev with its copy not yet in): the re-sent install finishes both
+  10 a PostgreSQL hub: stage reads the live revision through psql; already; install by switch;
+     migrate skipped at the live revision; rollback by switch
 The fleet is torn down at the end, also on failure (HF_KEEP_FLEET=1 keeps it).
 """
 import base64
@@ -168,8 +170,8 @@ def kill_at_switch(host, rollout, target):
 def main():
     with open(AGENT, 'rb') as f:
         ig.AGENT_BYTES = f.read()
-    log('fleet up --hubs 1 (id %s)' % FID)
-    fleet('up', '--hubs', '1', capture=False)
+    log('fleet up --hubs 1 --pg-hubs 1 (id %s)' % FID)
+    fleet('up', '--hubs', '1', '--pg-hubs', '1', capture=False)
     versions = {}
     for line in fleet('versions').splitlines():
         k, v = line.split()
@@ -417,6 +419,32 @@ def main():
         check(ok(res) and st['api'] == base and all(v == base for v in st['envs'].values()),
               '9: rollback after it: %s (%.2f s) %s' % (st['envs'], dt, msg(res)))
     a.close()
+
+    # 10: a PostgreSQL hub: stage (the live revision read through psql), already, install by switch,
+    # migrate skipped at the live revision, rollback by switch
+    pgname = [n for n in inv.get('pg', {}).get('hosts', [])]
+    if check(len(pgname) == 1, '10: the fleet has a PostgreSQL hub: %s' % pgname):
+        pg = Host(pgname[0], hv[pgname[0]])
+        pg.hub['find_links'] = wheels
+        pg.deploy()
+        b = pg.agent()
+        res, _, dt = req(b, 'stage', hub=pg.hub, rollout='p1', target=newer)
+        check(ok(res) and res['data']['alembic'], '10: stage on PostgreSQL (%.2f s, revision %s) %s'
+              % (dt, (res.get('data') or {}).get('alembic'), msg(res)))
+        rev = (res.get('data') or {}).get('alembic')
+        res, _, dt = req(b, 'stage', hub=pg.hub, rollout='p1', target=newer)
+        check(ok(res) and res['data']['already'] is True, '10: sent again: already (%.3f s)' % dt)
+        if upgrade_steps(pg, b, 'p1', newer, ['backup', 'stop', 'install'], '10'):
+            res, _, dt = req(b, 'migrate', hub=pg.hub, rollout='p1', expect_revision=rev)
+            check(ok(res) and res['data'].get('skipped') is True and res['data']['alembic_after'] == rev,
+                  '10: migrate with expect_revision = the live %s skipped (%.3f s) %s' % (rev, dt, msg(res)))
+            res, _, dt = req(b, 'rollback', hub=pg.hub, rollout='p1', timeout_ms=180000)
+            rb = [s['detail']['restored_by'] for s in journal(pg, b, 'p1')
+                  if s['step'] == 'rollback' and 'restored_by' in (s['detail'] or {})]
+            st = facts(pg, b)
+            check(ok(res) and st['api'] == base and rb and set(rb[-1].values()) == {'switch'},
+                  '10: rollback by switch: %s %s (%.2f s) %s' % (st['envs'], rb[-1:], dt, msg(res)))
+        b.close()
     log('figures: stage already %.3f s, install by switch %.3f s, migrate %.2f s, migrate skipped %.3f s, '
         'rollback by switch %.2f s' % (fig_already, fig_install, fig_migrate, fig_skip, fig_rollback))
 
