@@ -13,9 +13,9 @@
 #    processes after, found again by the upgraded hub.
 # usage: test-user-servers-interrupt.sh HUBFLEET AGENT
 . "$(dirname "$0")/users-lib.sh"
-up_users 1
+up_users --hubs 1
 H=${HUBLIST[0]}
-LOGIN=$(var "$H" ansible_user)
+LOGIN=$(hv "$H" ansible_user)
 users_before
 fleet fault slow-start "$H" 12 > /dev/null
 probes_start
@@ -42,7 +42,7 @@ check "the agent runs (pid $APID)" kill -0 "$APID"
 kill -KILL "$APID"
 gone() { [ ! -e "/proc/$1" ] || [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" = Z ]; }
 check "the probe ends with its agent (within 2 s)" wait_for 2 gone "$PPID_"
-FIG=$(var "$H" hubfleet_state_dir)/probe-$RID.json
+FIG=$(hv "$H" hubfleet_state_dir)/probe-$RID.json
 check "its figures say interrupted" jq_ "$FIG" 'exit(0 if d["state"] == "interrupted" and d["probes"] > 0 else 1)'
 wait "$CTL"
 rc=$?
