@@ -323,6 +323,17 @@ int hf_pg_restore(struct hf_req *r, const struct hf_pg *pg, const char *file, co
     json_decref(dropped);
     return HF_EINTEGRITY;
   }
+  /* The hub is stopped: a session of its role still on its database is a leftover, above all an
+   * `alembic upgrade` whose agent was killed (it is upgrade-db's child, out of reach of the death
+   * signal) and that would go on migrating under the restore. End them first. */
+  {
+    char n[32];
+    if ((rc = hf_pg_query(r, pg, pg->url, "select count(pg_terminate_backend(pid)) from pg_stat_activity where "
+                          "datname = current_database() and usename = current_user and pid <> pg_backend_pid()",
+                          "rollback", n, sizeof n)) != 0) { json_decref(dropped); return rc; }
+    if (strcmp(n, "0") != 0)
+      hf__event(r, "warn", "rollback: ended %s other session(s) of the hub's role on %s before the restore", n, pg->shown);
+  }
   if ((rc = extra_tables(r, pg, file, sql, sizeof sql, dropped)) != 0) { json_decref(dropped); return rc; }
   if (json_array_size(dropped) > 0) {
     char *names = json_dumps(dropped, JSON_COMPACT);
