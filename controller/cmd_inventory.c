@@ -95,6 +95,12 @@ static void print_host(const struct hf_host *h) {
   printf("  %-18s %s\n", "driven", how);
   json_object_foreach(h->hub, k, v) {
     printf("  %-18s ", k);
+    if (!strcmp(k, "db") && json_is_string(v)) {   /* a password in the URL is never shown */
+      char red[4096];
+      hf_inv_redact_url(json_string_value(v), red, sizeof red);
+      puts(red);
+      continue;
+    }
     /* argv lists read best as the command line they are. */
     print_value(v, !strcmp(k, "start") || !strcmp(k, "stop") || !strcmp(k, "db_dump") ? " " : ", ");
     putchar('\n');

@@ -70,5 +70,9 @@ bool hf_inv_match(const struct hf_host *h, const char *pattern);
  *     "known_hosts", "jump" (null when unset), "groups": [...], "canary",
  *     "hub": {...the hub description...}, "vars": {...merged variables...}}]} */
 json_t *hf_inv_to_json(const struct hf_inventory *inv);
+/* A database URL as people may see it: a password in its user info
+ * (scheme://user:PASSWORD@host) or in a password= query parameter becomes
+ * "***". Anything else is copied as is. Writes into buf (truncated to len). */
+void hf_inv_redact_url(const char *url, char *buf, size_t len);
 
 #endif /* HF_INVENTORY_H */

@@ -436,6 +436,18 @@ static int connection(const struct ctx *c) {
   return 0;
 }
 
+/* hubfleet_db as an error message may show it: a password never. */
+static const char *shown_db(const struct ctx *c, char *buf, size_t len) {
+  const char *v = json_string_value(get(c, "hubfleet_db"));
+  char red[4096];
+  if (!v) return show(get(c, "hubfleet_db"), buf, len);
+  hf_inv_redact_url(v, red, sizeof red);
+  json_t *j = json_string(red);
+  show(j, buf, len);
+  json_decref(j);
+  return buf;
+}
+
 /* hubfleet_db: a path (relative to the config's directory) or a URL. */
 static int db_var(const struct ctx *c, json_t *hub) {
   const char *s, *config = json_string_value(json_object_get(hub, "config"));
@@ -456,7 +468,7 @@ static int db_var(const struct ctx *c, json_t *hub) {
     /* "mysql:host/db" is a mistyped URL far more often than a file name. */
     free(url);
     return fail(c, "hubfleet_db", "looks like a URL without '//': expected sqlite:///PATH, mysql://... or "
-                "postgresql://..., or a plain file path, got %s", show(get(c, "hubfleet_db"), g, sizeof g));
+                "postgresql://..., or a plain file path, got %s", shown_db(c, g, sizeof g));
   } else if (s[0] == '/') {
     sprintf(url, "sqlite:///%s", s);
   } else {
@@ -467,7 +479,7 @@ static int db_var(const struct ctx *c, json_t *hub) {
     free(url);
     return fail(c, "hubfleet_db", "expected a SQLite file path (absolute, or relative to the config's "
                 "directory), a sqlite:/// URL, or a mysql:// or postgresql:// URL, got %s",
-                show(get(c, "hubfleet_db"), g, sizeof g));
+                shown_db(c, g, sizeof g));
   }
   r = set_hub(c, hub, "db", json_string(url));
   free(url);

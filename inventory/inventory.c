@@ -611,6 +611,52 @@ bool hf_inv_match(const struct hf_host *h, const char *pattern) {
   return ok && (plain || !any_plain);
 }
 
+/* Appends n bytes of s to buf (len, used *o), truncating. */
+static void put(char *buf, size_t len, size_t *o, const char *s, size_t n) {
+  while (n-- > 0 && *o + 1 < len) buf[(*o)++] = *s++;
+  buf[*o] = '\0';
+}
+
+void hf_inv_redact_url(const char *url, char *buf, size_t len) {
+  if (len == 0) return;
+  const char *u = url ? url : "", *p = u;
+  size_t o = 0;
+  buf[0] = '\0';
+  const char *scheme = strstr(u, "://");
+  if (scheme) {
+    const char *auth = scheme + 3, *end = auth + strcspn(auth, "/?#"), *at = NULL;
+    for (const char *q = auth; q < end; q++) if (*q == '@') at = q;   /* the last '@' ends the user info */
+    const char *colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+    if (colon) {
+      put(buf, len, &o, u, (size_t)(colon + 1 - u));
+      put(buf, len, &o, "***", 3);
+      p = at;
+    }
+  }
+  /* password=... in the query */
+  while (*p) {
+    const char *q = strstr(p, "password=");
+    if (!q) break;
+    bool param = q > u && (q[-1] == '?' || q[-1] == '&');
+    put(buf, len, &o, p, (size_t)(q + 9 - p));
+    p = q + 9;
+    if (param) {
+      put(buf, len, &o, "***", 3);
+      p += strcspn(p, "&#");
+    }
+  }
+  put(buf, len, &o, p, strlen(p));
+}
+
+/* The copy of a string member redacted in place (a database URL). */
+static void redact_member(json_t *obj, const char *key) {
+  const char *v = json_string_value(json_object_get(obj, key));
+  if (!v) return;
+  char buf[4096];
+  hf_inv_redact_url(v, buf, sizeof buf);
+  if (strcmp(buf, v)) json_object_set_new(obj, key, json_string(buf));
+}
+
 static json_t *str_or_null(const char *s) {
   return s ? json_string(s) : json_null();
 }
@@ -648,6 +694,8 @@ json_t *hf_inv_to_json(const struct hf_inventory *inv) {
         json_object_set_new(o, "hub", json_deep_copy(h->hub)) != 0 ||
         json_object_set_new(o, "vars", h->vars ? json_deep_copy(h->vars) : json_object()) != 0)
       goto fail;
+    redact_member(json_object_get(o, "hub"), "db");      /* never a password on a screen */
+    redact_member(json_object_get(o, "vars"), "hubfleet_db");
   }
   return root;
 fail:

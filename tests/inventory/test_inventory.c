@@ -228,6 +228,38 @@ static struct hf_inventory *load_str(const char *text) {
   return inv;
 }
 
+static void test_redact(void) {
+  char b[256];
+  static const char *const cases[][2] = {
+    { "postgresql://hub:s3cret@db.example.org:5432/hub", "postgresql://hub:***@db.example.org:5432/hub" },
+    { "postgresql+psycopg2://hub@db/hub", "postgresql+psycopg2://hub@db/hub" },
+    { "postgresql://hub:p@ss@db/hub", "postgresql://hub:***@db/hub" },
+    { "postgresql://hub:x@db/hub?sslmode=require&password=abc", "postgresql://hub:***@db/hub?sslmode=require&password=***" },
+    { "postgresql://db/hub?password=abc#f", "postgresql://db/hub?password=***#f" },
+    { "sqlite:////srv/jupyterhub.sqlite", "sqlite:////srv/jupyterhub.sqlite" },
+    { "mysql://u:p@h/d", "mysql://u:***@h/d" },
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    hf_inv_redact_url(cases[i][0], b, sizeof b);
+    CHECK(!strcmp(b, cases[i][1]), "redact %s: got %s", cases[i][0], b);
+  }
+  hf_inv_redact_url("postgresql://hub:secretsecret@db/hub", b, 20);   /* truncated, never the password */
+  CHECK(strlen(b) == 19 && !strstr(b, "secret"), "truncated: %s", b);
+  /* the inventory as JSON (hubfleet inventory check --json) keeps the URL, not its password */
+  const char *text = "h1 hubfleet_db=postgresql://hub:s3cretpw@db/hub\n";
+  struct hf_inventory *inv = NULL;
+  struct hf_inv_error err;
+  CHECK(hf_inv_load_buffer("pw.ini", text, strlen(text), &inv, &err) == 0, "%s", err.message);
+  json_t *j = hf_inv_to_json(inv);
+  char *dump = j ? json_dumps(j, 0) : NULL;
+  CHECK(dump && !strstr(dump, "s3cretpw") && strstr(dump, "postgresql://hub:***@db/hub"), "%s", dump ? dump : "null");
+  CHECK(inv && strstr(json_string_value(json_object_get(inv->hosts[0].hub, "db")), "s3cretpw"),
+        "the agent still gets the real URL");
+  free(dump);
+  json_decref(j);
+  hf_inv_free(inv);
+}
+
 static void test_match(void) {
   struct hf_inventory *inv = load_str(
     "solo\n[canary]\nhub01\n[web]\nhub[01:04]\n[db]\ndb1\nhub04\n[prod:children]\nweb\ndb\n");
@@ -376,6 +408,7 @@ int main(int argc, char **argv) {
   const char *src = argc > 1 ? argv[1] : ".";
   test_pylit();
   test_match();
+  test_redact();
   test_api();
   test_find_many();
   test_size_limits();
