@@ -20,8 +20,8 @@ check "upgrade exits 0 (rc=$rc)" test $rc -eq 0
 [ $rc -eq 0 ] || tail -20 "$W/up.out"
 RID=$(hf history --state "$STATE" --ids | head -1)
 status_json "$RID" > "$W/st.json"
-check "status: upgraded, all 7 steps ok" test "$(jq_ "$W/st.json" '[h["status"] for h in d["hosts"]] + [s["step"] for s in d["steps"] if s["outcome"]=="ok"]')" = \
-  '["upgraded", "preflight", "backup", "stop", "install", "migrate", "start", "health"]'
+check "status: upgraded, all 8 steps ok" test "$(jq_ "$W/st.json" '[h["status"] for h in d["hosts"]] + [s["step"] for s in d["steps"] if s["outcome"]=="ok"]')" = \
+  '["upgraded", "preflight", "stage", "backup", "stop", "install", "migrate", "start", "health"]'
 check "$H: on disk $NEW in both envs, alembic $NEWREV" test "$(hubver "$H" hub) $(hubver "$H" user) $(alembic "$H")" = "$NEW $NEW $NEWREV"
 check "$H: active under systemd, a new MainPID" test "$(active "$H")" = active -a "$(mainpid "$H")" != "$PID0"
 check "$H: /hub/api $NEW, /hub/health 200" healthy_on "$H" "$NEW"

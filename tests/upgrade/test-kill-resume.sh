@@ -42,10 +42,10 @@ echo "# rollout over after $((SECONDS - t0))s"
 status_json "$RID" > "$W/st.json"
 check "rollout done" test "$(jq_ "$W/st.json" 'd["rollout"]["status"]')" = done
 check "8 hosts upgraded" test "$(jq_ "$W/st.json" 'sum(h["status"]=="upgraded" for h in d["hosts"])')" = "$NHUBS"
-check "state: every host has each of the 7 steps ok" $PY - "$W/st.json" <<'EOF'
+check "state: every host has each of the 8 steps ok" $PY - "$W/st.json" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
-want = {"preflight", "backup", "stop", "install", "migrate", "start", "health"}
+want = {"preflight", "stage", "backup", "stop", "install", "migrate", "start", "health"}
 bad = [h["host"] for h in d["hosts"]
        if {s["step"] for s in d["steps"] if s["host"] == h["host"] and s["outcome"] == "ok"} != want]
 sys.exit("missing steps on %s" % bad if bad else 0)

@@ -43,7 +43,7 @@ journal "$H" "$RID" > "$W/j.json"
 check "journal: exactly one install (begin, done)" test \
   "$(jq_ "$W/j.json" '[r["state"] for r in d if r["step"]=="install"]')" = '["begin", "done"]'
 check "journal: every step once, in order, no rollback" test \
-  "$(jq_ "$W/j.json" '[r["step"] for r in d if r["state"]=="done"]')" = '["backup", "stop", "install", "migrate", "start", "health"]'
+  "$(jq_ "$W/j.json" '[r["step"] for r in d if r["state"]=="done"]')" = '["stage", "backup", "stop", "install", "migrate", "start", "health"]'
 status_json "$RID" > "$W/st.json"
 check "$H upgraded" test "$(host_status "$W/st.json" "$H")" = upgraded
 check "state keeps the installed versions reconciled from the journal" test \

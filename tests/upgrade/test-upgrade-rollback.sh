@@ -48,12 +48,13 @@ for _, k in ev:
     cur += k; peak = max(peak, cur)
 sys.exit(0 if 1 <= peak <= 4 else "peak %d" % peak)
 EOF
-check "status --json: every host has all 7 steps ok" $PY - "$W/st.json" <<'EOF'
+check "status --json: every host has all 8 steps ok, in order" $PY - "$W/st.json" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
-want = ["preflight", "backup", "stop", "install", "migrate", "start", "health"]
+want = ["preflight", "stage", "backup", "stop", "install", "migrate", "start", "health"]
 for h in d["hosts"]:
-    got = [s["step"] for s in d["steps"] if s["host"] == h["host"] and s["outcome"] == "ok"]
+    # a host prepared ahead of its stage re-checks with a second stage
+    got = list(dict.fromkeys(s["step"] for s in d["steps"] if s["host"] == h["host"] and s["outcome"] == "ok"))
     if got != want:
         sys.exit("%s: %s" % (h["host"], got))
 EOF
