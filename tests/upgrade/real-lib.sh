@@ -80,3 +80,34 @@ scratch_dbs() {
 downtime_s() { jq_ "$1" "'%.1f' % (([h for h in d['hosts'] if h['host']=='$2'][0].get('downtime_ms') or 0) / 1000)"; }
 # hub_procs > FILE: "HOST PID START" for every hub
 hub_procs() { for h in "${HUBLIST[@]}"; do echo "$h $(hub_proc "$h")"; done; }
+# hf_run TAG WANT_RC ARGS...: hubfleet ARGS with the test's state file, events
+# in $W/TAG.ndjson and output in $W/TAG.out; checks the exit status, prints
+# the time it took, sets RID (the latest rollout) and writes $W/st-TAG.json
+hf_run() {
+  local tag=$1 want=$2 t0=$SECONDS rc; shift 2
+  hf "$@" --state "$STATE" --events "$W/$tag.ndjson" > "$W/$tag.out" 2>&1
+  rc=$?
+  echo "# $tag: hubfleet $1 took $((SECONDS - t0))s"
+  check "$tag: hubfleet $1 exits $want (rc=$rc)" test $rc -eq "$want"
+  [ $rc -eq "$want" ] || tail -20 "$W/$tag.out"
+  RID=$(hf history --state "$STATE" --ids | head -1)
+  status_json "$RID" > "$W/st-$tag.json"
+}
+# host_field JSON HOST FIELD: one field of a host row of a plan or a status
+host_field() { jq_ "$1" "[h.get('$3') for h in d['hosts'] if h['host']=='$2'][0]"; }
+# jtime HOST RID STEP STATE: the time of the host's last journal record of STEP in STATE ("" when none)
+jtime() { journal "$1" "$2" | $PY -c 'import json,sys; r=[x for x in json.load(sys.stdin) if x["step"]==sys.argv[1] and x["state"]==sys.argv[2]]; print(r[-1]["time"] if r else "")' "$3" "$4"; }
+# leaks PASSWORDS_FILE: is any of the passwords in the test's outputs, state file, report, or a hub's state or backups?
+leaks() {
+  local f h
+  for f in "$W"/*.out "$W"/*.ndjson "$W"/*.json "$W"/*.html "$STATE"; do
+    [ -e "$f" ] || continue
+    grep -aqF -f "$1" "$f" && { echo "password in $f" >&2; return 0; }
+  done
+  for h in "${HUBLIST[@]}"; do
+    grep -raqF -f "$1" "$(hv "$h" hubfleet_state_dir)" "$(hv "$h" hubfleet_backup_dir)" && { echo "password under $h's state or backups" >&2; return 0; }
+  done
+  return 1
+}
+# pg_passwords > FILE: every PostgreSQL hub's password, from its login's ~/.pgpass
+pg_passwords() { local h; for h in "${PGLIST[@]}"; do fleet ssh "$h" -- cut -d: -f5 .pgpass; done; }

@@ -19,8 +19,6 @@ EOF
 procs_snapshot > "$W/procs.txt"
 check "every hub runs (a pid and a start time each)" test "$(awk 'NF == 3' "$W/procs.txt" | wc -l)" -eq 3
 
-# host_field JSON HOST FIELD: one field of a host row of a dry run or status
-host_field() { jq_ "$1" "[h.get('$3') for h in d['hosts'] if h['host']=='$2'][0]"; }
 still_base() { envs_on "$1" "$BASE" && [ "$(alembic_of "$1")" = "$BASEREV" ]; }
 names_both() { grep -qi 'jupyter.events' <<<"$1" && grep -q 'pydantic>=2' <<<"$1"; }
 

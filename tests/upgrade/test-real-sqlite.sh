@@ -43,18 +43,11 @@ check "the plan's rehearsal check says so" test "$(check_detail "$W/dry.json" hu
 check "the plan warns of the schema change" grep -q '^warn ' <<<"$(check_detail "$W/dry.json" hub01 schema-change)"
 
 step "upgrade to $NEW"
-t0=$SECONDS
-hf upgrade -i "$INV" --to $NEW --state "$STATE" --events "$W/up.ndjson" > "$W/up.out" 2>&1
-rc=$?
-echo "# upgrade took $((SECONDS - t0))s"
-check "upgrade exits 0 (rc=$rc)" test $rc -eq 0
-[ $rc -eq 0 ] || tail -20 "$W/up.out"
-RID=$(hf history --state "$STATE" --ids | head -1)
-status_json "$RID" > "$W/st.json"
-check "rollout $RID done" test "$(jq_ "$W/st.json" 'd["rollout"]["status"]')" = done
+hf_run up 0 upgrade -i "$INV" --to $NEW
+check "rollout $RID done" test "$(jq_ "$W/st-up.json" 'd["rollout"]["status"]')" = done
 for h in "${HUBLIST[@]}"; do
-  echo "# $h: hub downtime $(downtime_s "$W/st.json" "$h")s"
-  check "$h: upgraded" test "$(jq_ "$W/st.json" "[x['status'] for x in d['hosts'] if x['host']=='$h'][0]")" = upgraded
+  echo "# $h: hub downtime $(downtime_s "$W/st-up.json" "$h")s"
+  check "$h: upgraded" test "$(host_field "$W/st-up.json" "$h" status)" = upgraded
   check "$h: live database at $NEWREV" test "$(alembic_of "$h")" = "$NEWREV"
   check "$h: groups.properties (the migration's column) exists" has_column "$h" groups properties
   check "$h: both environments hold only $NEW" envs_on "$h" $NEW
@@ -64,12 +57,7 @@ for h in "${HUBLIST[@]}"; do
 done
 
 step "rollback of $RID: back to $BASE from the backups"
-t0=$SECONDS
-hf rollback "$RID" -i "$INV" --state "$STATE" --events "$W/rb.ndjson" > "$W/rb.out" 2>&1
-rc=$?
-echo "# rollback took $((SECONDS - t0))s"
-check "rollback exits 0 (rc=$rc)" test $rc -eq 0
-[ $rc -eq 0 ] || tail -20 "$W/rb.out"
+hf_run rb 0 rollback "$RID" -i "$INV"
 for h in "${HUBLIST[@]}"; do
   check "$h: both environments hold only $BASE" envs_on "$h" $BASE
   check "$h: live database back at $BASEREV" test "$(alembic_of "$h")" = "$BASEREV"
