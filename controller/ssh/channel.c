@@ -109,7 +109,7 @@ int hf__in_frames(struct hf_session *s) {
       if (st == HF_SS_HELLO) hf__set_err(s, HF_EPROTO, "%s: the agent exited before its hello", s->host->name);
       else hf__set_err(s, HF_EIO, "%s: the agent exited or the connection closed", s->host->name);
       hf__err_add_tail(s);
-      hf__fail(s);
+      hf__sess_fail(s);
       return -1;
     }
     if (n < 0) return -1;

@@ -41,7 +41,7 @@ int hf__in_probe(struct hf_session *s) {
         goto need_upload;
       hf__set_err(s, HF_EEXEC, "%s: the agent start command ended without output", s->host->name);
       hf__err_add_tail(s);
-      hf__fail(s);
+      hf__sess_fail(s);
       return -1;
     }
     if (n < 0) return -1;
@@ -180,7 +180,7 @@ int hf__in_upverify(struct hf_session *s) {
       hf__set_err(s, HF_EINTEGRITY, "%s: agent upload not verified on the host (%.60s)", s->host->name,
               s->line_len ? verdict : "no verdict");
       hf__err_add_tail(s);
-      hf__fail(s);
+      hf__sess_fail(s);
       return -1;
     }
     s->uploaded = true;

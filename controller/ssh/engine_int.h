@@ -208,7 +208,7 @@ struct jump {
 void hf__deadline(struct hf_session *s, uint64_t ms);
 void hf__drive(struct hf_session *s);
 void hf__err_add_tail(struct hf_session *s);
-void hf__fail(struct hf_session *s);
+void hf__sess_fail(struct hf_session *s);
 void hf__fail_ssh(struct hf_session *s, int code, const char *what);
 void hf__failf(struct hf_session *s, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -112,7 +112,7 @@ void hf__teardown_ssh(struct hf_session *s) {
 
 /* Fails the session (error already set): tears it down and tells the user
  * through whichever callback is waiting. Must be called from the loop. */
-void hf__fail(struct hf_session *s) {
+void hf__sess_fail(struct hf_session *s) {
   if (s->closing || s->state == HF_SS_FAILED) return;
   if (s->e->o.verbose) fprintf(stderr, "hubfleet: %s: failed: %s\n", s->host->name, s->err);
   enum hf_sess_state was = s->state;
@@ -143,7 +143,7 @@ void hf__failf(struct hf_session *s, int code, const char *fmt, ...) {
   vsnprintf(s->err, sizeof s->err, fmt, ap);
   va_end(ap);
   s->errcode = code;
-  hf__fail(s);
+  hf__sess_fail(s);
 }
 
 void hf__fail_ssh(struct hf_session *s, int code, const char *what) {
