@@ -245,6 +245,7 @@ int hf__op_migrate(struct hf_req *r, json_t *data) {
     if ((rc = hf__jrec(r, "migrate", "begin", json_deep_copy(det))) != 0) { json_decref(det); return rc; }
     if ((rc = hf__jrec(r, "migrate", "done", json_deep_copy(det))) != 0) { json_decref(det); return rc; }
     json_object_update(data, det);
+    json_object_set_new(data, "expect_met", json_true());
     json_decref(det);
     return 0;
   }
@@ -268,5 +269,11 @@ int hf__op_migrate(struct hf_req *r, json_t *data) {
   json_object_set_new(data, "alembic_before", before[0] ? json_string(before) : json_null());
   json_object_set_new(data, "alembic_after", after[0] ? json_string(after) : json_null());
   json_object_set_new(data, "skipped", json_false());
+  /* The rehearsal's prediction against what the live database reached. */
+  if (expect != NULL) {
+    if (strcmp(after, expect) != 0)
+      hf__event(r, "warn", "migrate: the database is at %s, but the rehearsal predicted %s", after[0] ? after : "?", expect);
+    json_object_set_new(data, "expect_met", json_boolean(strcmp(after, expect) == 0));
+  }
   return 0;
 }
