@@ -142,9 +142,20 @@ static void write_figures(const char *path, json_t *o) {
   json_decref(o);
 }
 
-/* The probe process: agentfd a pidfd of the agent it ends with. Never returns. */
-static void probe_main(const struct hf_user_servers *us, const char *origin, int agentfd, const char *figpath,
-                       const char *stoppath, bool partial) {
+/* Has the agent behind agentfd ended? agentfd is a pidfd (readable once it
+ * exits; poll waits up to wait_ms), or without pidfds (Linux < 5.3) its
+ * /proc/PID directory opened while it ran: lookups in it fail once that
+ * process is gone, even when its pid is reused. */
+static bool agent_ended(int agentfd, bool pidfd, int wait_ms) {
+  struct pollfd p = { .fd = agentfd, .events = POLLIN };
+  if (pidfd) return poll(&p, 1, wait_ms) > 0;
+  poll(NULL, 0, wait_ms);
+  return faccessat(agentfd, "stat", F_OK, 0) != 0;
+}
+
+/* The probe process: agentfd tells when the agent it ends with is gone. Never returns. */
+static void probe_main(const struct hf_user_servers *us, const char *origin, int agentfd, bool pidfd,
+                       const char *figpath, const char *stoppath, bool partial) {
   struct slot sl[HF_PROBE_MAX_SERVERS];
   int64_t t0 = hf__now_ms(), finish_at = 0;
   const char *state = partial ? "partial" : "complete";
@@ -174,10 +185,9 @@ static void probe_main(const struct hf_user_servers *us, const char *origin, int
       break;
     }
   for (;;) {
-    struct pollfd p = { .fd = agentfd, .events = POLLIN };
     struct stat st;
     int64_t now;
-    if (poll(&p, 1, HF_PROBE_INTERVAL_MS) > 0) {
+    if (agent_ended(agentfd, pidfd, HF_PROBE_INTERVAL_MS)) {
       state = "interrupted";
       why = "the agent that started the probe ended before health (a reconnect or a killed agent)";
       break;
@@ -250,7 +260,7 @@ void hf__probe_begin(struct hf_req *r, json_t *data, json_t **journal) {
   struct hf_user_servers *us;
   char origin[300], lockp[PATH_MAX], figp[PATH_MAX], stopp[PATH_MAX], err[512];
   int lockfd, agentfd, i;
-  bool partial;
+  bool partial, pidfd;
   pid_t pid;
   json_t *o, *names;
 
@@ -284,14 +294,19 @@ void hf__probe_begin(struct hf_req *r, json_t *data, json_t **journal) {
     no_probe(data, journal, "none", "no single-user server runs (database)", 0, figp);
     goto out;
   }
-  /* The probe ends with the SSH session's agent: a pidfd turns readable
-   * when it exits (under become, this request's root agent exits at its end:
-   * the probe outlives it but not the login's agent). */
+  /* The probe ends with the SSH session's agent (under become, this
+   * request's root agent exits at its end: the probe outlives it but not the
+   * login's agent): a pidfd of it, else its /proc directory (agent_ended). */
   agentfd = (int)syscall(SYS_pidfd_open, (pid_t)hf__agent_pid(), 0);
+  pidfd = agentfd >= 0;
+  if (!pidfd) {
+    char proc[32];
+    snprintf(proc, sizeof proc, "/proc/%d", hf__agent_pid());
+    agentfd = open(proc, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  }
   if (agentfd < 0) {
     char why[160];
-    snprintf(why, sizeof why, "pidfd_open: %s (Linux 5.3 or newer is needed to tie the probe to the agent)",
-             strerror(errno));
+    snprintf(why, sizeof why, "neither a pidfd nor /proc of the agent (pid %d): %s", hf__agent_pid(), strerror(errno));
     no_probe(data, journal, "off", why, us->count, figp);
     goto out;
   }
@@ -315,7 +330,7 @@ void hf__probe_begin(struct hf_req *r, json_t *data, json_t **journal) {
     agentfd = fcntl(agentfd, F_DUPFD, 64);
     if (lockfd < 0 || agentfd < 0 || dup2(lockfd, 3) < 0 || dup2(agentfd, 4) < 0) _exit(1);
     closefrom(5);
-    probe_main(us, origin, 4, figp, stopp, partial);
+    probe_main(us, origin, 4, pidfd, figp, stopp, partial);
   }
   close(agentfd);
   if (pid < 0) {
@@ -353,7 +368,9 @@ void hf__probe_end(struct hf_req *r, json_t *data) {
       probe_path(r, "json", figp, sizeof figp) != 0 || probe_path(r, "stop", stopp, sizeof stopp) != 0)
     return;
   lockfd = hf_sf_open_read(lockp, err, sizeof err);
-  if (lockfd < 0) {
+  if (lockfd < 0 && access(figp, F_OK) == 0) {
+    free_now = true; /* an earlier health ended it and removed the lock (a retry): its figures again */
+  } else if (lockfd < 0) {
     /* No probe was started for this rollout here: say why, never a figure. */
     o = json_object();
     json_object_set_new(o, "state", json_string("none"));
@@ -362,16 +379,16 @@ void hf__probe_end(struct hf_req *r, json_t *data) {
     json_object_set_new(data, "users_downtime_ms", json_null());
     return;
   }
-  if (flock(lockfd, LOCK_EX | LOCK_NB) == 0) {
+  if (!free_now && flock(lockfd, LOCK_EX | LOCK_NB) == 0) {
     free_now = true; /* nothing runs: the figures are final (or it was killed) */
-  } else {
+  } else if (!free_now) {
     hf_sf_write_file(stopp, "health\n", 7, 0600, err, sizeof err);
     while (hf__now_ms() - t0 < HF_PROBE_WAIT_MS) {
       usleep(20000);
       if (flock(lockfd, LOCK_EX | LOCK_NB) == 0) { free_now = true; break; }
     }
   }
-  close(lockfd);
+  if (lockfd >= 0) close(lockfd);
   o = read_figures(figp);
   if (o == NULL) {
     o = json_object();
