@@ -30,58 +30,9 @@ static void set_state(struct hf_agent *a, enum hf_agent_state s) {
   a->state = s;
 }
 
-static void send_frame(int fd, bool *dead, json_t *msg) {
-  char *buf = NULL;
-  size_t len = 0;
-  int rc;
-  if (msg == NULL) return;
-  if (*dead) { json_decref(msg); return; }
-  rc = hf_frame_encode(msg, &buf, &len);
-  if (rc != 0 && strcmp(json_string_value(json_object_get(msg, "type")) ?: "", "result") == 0) {
-    /* A result must always arrive, or the controller waits for nothing:
-     * one too big to frame becomes an error result. */
-    json_t *e = hf_msg_result_err((uint64_t)json_integer_value(json_object_get(msg, "id")), rc,
-                                  "the result is larger than the protocol's frame limit");
-    free(buf);
-    buf = NULL;
-    rc = e ? hf_frame_encode(e, &buf, &len) : HF_ENOMEM;
-    json_decref(e);
-  }
-  if (rc == 0 && hf_write_all(fd, buf, len) != 0) *dead = true;
-  free(buf);
-  json_decref(msg);
-}
-
-void hf__send(struct hf_req *r, json_t *msg) {
-  send_frame(r->out_fd, r->out_dead, msg);
-}
-
-/* Event text must be valid UTF-8 for the frame to encode: replace anything
- * that is not printable ASCII or tab (tools print colours and locales). */
-static void sanitize(char *s) {
-  for (; *s; s++)
-    if (((unsigned char)*s < 0x20 && *s != '\t') || (unsigned char)*s > 0x7e) *s = '?';
-}
-
-void hf__event(struct hf_req *r, const char *level, const char *fmt, ...) {
-  char text[2048];
-  va_list ap;
-  if (*r->out_dead) return;
-  va_start(ap, fmt);
-  vsnprintf(text, sizeof text, fmt, ap);
-  va_end(ap);
-  sanitize(text);
-  hf__send(r, hf_msg_event_text(r->id, level, text));
-}
-
-void hf__progress(struct hf_req *r, const char *step, int64_t done, int64_t total) {
-  if (*r->out_dead) return;
-  hf__send(r, hf_msg_event_progress(r->id, step, done, total));
-}
-
 /* Ends the session after a frame that breaks the protocol. */
 static int proto_fail(struct hf_agent *a, int code, const char *detail) {
-  send_frame(a->out_fd, &a->out_dead, hf_msg_result_err(0, code, detail));
+  hf__send_frame(a->out_fd, &a->out_dead, hf_msg_result_err(0, code, detail));
   set_state(a, HF_AG_CLOSED);
   return 3;
 }
@@ -100,7 +51,7 @@ static int handle(struct hf_agent *a, json_t *msg) {
   t = json_string_value(json_object_get(msg, "type"));
   if (t == NULL || strcmp(t, "request") != 0) {
     snprintf(err, sizeof err, "expected a request frame, got %s", t ? (strlen(t) < 40 ? t : "(long type)") : "no type");
-    sanitize(err);
+    hf__printable(err);
     return proto_fail(a, HF_EPROTO, err);
   }
   /* Without a usable id there is no request to answer: the session ends.
@@ -131,7 +82,7 @@ static int handle(struct hf_agent *a, json_t *msg) {
   } else {
     json_decref(data);
     if (r->msg[0] == '\0') snprintf(r->msg, sizeof r->msg, "%s", hf_strerror(rc));
-    sanitize(r->msg);
+    hf__printable(r->msg);
     hf__send(r, hf_msg_result_err(r->id, rc, r->msg));
   }
 done:
@@ -154,7 +105,7 @@ int hf_agent_run(int in_fd, int out_fd) {
   /* Nor a hangup of the session: the step finishes and journals "done". */
   signal(SIGHUP, SIG_IGN);
   if (uname(&un) != 0) snprintf(un.machine, sizeof un.machine, "unknown");
-  send_frame(out_fd, &a.out_dead, hf_msg_hello(HF_VERSION, un.machine));
+  hf__send_frame(out_fd, &a.out_dead, hf_msg_hello(HF_VERSION, un.machine));
   if (a.out_dead) return 1;
   set_state(&a, HF_AG_READY);
 

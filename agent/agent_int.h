@@ -26,6 +26,9 @@
  * counts in the same process: this separates it out). */
 int64_t hf__cpu_us(void);
 extern int64_t hf__cpu_at_start;
+/* The line of a failed command's output (text borrowed) that says why: the
+ * last one naming an error, else the last non-empty one; into out. */
+void hf__why_line(const char *text, char *out, size_t outlen);
 /* Monotonic milliseconds. */
 int64_t hf__now_ms(void);
 /* Wall-clock time as "2026-11-25T16:30:00.123Z" into out (>= 32 bytes). */
@@ -245,6 +248,11 @@ struct hf_req {
  * the one deadline the caller gave, and the last one still gets a chance. */
 int64_t hf__left_ms(const struct hf_req *r);
 
+/* Encodes msg (stolen) as one frame to fd; a result too big to frame is sent as an error
+ * result. A failed write sets *dead, and nothing more is sent once it is set (events.c). */
+void hf__send_frame(int fd, bool *dead, json_t *msg);
+/* Replaces every byte that is not printable ASCII or tab with '?', in place. */
+void hf__printable(char *s);
 /* Sends one frame (msg stolen). Errors mark the output dead and are dropped:
  * the step goes on to journal its outcome even when the controller is gone. */
 void hf__send(struct hf_req *r, json_t *msg);

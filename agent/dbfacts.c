@@ -173,24 +173,3 @@ void hf__db_servers_facts(struct hf_req *r, json_t *db) {
   free(us);
 }
 
-/* The line of a failed command's output that says why: the last one that
- * names an error, else the last non-empty one. Into out. */
-void hf__why_line(const char *text, char *out, size_t outlen) {
-  const char *p = text, *best = NULL, *last = NULL;
-  size_t bl = 0, ll = 0;
-  out[0] = '\0';
-  while (p && *p) {
-    const char *e = strchr(p, '\n');
-    size_t l = e ? (size_t)(e - p) : strlen(p);
-    if (l > 0) {
-      last = p; ll = l;
-      if ((memmem(p, l, "Error", 5) || memmem(p, l, "error:", 6) || memmem(p, l, "failed", 6)) &&
-          !memmem(p, l, "Traceback", 9)) { best = p; bl = l; }
-    }
-    p = e ? e + 1 : NULL;
-  }
-  if (best == NULL) { best = last; bl = ll; }
-  if (best == NULL) return;
-  while (bl > 0 && (*best == ' ' || *best == '\t')) { best++; bl--; }
-  snprintf(out, outlen, "%.*s", (int)(bl < outlen ? bl : outlen - 1), best);
-}

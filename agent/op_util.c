@@ -11,11 +11,6 @@
 
 /* ---- small helpers ------------------------------------------------------------------- */
 
-int64_t hf__left_ms(const struct hf_req *r) {
-  int64_t left = r->deadline_ms - hf__now_ms();
-  return left > 1000 ? left : 1000;
-}
-
 int64_t hf__file_size(const char *p) {
   struct stat st;
   return (p != NULL && stat(p, &st) == 0) ? (int64_t)st.st_size : -1;

@@ -10,10 +10,6 @@
  * table (unknown, not zero). 0, or HF_EDB with err set. */
 int hf_db_running_servers(const char *path, int64_t *n, char *err, size_t errlen);
 
-/* The line of a failed command's output (text borrowed) that says why: the
- * last one naming an error, else the last non-empty one; into out. */
-void hf__why_line(const char *text, char *out, size_t outlen);
-
 /* Pushes pip's package source onto a: the configured one (hub.find_links
  * with --no-index, or hub.index_url), preceded by the host-local cache of
  * r->target when hf__cache_fetch completed it. Without r->target (a

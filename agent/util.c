@@ -1,4 +1,5 @@
-/* util.c: small helpers for the agent: clocks, checked formatting, directories, owned argv lists. */
+/* util.c: small helpers for the agent: clocks and a request's deadline, checked formatting, directories,
+ * owned argv lists, the line of a command's output that says why it failed. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -97,4 +98,31 @@ void hf_argv_free(struct hf_argv *a) {
   for (i = 0; i < a->n; i++) free(a->v[i]);
   a->n = 0;
   a->v[0] = NULL;
+}
+
+int64_t hf__left_ms(const struct hf_req *r) {
+  int64_t left = r->deadline_ms - hf__now_ms();
+  return left > 1000 ? left : 1000;
+}
+
+/* The line of a failed command's output that says why: the last one that
+ * names an error, else the last non-empty one. Into out. */
+void hf__why_line(const char *text, char *out, size_t outlen) {
+  const char *p = text, *best = NULL, *last = NULL;
+  size_t bl = 0, ll = 0;
+  out[0] = '\0';
+  while (p && *p) {
+    const char *e = strchr(p, '\n');
+    size_t l = e ? (size_t)(e - p) : strlen(p);
+    if (l > 0) {
+      last = p; ll = l;
+      if ((memmem(p, l, "Error", 5) || memmem(p, l, "error:", 6) || memmem(p, l, "failed", 6)) &&
+          !memmem(p, l, "Traceback", 9)) { best = p; bl = l; }
+    }
+    p = e ? e + 1 : NULL;
+  }
+  if (best == NULL) { best = last; bl = ll; }
+  if (best == NULL) return;
+  while (bl > 0 && (*best == ' ' || *best == '\t')) { best++; bl--; }
+  snprintf(out, outlen, "%.*s", (int)(bl < outlen ? bl : outlen - 1), best);
 }
