@@ -1,4 +1,4 @@
-/* test_output.c: the controller's output edge (controller/sanitize.c, issue 13 items 1 and 5):
+/* test_output.c: the controller's output edge (controller/cli/sanitize.c, issue 13 items 1 and 5):
  * the terminal filter against what a hostile host sends, and the files written for other
  * programs (report, Prometheus) against a symlink planted under the old PATH.tmp.PID name. */
 #include <errno.h>
