@@ -86,12 +86,18 @@ hub_proc() {
   echo "$pid $(awk '{ sub(/.*\) /, ""); print $20 }' "/proc/$pid/stat" 2>/dev/null)"
 }
 procs_snapshot() { for h in "${HUBLIST[@]}"; do echo "$h $(hub_proc "$h")"; done; }
-# untouched HOST ROLLOUT PROCS_BEFORE: no journal and no backup for ROLLOUT,
-# same hub process (pid and start time) as in the procs_snapshot file
+# journal_prepared_only HOST ROLLOUT: the journal holds nothing but the
+# preparation (stage: a copy of the envs beside the live ones), or nothing
+journal_prepared_only() {
+  journal "$1" "$2" | $PY -c 'import json,sys; sys.exit(0 if all(r.get("step") == "stage" for r in json.load(sys.stdin)) else 1)'
+}
+# untouched HOST ROLLOUT PROCS_BEFORE: no journal for ROLLOUT beyond its
+# preparation, no backup, same hub process (pid and start time) as in the
+# procs_snapshot file
 untouched() {
   local h=$1 rid=$2 before=$3 bdir
   bdir=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["_meta"]["hostvars"][sys.argv[2]]["hubfleet_backup_dir"])' "$W/inv.json" "$h")
-  journal_empty "$h" "$rid" || { echo "$h: journal for $rid: $(journal "$h" "$rid")" >&2; return 1; }
+  journal_prepared_only "$h" "$rid" || { echo "$h: journal for $rid: $(journal "$h" "$rid")" >&2; return 1; }
   [ ! -e "$bdir/$rid" ] || { echo "$h: backup dir $bdir/$rid exists" >&2; return 1; }
   [ "$(hub_proc "$h")" = "$(awk -v h="$h" '$1 == h { print $2, $3 }' "$before")" ] || {
     echo "$h: hub process changed: $(hub_proc "$h") vs $(grep "^$h " "$before")" >&2; return 1; }
