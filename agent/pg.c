@@ -79,6 +79,45 @@ int hf_pg_url_for(struct hf_req *r, const struct hf_pg *pg, const char *db, bool
   return rc == 0 ? 0 : HF_EBADARG;
 }
 
+/* The hub's own config as JupyterHub loads it (traitlets, in the hub environment's Python, in the
+ * config's directory): the password of its db_url when that URL names the same user and
+ * host[:port] as hubfleet_db. Printed after a marker, read from the captured output, never shown. */
+static const char config_pw_py[] =
+  "import os, sys\n"
+  "from urllib.parse import urlsplit, unquote\n"
+  "from traitlets.config.loader import PyFileConfigLoader\n"
+  "d, f = os.path.split(sys.argv[1])\n"
+  "c = PyFileConfigLoader(f, path=d).load_config()\n"
+  "u = urlsplit(str(c.get('JupyterHub', {}).get('db_url', '') or ''))\n"
+  "if u.password and unquote(u.username or '') == sys.argv[2] and u.netloc.rsplit('@', 1)[-1] == sys.argv[3]:\n"
+  "    sys.stdout.write('\\nHFPW:' + unquote(u.password) + '\\n')\n";
+
+static void config_password(struct hf_req *r, const struct pg_parts *p, char *pw, size_t pwlen) {
+  struct hf_argv a;
+  char *out = NULL, *m, keep[sizeof r->msg];
+  int rc;
+  pw[0] = '\0';
+  if (p->user[0] == '\0') return;
+  snprintf(keep, sizeof keep, "%s", r->msg);
+  hf__argv_start(r, &a);
+  hf_argv_pushf(&a, "%s/bin/python", r->hub.hub_env);
+  hf_argv_push(&a, "-I");
+  hf_argv_push(&a, "-c");
+  hf_argv_push(&a, config_pw_py);
+  hf_argv_push(&a, r->hub.config);
+  hf_argv_push(&a, p->user);
+  hf_argv_push(&a, p->hostport);
+  rc = hf__cmd(r, &a, r->hub.config_dir, NULL, NULL, hf__left_ms(r) < 30000 ? hf__left_ms(r) : 30000, "database", true, &out);
+  hf_argv_free(&a);
+  if (rc == 0 && out && (m = strstr(out, "\nHFPW:")) != NULL) {
+    size_t n = strcspn(m + 6, "\n");
+    if (n < pwlen) { memcpy(pw, m + 6, n); pw[n] = '\0'; }
+  }
+  if (out) { explicit_bzero(out, strlen(out)); free(out); }
+  /* A config that cannot be loaded here leaves libpq's own sources (~/.pgpass): not an error. */
+  snprintf(r->msg, sizeof r->msg, "%s", keep);
+}
+
 int hf_pg_open(struct hf_req *r, struct hf_pg *pg) {
   struct pg_parts p;
   char pw[256];
@@ -87,6 +126,8 @@ int hf_pg_open(struct hf_req *r, struct hf_pg *pg) {
     snprintf(r->msg, sizeof r->msg, "hubfleet_db is not a postgresql://[user@]host[:port]/database URL");
     return HF_EBADARG;
   }
+  /* No password in hubfleet_db: the hub's config may hold one in its db_url; else libpq's ~/.pgpass. */
+  if (pw[0] == '\0') config_password(r, &p, pw, sizeof pw);
   if (pw[0]) snprintf(pg->pw_env, sizeof pg->pw_env, "PGPASSWORD=%s", pw);
   explicit_bzero(pw, sizeof pw);
   /* libpq's settings for every program: a connect timeout, a name, the password when the URL had one. */

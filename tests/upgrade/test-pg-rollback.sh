@@ -9,8 +9,9 @@
 #   the one before. (With the controller alive, it reconnects and runs the
 #   interrupted migrate again, which PostgreSQL had rolled back: the hub ends
 #   upgraded; that is the controller's business, not this test's.)
-# - the password (the hub login's ~/.pgpass) in no output, state file, report,
-#   NDJSON, journal or backup.
+# - credentials from the hub's config (its db_url with the password, no
+#   ~/.pgpass): a dry run's rehearsal works with them;
+# - the password in no output, state file, report, NDJSON, journal or backup.
 # usage: test-pg-rollback.sh HUBFLEET AGENT
 . "$(dirname "$0")/real-lib.sh"
 up_real --hubs 0 --pg-hubs 1
@@ -77,6 +78,30 @@ check "$H: every table's dump equals the one before" dumps_equal "$H" "$W/before
 check "$H: alembic $BASEREV" test "$(alembic_of "$H")" = "$BASEREV"
 check "$H: both environments on $BASE" envs_on "$H" $BASE
 check "$H: /hub/api says $BASE" wait_for 30 healthy_on "$H" $BASE
+
+step "credentials from the hub's config (db_url with the password) instead of ~/.pgpass"
+CONF=$(hv "$H" hubfleet_config)
+PGPASS=$(fleet ssh "$H" -- printenv HOME)/.pgpass
+PW=$(head -1 "$W/passwords")
+mv "$PGPASS" "$PGPASS.aside"
+cp -p "$CONF" "$W/config.keep"
+$PY - "$CONF" "$PW" <<'PYEOF'
+import sys
+p, pw = sys.argv[1], sys.argv[2]
+s = open(p).read()
+old = "c.JupyterHub.db_url = 'postgresql://hub01@"
+assert old in s, "no db_url line"
+open(p, "w").write(s.replace(old, "c.JupyterHub.db_url = 'postgresql://hub01:%s@" % pw))
+PYEOF
+no_pgpass_refused() { ! psq "$H" "select 1" > /dev/null 2>&1; }
+check "without ~/.pgpass the server refuses the hub's login" no_pgpass_refused
+hf upgrade -i "$INV" --to $NEW --dry-run --json --state "$STATE" --events "$W/cfgpw.ndjson" > "$W/cfgpw.json" 2> "$W/cfgpw.out"
+check "dry run with the config's password exits 0" test $? -eq 0
+check "the rehearsal ran on a scratch copy with it ($BASEREV -> $(rel_rev $NEW))" test \
+  "$(jq_ "$W/cfgpw.json" "[[r['ok'], r['alembic_after'], r.get('scratch_dropped')] for h in d['hosts'] for r in [h['preflight']['rehearsal']]][0]")" = \
+  "[true, \"$(rel_rev $NEW)\", true]"
+cp -p "$W/config.keep" "$CONF"
+mv "$PGPASS.aside" "$PGPASS"
 
 step "the password is nowhere hubfleet writes"
 hf report "$RID" --state "$STATE" -o "$W/report.html" > /dev/null 2>&1
