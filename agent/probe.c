@@ -26,7 +26,7 @@
 #include "probe.h"
 
 #define HF_PROBE_INTERVAL_MS 100              /* between two requests to one server */
-#define HF_PROBE_TIMEOUT_MS  1000             /* one request; longer counts as not answered */
+#define HF_PROBE_TIMEOUT_MS  2000             /* one request; longer counts as not answered */
 #define HF_PROBE_TAIL_MS     500              /* probing goes on this long after health's verdict */
 #define HF_PROBE_MAX_MS      (30 * 60 * 1000) /* a probe never runs longer ("expired") */
 #define HF_PROBE_WAIT_MS     (HF_PROBE_TAIL_MS + HF_PROBE_TIMEOUT_MS + 2500) /* health waits for the figures */

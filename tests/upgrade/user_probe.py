@@ -28,7 +28,7 @@ import urllib.request
 
 def answered(opener, url):
     try:
-        with opener.open(url, timeout=1) as r:
+        with opener.open(url, timeout=2) as r:
             if r.status != 200:
                 return False, "HTTP %d" % r.status
             body = json.loads(r.read(65536) or b"null")
