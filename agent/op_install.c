@@ -83,8 +83,14 @@ int hf__install_envs(struct hf_req *r, const char *step, json_t *want, json_t *i
     json_t *by = json_object(), *det;
     for (i = 0; i < es->n && rc == 0; i++) {
       json_t *pins = json_object_get(want, es->env[i].prefix);
-      bool restored = false;
-      if (!json_is_object(pins) || env_at(&es->env[i], pins)) continue;
+      bool restored = false, undone = false;
+      /* An install cut in the middle of its switch: the environment put back first. */
+      if ((rc = hf__stage_undo_cut(r, es->env[i].prefix, &undone)) != 0) break;
+      if (undone) hf_env_inspect(es->env[i].prefix, r->hub.installer, &es->env[i]);
+      if (!json_is_object(pins) || env_at(&es->env[i], pins)) {
+        if (undone) json_object_set_new(by, es->env[i].prefix, json_string("switch"));
+        continue;
+      }
       rc = hf__stage_restore_prev(r, &es->env[i], pins, &restored);
       if (restored) hf_env_inspect(es->env[i].prefix, r->hub.installer, &es->env[i]);
       json_object_set_new(by, es->env[i].prefix, json_string(restored ? "switch" : "pip"));

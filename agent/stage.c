@@ -74,6 +74,9 @@ static const char *kind(const struct stat *st) {
   return S_ISLNK(st->st_mode) ? "a symbolic link" : S_ISDIR(st->st_mode) ? "a directory" : "not a directory";
 }
 
+static char **names_of(int fd);
+static void names_free(char **v);
+
 /* ---- the agent's record of what it staged (STATE_DIR/stage/env-KEY.json) ------------------------ */
 
 static int rec_path(struct hf_req *r, const char *prefix, char *out, size_t outlen) {
@@ -175,6 +178,74 @@ static void fingerprint(const struct hf_env *e, char hex[HF_SHA256_HEX]) {
   free(names);
 }
 
+/* ---- what the live environment looks like (its files' metadata) ------------------------------- */
+
+#define DIGEST_MAX_ENTRIES 400000
+
+static bool skip_cache(const char *name, const struct stat *st) {
+  size_t l = strlen(name);
+  return (S_ISDIR(st->st_mode) && strcmp(name, "__pycache__") == 0) ||
+         (S_ISREG(st->st_mode) && l > 4 && strcmp(name + l - 4, ".pyc") == 0);
+}
+
+/* Feeds every entry under the directory fd into h, sorted by name: its path, type, mode, owner,
+ * and for files and links their size, mtime and ctime (a directory's own times change whenever a
+ * byte-code cache appears in it; what it holds is in its entries' names). Byte-code caches
+ * (__pycache__, *.pyc) are left out: Python writes them as it runs. -1 past *left entries or the
+ * request's deadline (*why says so), else 0. */
+static int digest_dir(struct hf_req *r, int fd, const char *rel, int depth, struct hf_sha256 *h, long *left,
+                      char *why, size_t whylen) {
+  char **v = names_of(fd);
+  size_t i, n = 0;
+  int rc = 0;
+  if (v == NULL) { snprintf(why, whylen, "cannot read %s: %s", rel[0] ? rel : ".", strerror(errno)); return -1; }
+  while (v[n]) n++;
+  qsort(v, n, sizeof *v, cmp_names);
+  for (i = 0; i < n && rc == 0; i++) {
+    struct stat st;
+    char line[PATH_MAX + 200], sub[PATH_MAX];
+    int len;
+    if (--*left < 0) { snprintf(why, whylen, "more than %d entries", DIGEST_MAX_ENTRIES); rc = -1; break; }
+    if ((*left & 1023) == 0 && hf__now_ms() > r->deadline_ms) { snprintf(why, whylen, "the request's time ran out reading it"); rc = -1; break; }
+    if (fstatat(fd, v[i], &st, AT_SYMLINK_NOFOLLOW) != 0) { len = snprintf(line, sizeof line, "%s%s gone\n", rel, v[i]); hf_sha256_update(h, line, (size_t)len); continue; }
+    if (skip_cache(v[i], &st)) continue;
+    if (S_ISDIR(st.st_mode))
+      len = snprintf(line, sizeof line, "%s%s d %o %u %u\n", rel, v[i], (unsigned)st.st_mode, (unsigned)st.st_uid,
+                     (unsigned)st.st_gid);
+    else
+      len = snprintf(line, sizeof line, "%s%s %o %u %u %lld %lld.%09ld %lld.%09ld\n", rel, v[i], (unsigned)st.st_mode,
+                     (unsigned)st.st_uid, (unsigned)st.st_gid, (long long)st.st_size, (long long)st.st_mtim.tv_sec,
+                     st.st_mtim.tv_nsec, (long long)st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
+    hf_sha256_update(h, line, len < (int)sizeof line ? (size_t)len : sizeof line - 1);
+    if (S_ISDIR(st.st_mode)) {
+      int c;
+      if (depth >= 64 || snprintf(sub, sizeof sub, "%s%s/", rel, v[i]) >= (int)sizeof sub) continue;
+      if ((c = openat(fd, v[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0) {
+        snprintf(why, whylen, "cannot open %s%s: %s", rel, v[i], strerror(errno));
+        rc = -1;
+        break;
+      }
+      rc = digest_dir(r, c, sub, depth + 1, h, left, why, whylen);
+      close(c);
+    }
+  }
+  names_free(v);
+  return rc;
+}
+
+/* SHA-256 (hex) of the metadata of everything in the environment directory fd (digest_dir), or ""
+ * with why set when it could not be read in full within its bounds. */
+static void tree_digest(struct hf_req *r, int fd, char hex[HF_SHA256_HEX], char *why, size_t whylen) {
+  struct hf_sha256 h;
+  unsigned char d[HF_SHA256_LEN];
+  long left = DIGEST_MAX_ENTRIES;
+  hex[0] = '\0';
+  hf_sha256_init(&h);
+  if (digest_dir(r, fd, "", 0, &h, &left, why, whylen) != 0) return;
+  hf_sha256_final(&h, d);
+  hf_sha256_tohex(d, hex);
+}
+
 /* Does the environment at prefix hold exactly pins ({pkg: ver}, non-strings ignored), read from
  * its files? got (may be NULL) gets {pkg: version-or-null}. */
 static bool holds(const char *prefix, json_t *pins, json_t *got) {
@@ -202,24 +273,48 @@ static void pins_text(json_t *pins, char *out, size_t outlen) {
 }
 
 /* Is ENV.hf-next the complete staged copy this agent made of e as it is now (same directory, same
- * distributions), at pins, with the database at alembic, and do its files say so? got (may be
- * NULL) gets its versions. */
-static bool still_staged(struct hf_req *r, const struct hf_env *e, json_t *pins, const char *alembic, json_t *got) {
+ * distributions, no file changed since the copy began), at pins, with the database at alembic,
+ * and do its files say so? got (may be NULL) gets its versions; why (may be NULL) what differs. */
+static bool still_staged(struct hf_req *r, const struct hf_env *e, json_t *pins, const char *alembic, json_t *got,
+                         char *why, size_t whylen) {
   json_t *rec = rec_load(r, e->prefix);
-  char pinstr[4096], fp[HF_SHA256_HEX];
+  char pinstr[4096], fp[HF_SHA256_HEX], td[HF_SHA256_HEX], tdwhy[300] = "", dummy[8];
   struct spot s;
   struct stat nst, lst;
   bool ok = false;
+  int fd;
+  if (why == NULL) { why = dummy; whylen = sizeof dummy; }
+  snprintf(why, whylen, "no staged copy recorded");
   if (rec == NULL) return false;
   pins_text(pins, pinstr, sizeof pinstr);
   fingerprint(e, fp);
   if (spot_open(r, e->prefix, &s) == 0) {
-    ok = at_stat(&s, s.next, &nst) && rec_is(rec, "next", &nst) && nst.st_uid == geteuid() &&
-         at_stat(&s, s.live, &lst) && rec_is(rec, "live", &lst) && json_is_true(json_object_get(rec, "complete")) &&
-         strcmp(json_string_value(json_object_get(rec, "pins")) ?: "", pinstr) == 0 &&
-         strcmp(json_string_value(json_object_get(rec, "fingerprint")) ?: "", fp) == 0 &&
-         (alembic == NULL || strcmp(json_string_value(json_object_get(rec, "alembic")) ?: "", alembic) == 0) &&
-         holds(s.nextpath, pins, got);
+    if (!json_is_true(json_object_get(rec, "complete")))
+      snprintf(why, whylen, "its staging did not complete");
+    else if (!at_stat(&s, s.next, &nst) || !rec_is(rec, "next", &nst) || nst.st_uid != geteuid())
+      snprintf(why, whylen, "%s is not the copy this agent made", s.nextpath);
+    else if (!at_stat(&s, s.live, &lst) || !rec_is(rec, "live", &lst))
+      snprintf(why, whylen, "%s is not the directory that was copied", e->prefix);
+    else if (strcmp(json_string_value(json_object_get(rec, "pins")) ?: "", pinstr) != 0)
+      snprintf(why, whylen, "it was staged for other versions (%s)", json_string_value(json_object_get(rec, "pins")) ?: "?");
+    else if (strcmp(json_string_value(json_object_get(rec, "fingerprint")) ?: "", fp) != 0)
+      snprintf(why, whylen, "its distributions changed since it was staged");
+    else if (alembic != NULL && strcmp(json_string_value(json_object_get(rec, "alembic")) ?: "", alembic) != 0)
+      snprintf(why, whylen, "the database is at another revision than when it was staged");
+    else if ((fd = openat(s.pfd, s.live, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+      snprintf(why, whylen, "cannot open %s: %s", e->prefix, strerror(errno));
+    else {
+      tree_digest(r, fd, td, tdwhy, sizeof tdwhy);
+      close(fd);
+      if (td[0] == '\0')
+        snprintf(why, whylen, "its files cannot be compared with the copy's (%s)", tdwhy);
+      else if (strcmp(json_string_value(json_object_get(rec, "tree")) ?: "", td) != 0)
+        snprintf(why, whylen, "files in it changed (or were added or removed) since it was copied");
+      else if (!holds(s.nextpath, pins, got))
+        snprintf(why, whylen, "%s does not hold the target by its files", s.nextpath);
+      else
+        ok = true;
+    }
     close(s.pfd);
   }
   r->msg[0] = '\0';
@@ -260,22 +355,41 @@ static void names_free(char **v) {
   free(v);
 }
 
-/* Bytes (allocated blocks) under the directory fd, never leaving it through a symlink. */
-static int64_t tree_bytes(int fd, int depth) {
+/* What a copy of a tree needs: each regular file counted as the larger of its size and its
+ * allocated blocks (a sparse file's holes are kept by the copy, but its size is what the estimate
+ * must not miss), everything else as its blocks; the largest file and its path below the root. */
+struct need {
+  int64_t bytes, largest;
+  char largest_rel[PATH_MAX];
+};
+
+/* Adds what is under the directory fd (rel: its path below the root) to n, never leaving it
+ * through a symlink. */
+static void tree_need(int fd, const char *rel, int depth, struct need *n) {
   char **v = names_of(fd);
-  int64_t sum = 0;
   size_t i;
   for (i = 0; v && v[i]; i++) {
     struct stat st;
+    int64_t b;
     if (fstatat(fd, v[i], &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
-    sum += (int64_t)st.st_blocks * 512;
+    b = (int64_t)st.st_blocks * 512;
+    if (S_ISREG(st.st_mode) && (int64_t)st.st_size > b) b = (int64_t)st.st_size;
+    n->bytes += b;
+    if (S_ISREG(st.st_mode) && b > n->largest) {
+      n->largest = b;
+      snprintf(n->largest_rel, sizeof n->largest_rel, "%s%s", rel, v[i]);
+    }
     if (S_ISDIR(st.st_mode) && depth < 64) {
-      int c = openat(fd, v[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-      if (c >= 0) { sum += tree_bytes(c, depth + 1); close(c); }
+      char sub[PATH_MAX];
+      int c;
+      if (snprintf(sub, sizeof sub, "%s%s/", rel, v[i]) >= (int)sizeof sub) continue;
+      if ((c = openat(fd, v[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) >= 0) {
+        tree_need(c, sub, depth + 1, n);
+        close(c);
+      }
     }
   }
   names_free(v);
-  return sum;
 }
 
 /* Removes everything inside the directory fd, depth first, through descriptors only. */
@@ -321,6 +435,7 @@ struct copy {
   struct hf_req *r;
   const char *src_root;       /* ENV: absolute symlinks into it become relative */
   int64_t bytes, files;
+  int64_t written, budget;    /* bytes written so far; the most the estimate allows */
   int chown_failed;
   int skipped;
   char err[1024];
@@ -334,22 +449,60 @@ static void copy_meta(struct copy *c, int fd, const struct stat *st) {
   (void)futimens(fd, ts);
 }
 
-static int copy_data(int in, int out) {
-  char buf[65536];
-  for (;;) {
-    ssize_t n = copy_file_range(in, NULL, out, NULL, 1 << 30, 0);
-    if (n == 0) return 0;
-    if (n > 0) continue;
-    if (errno == EINTR) continue;
-    if (errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) return -1;
-    break; /* the kernel cannot: plain reads and writes from where it stopped */
+/* Copies the first size bytes of in (its size when opened: a file someone keeps appending to is
+ * copied as it was then) to out, keeping holes (SEEK_DATA/SEEK_HOLE), counting what it writes in
+ * c->written against c->budget and checking the request's deadline between chunks. 0, HF_EIO
+ * (errno set), HF_ENOSPC (c->written passed c->budget) or HF_ETIMEDOUT. */
+static int copy_data(struct copy *c, int in, int out, off_t size) {
+  static char buf[1 << 16];
+  bool kernel = true;
+  off_t off = 0;
+  while (off < size) {
+    off_t data = lseek(in, off, SEEK_DATA), end;
+    if (data < 0 && errno == ENXIO) break; /* nothing but a hole left */
+    if (data < 0) {
+      data = off; /* no SEEK_DATA here: all of it is data */
+      end = size;
+    } else {
+      if (data >= size) break;
+      end = lseek(in, data, SEEK_HOLE);
+      if (end < 0 || end > size) end = size;
+    }
+    off = data;
+    while (off < end) {
+      size_t want = (size_t)(end - off < (1 << 23) ? end - off : (1 << 23));
+      ssize_t n = -1;
+      if (hf__now_ms() > c->r->deadline_ms) return HF_ETIMEDOUT;
+      if (kernel) {
+        loff_t pi = off, po = off;
+        n = copy_file_range(in, &pi, out, &po, want, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+          kernel = false; /* the kernel cannot: plain reads and writes from where it stopped */
+          continue;
+        }
+      } else {
+        n = pread(in, buf, want < sizeof buf ? want : sizeof buf, off);
+        if (n < 0 && errno == EINTR) continue;
+        if (n > 0) {
+          ssize_t w = 0;
+          while (w < n) {
+            ssize_t k = pwrite(out, buf + w, (size_t)(n - w), off + w);
+            if (k < 0 && errno == EINTR) continue;
+            if (k <= 0) return HF_EIO;
+            w += k;
+          }
+        }
+      }
+      if (n < 0) return HF_EIO;
+      if (n == 0) { end = off; size = off; break; } /* the file shrank meanwhile: what was there */
+      off += n;
+      c->written += n;
+      if (c->written > c->budget) return HF_ENOSPC;
+    }
   }
-  for (;;) {
-    ssize_t n = read(in, buf, sizeof buf);
-    if (n == 0) return 0;
-    if (n < 0) { if (errno == EINTR) continue; return -1; }
-    if (hf_write_all(out, buf, (size_t)n) != 0) return -1;
-  }
+  if (ftruncate(out, size) != 0) return HF_EIO; /* a trailing hole stays one */
+  return 0;
 }
 
 /* The symlink target of a copied link at rel (its path below the root, "" for top-level names):
@@ -370,7 +523,8 @@ static void link_target(const struct copy *c, const char *rel, const char *targe
   else snprintf(out + o, o < outlen ? outlen - o : 0, "%s", target + rl + 1);
 }
 
-/* Copies what is inside directory sfd into directory dfd (new, empty). rel: the path below the root. */
+/* Copies what is inside directory sfd into directory dfd (new, empty). rel: the path below the root
+ * ("" or ending in "/"). */
 static int copy_inside(struct copy *c, int sfd, int dfd, const char *rel, int depth) {
   char **v = names_of(sfd);
   size_t i;
@@ -378,17 +532,28 @@ static int copy_inside(struct copy *c, int sfd, int dfd, const char *rel, int de
   if (v == NULL) { snprintf(c->err, sizeof c->err, "read directory %s/%s: %s", c->src_root, rel, strerror(errno)); return HF_EIO; }
   for (i = 0; v[i] && rc == 0; i++) {
     struct stat st;
-    char sub[PATH_MAX];
+    char here[PATH_MAX], sub[PATH_MAX];
     if (fstatat(sfd, v[i], &st, AT_SYMLINK_NOFOLLOW) != 0) continue; /* gone meanwhile */
-    if (hf__pathf(sub, sizeof sub, "%s%s/", rel, v[i]) != 0) { snprintf(c->err, sizeof c->err, "path too long below %s", c->src_root); rc = HF_EBADARG; break; }
+    /* here: the entry's path below the root (for messages); sub: the same as a rel for its children */
+    if (hf__pathf(here, sizeof here, "%s%s", rel, v[i]) != 0 || hf__pathf(sub, sizeof sub, "%s/", here) != 0) {
+      snprintf(c->err, sizeof c->err, "path too long below %s", c->src_root);
+      rc = HF_EBADARG;
+      break;
+    }
+    if (hf__now_ms() > c->r->deadline_ms) {
+      snprintf(c->err, sizeof c->err, "copying %s: the request's time ran out (at %s/%s); give it a longer timeout_ms",
+               c->src_root, c->src_root, here);
+      rc = HF_ETIMEDOUT;
+      break;
+    }
     if (S_ISDIR(st.st_mode)) {
       int cs, cd;
-      if (depth >= 64) { snprintf(c->err, sizeof c->err, "%s/%s: directories nested too deep", c->src_root, sub); rc = HF_EUNSUPPORTED; break; }
-      if (mkdirat(dfd, v[i], 0700) != 0) { snprintf(c->err, sizeof c->err, "create %s: %s", sub, strerror(errno)); rc = HF_EIO; break; }
+      if (depth >= 64) { snprintf(c->err, sizeof c->err, "%s/%s: directories nested too deep", c->src_root, here); rc = HF_EUNSUPPORTED; break; }
+      if (mkdirat(dfd, v[i], 0700) != 0) { snprintf(c->err, sizeof c->err, "create %s" NEXT_SUFFIX "/%s: %s", c->src_root, here, strerror(errno)); rc = HF_EIO; break; }
       cs = openat(sfd, v[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
       cd = openat(dfd, v[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
       if (cs < 0 || cd < 0) {
-        snprintf(c->err, sizeof c->err, "open %s: %s", sub, strerror(errno));
+        snprintf(c->err, sizeof c->err, "open %s/%s: %s", c->src_root, here, strerror(errno));
         rc = HF_EIO;
       } else {
         rc = copy_inside(c, cs, cd, sub, depth + 1);
@@ -400,9 +565,22 @@ static int copy_inside(struct copy *c, int sfd, int dfd, const char *rel, int de
       int in = openat(sfd, v[i], O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
       int out = openat(dfd, v[i], O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
       struct stat ist;
-      if (in < 0 || out < 0 || fstat(in, &ist) != 0 || !S_ISREG(ist.st_mode) || copy_data(in, out) != 0) {
-        snprintf(c->err, sizeof c->err, "copy %s/%s: %s", c->src_root, sub, strerror(errno));
+      int e = 0;
+      if (in < 0 || out < 0 || fstat(in, &ist) != 0 || !S_ISREG(ist.st_mode)) {
+        e = errno ? errno : EINVAL;
+        snprintf(c->err, sizeof c->err, "copy %s/%s: %s", c->src_root, here, strerror(e));
         rc = HF_EIO;
+      } else if ((rc = copy_data(c, in, out, ist.st_size)) != 0) {
+        e = errno;
+        if (rc == HF_ENOSPC)
+          snprintf(c->err, sizeof c->err, "copying %s: more than the estimated %lld MB written (at %s/%s, %lld MB): "
+                   "the environment grew while it was copied; stopped", c->src_root, (long long)(c->budget >> 20),
+                   c->src_root, here, (long long)(ist.st_size >> 20));
+        else if (rc == HF_ETIMEDOUT)
+          snprintf(c->err, sizeof c->err, "copying %s: the request's time ran out (at %s/%s); give it a longer "
+                   "timeout_ms", c->src_root, c->src_root, here);
+        else
+          snprintf(c->err, sizeof c->err, "copy %s/%s: %s", c->src_root, here, strerror(e));
       } else {
         copy_meta(c, out, &ist);
         c->bytes += ist.st_size;
@@ -416,7 +594,7 @@ static int copy_inside(struct copy *c, int sfd, int dfd, const char *rel, int de
       if (n < 0) continue;
       target[n] = '\0';
       link_target(c, rel, target, fixed, sizeof fixed);
-      if (symlinkat(fixed, dfd, v[i]) != 0) { snprintf(c->err, sizeof c->err, "create link %s: %s", sub, strerror(errno)); rc = HF_EIO; break; }
+      if (symlinkat(fixed, dfd, v[i]) != 0) { snprintf(c->err, sizeof c->err, "create link %s" NEXT_SUFFIX "/%s: %s", c->src_root, here, strerror(errno)); rc = HF_EIO; break; }
       if ((st.st_uid != geteuid() || st.st_gid != getegid()) &&
           fchownat(dfd, v[i], st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) != 0)
         c->chown_failed++;
@@ -434,7 +612,7 @@ static int copy_inside(struct copy *c, int sfd, int dfd, const char *rel, int de
 struct reloc {
   const char *needle, *repl;  /* ENV.hf-next and ENV */
   struct timespec since;      /* files changed since (pip's run) */
-  int rewritten;
+  int rewritten, binary;
   char err[1024];
 };
 
@@ -454,6 +632,9 @@ static int reloc_file(struct reloc *x, int dfd, const char *name, const struct s
   if (hf_read_fd(in, 64 << 20, &buf, &got) != 0) buf = NULL;
   close(in);
   if (buf == NULL) return 0;
+  /* Text files only (pip's scripts, pyvenv.cfg, activate*, RECORD, direct_url.json): a binary
+   * file (byte-code, a shared object) holding the path would change length and break. */
+  if (memchr(buf, '\0', (size_t)got) != NULL) { x->binary++; free(buf); return 0; }
   if (memmem(buf, (size_t)got, x->needle, nl) == NULL) { free(buf); return 0; }
   if ((out = malloc((size_t)got / nl * rl + (size_t)got + 1)) == NULL) { free(buf); return HF_ENOMEM; }
   for (p = buf; (q = memmem(p, (size_t)(buf + got - p), x->needle, nl)) != NULL; p = q + nl) {
@@ -533,7 +714,8 @@ static int verify_python(struct hf_req *r, const char *nextpath, json_t *pins, j
   int rc;
   hf__argv_start(r, &a);
   hf_argv_pushf(&a, "%s/bin/python", nextpath);
-  hf_argv_push(&a, "-I");
+  hf_argv_push(&a, "-I"); /* -I ignores PYTHONDONTWRITEBYTECODE: -B, no byte-code written into the copy */
+  hf_argv_push(&a, "-B");
   hf_argv_push(&a, "-c");
   hf_argv_push(&a, script);
   json_object_foreach(pins, pkg, v) if (json_is_string(v)) hf_argv_push(&a, pkg);
@@ -597,6 +779,8 @@ static int stage_env(struct hf_req *r, const struct hf_env *e, json_t *pins, con
   int rc = 0, sfd = -1, dfd = -1;
   int64_t need, free_b;
   struct statvfs vs;
+  struct need nd;
+  char tree[HF_SHA256_HEX], treewhy[300] = "";
 
   *already = false;
   *bytes = 0;
@@ -611,23 +795,32 @@ static int stage_env(struct hf_req *r, const struct hf_env *e, json_t *pins, con
   }
   /* ENV.hf-next: ours (the record's device and inode, our owner) or refused. */
   if (at_stat(&s, s.next, &nst)) {
-    if (!rec_is(rec, "next", &nst) || nst.st_uid != geteuid()) {
+    /* A record that says the agent was creating it (killed between its mkdirat and the record of
+     * its inode): a directory of the agent's own, private, is that one. */
+    if (rec != NULL && json_is_true(json_object_get(rec, "creating")) && !json_is_integer(json_object_get(rec, "next_ino")) &&
+        S_ISDIR(nst.st_mode) && nst.st_uid == geteuid() && (nst.st_mode & 07777) == 0700) {
+      hf__event(r, "info", "stage: %s is the directory a killed agent was creating: removed", s.nextpath);
+      rec_set_id(rec, "next", &nst);
+      if ((rc = rm_own(r, &s, s.next, rec, "next")) != 0) goto out;
+    } else if (!rec_is(rec, "next", &nst) || nst.st_uid != geteuid()) {
       snprintf(r->msg, sizeof r->msg, "stage: %s exists and is not a staging copy this agent made (%s owned by uid %u): "
                "nothing was changed; remove or rename it (rm -r %s) and stage again", s.nextpath, kind(&nst),
                (unsigned)nst.st_uid, s.nextpath);
       rc = HF_ESTATE;
       goto out;
+    } else {
+      char why[600];
+      if (still_staged(r, e, pins, alembic, got, why, sizeof why)) {
+        hf__event(r, "info", "stage: %s already holds the target; %s unchanged since", s.nextpath, e->prefix);
+        json_object_set_new(entry, "path", json_string(s.nextpath));
+        json_object_set(entry, "versions", got);
+        *bytes = json_integer_value(json_object_get(rec, "bytes"));
+        *already = true;
+        goto out;
+      }
+      hf__event(r, "info", "stage: replacing the stale staged copy %s: %s", s.nextpath, why);
+      if ((rc = rm_own(r, &s, s.next, rec, "next")) != 0) goto out;
     }
-    if (still_staged(r, e, pins, alembic, got)) {
-      hf__event(r, "info", "stage: %s already holds the target; %s unchanged since", s.nextpath, e->prefix);
-      json_object_set_new(entry, "path", json_string(s.nextpath));
-      json_object_set(entry, "versions", got);
-      *bytes = json_integer_value(json_object_get(rec, "bytes"));
-      *already = true;
-      goto out;
-    }
-    hf__event(r, "info", "stage: replacing the stale staged copy %s", s.nextpath);
-    if ((rc = rm_own(r, &s, s.next, rec, "next")) != 0) goto out;
   }
   /* The ENV.hf-prev an earlier switch kept: removed now, outside the downtime. Anything else there
    * is left alone (install moves it aside). */
@@ -646,23 +839,25 @@ static int stage_env(struct hf_req *r, const struct hf_env *e, json_t *pins, con
     rc = HF_EIO;
     goto out;
   }
-  need = tree_bytes(sfd, 0);
-  need += need / 10 + (32 << 20);
+  /* What the live environment looks like before anything is copied: a change made to it from
+   * here on (during the copy or after) makes the copy stale (still_staged). */
+  tree_digest(r, sfd, tree, treewhy, sizeof treewhy);
+  if (tree[0] == '\0')
+    hf__event(r, "warn", "stage: the files of %s cannot be compared later (%s): install will use the installer", e->prefix, treewhy);
+  memset(&nd, 0, sizeof nd);
+  tree_need(sfd, "", 0, &nd);
+  need = nd.bytes + nd.bytes / 10 + (32 << 20);
   free_b = fstatvfs(s.pfd, &vs) == 0 ? (int64_t)vs.f_bavail * (int64_t)vs.f_frsize : -1;
   if (free_b >= 0 && free_b < need) {
-    snprintf(r->msg, sizeof r->msg, "stage: staging %s needs about %lld MB beside it (a copy of the environment and "
-             "pip's unpacking), but only %lld MB are free there: nothing was changed", e->prefix,
-             (long long)(need >> 20), (long long)(free_b >> 20));
+    snprintf(r->msg, sizeof r->msg, "stage: staging %s needs about %lld MB beside it (a copy of the environment, "
+             "each file counted at its full size, and pip's unpacking), but only %lld MB are free there (the largest "
+             "file is %s/%s, %lld MB): nothing was changed", e->prefix, (long long)(need >> 20),
+             (long long)(free_b >> 20), e->prefix, nd.largest_rel, (long long)(nd.largest >> 20));
     rc = HF_ENOSPC;
     goto out;
   }
-  if (mkdirat(s.pfd, s.next, 0700) != 0 ||
-      (dfd = openat(s.pfd, s.next, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0 ||
-      fstat(dfd, &top) != 0 || top.st_uid != geteuid()) {
-    snprintf(r->msg, sizeof r->msg, "stage: create %s: %s", s.nextpath, strerror(errno ? errno : EPERM));
-    rc = HF_EIO;
-    goto out;
-  }
+  /* The record first says a directory is being created: a kill before its inode is recorded leaves
+   * one the next stage knows as the agent's. */
   json_decref(rec);
   rec = json_object();
   json_object_set_new(rec, "env", json_string(e->prefix));
@@ -670,6 +865,18 @@ static int stage_env(struct hf_req *r, const struct hf_env *e, json_t *pins, con
   json_object_set_new(rec, "target", json_string(r->target));
   json_object_set_new(rec, "pins", json_string(pinstr));
   json_object_set_new(rec, "complete", json_false());
+  json_object_set_new(rec, "creating", json_true());
+  rec_set_id(rec, "live", &lst);
+  if ((rc = rec_save(r, e->prefix, rec)) != 0) goto out;
+  errno = 0;
+  if (mkdirat(s.pfd, s.next, 0700) != 0 ||
+      (dfd = openat(s.pfd, s.next, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0 ||
+      fstat(dfd, &top) != 0 || top.st_uid != geteuid()) {
+    snprintf(r->msg, sizeof r->msg, "stage: create %s: %s", s.nextpath, strerror(errno ? errno : EPERM));
+    rc = HF_EIO;
+    goto out;
+  }
+  json_object_del(rec, "creating");
   rec_set_id(rec, "next", &top);
   rec_set_id(rec, "live", &lst);
   json_object_set_new(rec, "live_uid", json_integer(lst.st_uid));
@@ -681,6 +888,7 @@ static int stage_env(struct hf_req *r, const struct hf_env *e, json_t *pins, con
   memset(&c, 0, sizeof c);
   c.r = r;
   c.src_root = e->prefix;
+  c.budget = nd.bytes + nd.bytes / 10 + (1 << 20);
   if ((rc = copy_inside(&c, sfd, dfd, "", 0)) != 0) {
     snprintf(r->msg, sizeof r->msg, "stage: %s", c.err);
     goto out;
@@ -702,6 +910,7 @@ static int stage_env(struct hf_req *r, const struct hf_env *e, json_t *pins, con
   x.needle = s.nextpath;
   x.repl = e->prefix;
   x.rewritten = 0;
+  x.binary = 0;
   x.err[0] = '\0';
   if ((rc = reloc_inside(&x, dfd, 0)) != 0) {
     snprintf(r->msg, sizeof r->msg, "stage: relocating %s: %s", s.nextpath, x.err);
@@ -724,6 +933,7 @@ static int stage_env(struct hf_req *r, const struct hf_env *e, json_t *pins, con
   }
   json_object_set_new(rec, "complete", json_true());
   json_object_set_new(rec, "fingerprint", json_string(fp));
+  json_object_set_new(rec, "tree", json_string(tree));
   json_object_set_new(rec, "alembic", json_string(alembic));
   json_object_set_new(rec, "bytes", json_integer(c.bytes));
   json_object_set(rec, "versions", got);
@@ -804,7 +1014,7 @@ int hf__op_stage(struct hf_req *r, json_t *data) {
   want = hf__install_want(r, es);
   /* Answered at once when nothing changed since the last stage: no journal record either. */
   for (i = 0; i < es->n && all_already; i++)
-    all_already = still_staged(r, &es->env[i], json_object_get(want, es->env[i].prefix), alembic, NULL);
+    all_already = still_staged(r, &es->env[i], json_object_get(want, es->env[i].prefix), alembic, NULL, NULL, 0);
   if (!all_already) {
     det = json_object();
     json_object_set_new(det, "target", json_string(r->target));
@@ -921,8 +1131,9 @@ int hf__stage_switch(struct hf_req *r, const struct hf_env *e, json_t *pins, jso
     fsync(s.pfd);
     hf__event(r, "info", "install: finished the switch of %s a killed agent began", e->prefix);
   } else if (have_l && have_n && rec_is(rec, "live", &lst) && rec_is(rec, "next", &nst)) {
-    if (!still_staged(r, e, pins, NULL, NULL)) {
-      hf__event(r, "info", "install: %s changed since it was staged (or its copy did): pip instead", e->prefix);
+    char why[600];
+    if (!still_staged(r, e, pins, NULL, NULL, why, sizeof why)) {
+      hf__event(r, "info", "install: %s not switched to its staged copy: %s; the installer instead", e->prefix, why);
       goto out;
     }
     sw = json_object();
@@ -988,6 +1199,51 @@ out:
 
 /* ---- the way back (rollback) ---------------------------------------------------------------------- */
 
+int hf__stage_undo_cut(struct hf_req *r, const char *prefix, bool *undone) {
+  json_t *rec = rec_load(r, prefix);
+  struct spot s;
+  struct stat lst, nst, pst;
+  bool have_l, have_n, have_p;
+  int rc = 0;
+
+  *undone = false;
+  if (rec == NULL) return 0;
+  if (spot_open(r, prefix, &s) != 0) { json_decref(rec); r->msg[0] = '\0'; return 0; }
+  have_l = at_stat(&s, s.live, &lst);
+  have_n = at_stat(&s, s.next, &nst);
+  have_p = at_stat(&s, s.prev, &pst);
+  if (have_l && have_n && rec_is(rec, "next", &lst) && rec_is(rec, "live", &nst)) {
+    /* Cut right after the exchange: ENV is the staged copy, ENV.hf-next the environment it replaced. */
+    if (renameat2(s.pfd, s.next, s.pfd, s.live, RENAME_EXCHANGE) != 0) {
+      snprintf(r->msg, sizeof r->msg, "rollback: %s is the staged copy of a cut install and %s the environment it "
+               "replaced, but they cannot be exchanged back: %s", prefix, s.nextpath, strerror(errno));
+      rc = HF_EIO;
+      goto out;
+    }
+    *undone = true;
+  } else if (!have_l && have_n && have_p && rec_is(rec, "next", &nst) && rec_is(rec, "live", &pst)) {
+    /* Two renames, cut between them: the environment is ENV.hf-prev, its copy still ENV.hf-next. */
+    if (renameat(s.pfd, s.prev, s.pfd, s.live) != 0) {
+      snprintf(r->msg, sizeof r->msg, "rollback: %s is missing after a cut install; renaming %s back to it failed: %s",
+               prefix, s.prevpath, strerror(errno));
+      rc = HF_EIO;
+      goto out;
+    }
+    *undone = true;
+  }
+  if (*undone) {
+    fsync(s.pfd);
+    json_object_del(rec, "switch");
+    rc = rec_save(r, prefix, rec);
+    hf__event(r, "info", "rollback: the switch of %s an install began and did not finish undone: %s is the "
+              "environment it was before (its staged copy is %s again)", prefix, prefix, s.nextpath);
+  }
+out:
+  close(s.pfd);
+  json_decref(rec);
+  return rc;
+}
+
 int hf__stage_restore_prev(struct hf_req *r, const struct hf_env *e, json_t *pins, bool *restored) {
   json_t *rec = rec_load(r, e->prefix);
   struct spot s;
@@ -997,7 +1253,10 @@ int hf__stage_restore_prev(struct hf_req *r, const struct hf_env *e, json_t *pin
   *restored = false;
   if (rec == NULL) return 0;
   if (spot_open(r, e->prefix, &s) != 0) { json_decref(rec); r->msg[0] = '\0'; return 0; }
-  if (!at_stat(&s, s.prev, &pst) || !rec_is(rec, "prev", &pst) || !at_stat(&s, s.live, &lst) || !S_ISDIR(lst.st_mode) ||
+  /* ENV.hf-prev: the one the switch kept, or (both renames done, the record not yet updated) the
+   * environment that was copied while ENV is its copy. */
+  if (!at_stat(&s, s.prev, &pst) || !at_stat(&s, s.live, &lst) || !S_ISDIR(lst.st_mode) ||
+      !(rec_is(rec, "prev", &pst) || (rec_is(rec, "live", &pst) && rec_is(rec, "next", &lst))) ||
       !holds(s.prevpath, pins, NULL))
     goto out;
   if (renameat2(s.pfd, s.prev, s.pfd, s.live, RENAME_EXCHANGE) != 0) {

@@ -33,4 +33,10 @@ int hf__stage_switch(struct hf_req *r, const struct hf_env *e, json_t *pins, jso
  * in (no installer, no package source). *restored says whether it did. */
 int hf__stage_restore_prev(struct hf_req *r, const struct hf_env *e, json_t *pins, bool *restored);
 
+/* rollback, first: when an install's switch of the environment at prefix was cut (ENV the staged
+ * copy and ENV.hf-next the environment it replaced, or ENV missing and that environment at
+ * ENV.hf-prev), by the inodes in the stage record, puts the environment back at ENV and the copy at
+ * ENV.hf-next, as before the install. *undone says whether it did. 0, or HF_EIO with r->msg. */
+int hf__stage_undo_cut(struct hf_req *r, const char *prefix, bool *undone);
+
 #endif /* HF_AGENT_STAGE_H */
