@@ -1,7 +1,9 @@
 /* port_ssh.c: the scheduler's engine interface (struct hf_rollout_port) over
  * the SSH engine, and the operator's --confirm prompt on the terminal. */
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
+#include <string.h>
 #include "hf_controller.h"
 #include "rollout_int.h"
 
@@ -41,18 +43,34 @@ static void ssh_stats(void *eng, FILE *f) {
           (double)s.max_stall_wall_ns / 1e6);
 }
 
-/* Asks the operator on the terminal whether to go on; false = pause (also
- * without a terminal). */
-static bool tty_confirm(void *eng, unsigned stage, unsigned nstages, size_t n) {
+static volatile sig_atomic_t prompt_interrupted;
+static void on_prompt_signal(int sig) { (void)sig; prompt_interrupted = 1; }
+
+/* Asks the operator on the terminal whether to go on: 1 yes, 0 no (also
+ * without a terminal), -1 Ctrl-C (or SIGTERM) at the prompt. The loop is
+ * blocked while it asks, so the signals are caught here, without
+ * SA_RESTART, to end the read. */
+static int tty_confirm(void *eng, unsigned stage, unsigned nstages, size_t n) {
   (void)eng;
   FILE *tty = fopen("/dev/tty", "r+");
-  if (!tty) return false;
+  if (!tty) return 0;
+  struct sigaction sa, old_int, old_term;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_prompt_signal;
+  sigemptyset(&sa.sa_mask);
+  prompt_interrupted = 0;
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
   fprintf(tty, "Stage %u of %u: %zu host%s. Continue? [y/N] ", stage + 1, nstages, n, n == 1 ? "" : "s");
   fflush(tty);
   char line[32] = "";
-  bool yes = fgets(line, sizeof line, tty) && (line[0] == 'y' || line[0] == 'Y');
+  bool got = fgets(line, sizeof line, tty) != NULL;
+  sigaction(SIGINT, &old_int, NULL);
+  sigaction(SIGTERM, &old_term, NULL);
+  if (prompt_interrupted) fputc('\n', tty);
   fclose(tty);
-  return yes;
+  if (prompt_interrupted) return -1;
+  return got && (line[0] == 'y' || line[0] == 'Y');
 }
 
 const struct hf_rollout_port hf_rollout_ssh_port = {

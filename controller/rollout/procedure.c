@@ -279,9 +279,10 @@ static void on_step_result(struct hf_session *s, int status, const json_t *data,
   bool lost = request_lost(h, s, status);
   char why[700];
 
-  if (h->step == ST_STAGE && status == HF_EUNSUPPORTED) {
+  if (h->step == ST_STAGE && (status == HF_EUNSUPPORTED || status == HF_ENOSPC)) {
     /* An environment the agent cannot stage (conda, a symlinked or nested
-     * env): no copy; install will run pip inside the downtime, as before. */
+     * env) or no room for a copy beside it: install will run pip inside the
+     * downtime, as before staging existed (preflight checked its room). */
     say(ro, "%s: not staged (%s): install will run pip while the hub is down", h->host->name,
         message && *message ? message : "unsupported");
     emit(ro, h, "step", "warn", "not staged: %s", message && *message ? message : "unsupported");
@@ -498,7 +499,7 @@ static void on_journal_result(struct hf_session *s, int status, const json_t *da
 /* Sends what the host's goal needs next on its ready session. */
 void host_send(struct rhost *h) {
   struct rollout *ro = h->ro;
-  if (ro->interrupts && h->goal != G_ROLLBACK) {
+  if ((ro->interrupts && h->goal != G_ROLLBACK) || (ro->halting && h->goal == G_PREPARE)) {
     /* A safe point: the last step's result is recorded and the next one
      * not sent. The host stays "running" at that step in the state file,
      * and resume goes on from its journal. A rollback runs to its end. */

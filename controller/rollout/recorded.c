@@ -129,7 +129,10 @@ int load_recorded(struct rollout *ro) {
        * pending ones start from the beginning. */
       h->selected = h->outcome == HO_RUNNING || h->outcome == HO_PENDING || h->outcome == HO_PREPARED;
       h->journal_first = h->outcome == HO_RUNNING;
-      if (h->outcome == HO_PENDING || h->outcome == HO_PREPARED) h->step = ST_PREFLIGHT;
+      /* Not past its preparation (a prepared host killed during its re-check,
+       * say): preflight and stage again, since the journal's "stage done"
+       * may be the preparation's, not a re-check of now. */
+      if (h->outcome == HO_PENDING || h->outcome == HO_PREPARED || h->step <= ST_STAGE) h->step = ST_PREFLIGHT;
       if (h->step >= ST_STOP) h->t_stop = 0;
       if (h->outcome == HO_RUNNING && step && !strcmp(step, HF_STEP_ROLLBACK)) {
         /* An automatic rollback was under way: it goes on (its journal says

@@ -126,8 +126,9 @@ struct hf_rollout_port {
   const char *(*error)(const struct hf_session *s);
   /* --stats line, may be NULL. */
   void (*stats)(void *eng, FILE *f);
-  /* --confirm: whether to start stage (0-based) of n hosts. */
-  bool (*confirm)(void *eng, unsigned stage, unsigned nstages, size_t n);
+  /* --confirm: whether to start stage (0-based) of n hosts: 1 yes, 0 no,
+   * -1 interrupted (Ctrl-C at the prompt). */
+  int  (*confirm)(void *eng, unsigned stage, unsigned nstages, size_t n);
 };
 extern const struct hf_rollout_port hf_rollout_ssh_port;
 /* The run on any port (tests: a fake engine). */
@@ -184,6 +185,7 @@ struct rollout {
   size_t            prep_next;     /* next index in launch order to prepare */
   size_t           *order;         /* host indexes in stage order */
   bool              halting;
+  bool              confirm_waiting; /* the stage is over, the --confirm prompt waits for preparations in flight */
   bool              state_broken;  /* a state write failed: stopped at once, exit 70 */
   int               interrupts;    /* SIGINT/SIGTERM received: 1 = pausing at safe points */
   uv_signal_t       sigint, sigterm;

@@ -88,7 +88,7 @@ static size_t preparing(const struct rollout *ro) { return ro->in_state[HR_PREPC
  * which changes the hub. */
 static void prepare_more(struct rollout *ro) {
   int bound = hf_rollout_prepare_parallel(ro->o);
-  if (ro->halting || ro->interrupts || bound <= 0) return;
+  if (ro->halting || ro->interrupts || ro->confirm_waiting || bound <= 0) return;
   if (ro->o->mode != HF_RM_UPGRADE && ro->o->mode != HF_RM_RESUME) return;
   if (ro->prep_next < ro->next) ro->prep_next = ro->next;
   while (preparing(ro) < (size_t)bound && ro->prep_next < ro->nhosts) {
@@ -159,13 +159,17 @@ static void stage_next(struct rollout *ro) {
   if (ro->halting) { if (preparing(ro) == 0) finish(ro, HF_ROLLOUT_HALTED); return; }
   /* The operator is asked with every preparation settled (a pause then
    * leaves nothing in flight). */
-  if (ro->o->confirm && preparing(ro) > 0) return;
+  if (ro->o->confirm && preparing(ro) > 0) { ro->confirm_waiting = true; return; }
+  ro->confirm_waiting = false;
   unsigned next = ro->stage + 1;
   size_t n = 0;
   for (size_t i = 0; i < ro->nhosts; i++) n += ro->hosts[i].selected && ro->hosts[i].stage == next;
   progress_clear(ro);
-  if (ro->o->confirm && !ro->port->confirm(ro->engine, next, ro->nstages, n)) {
-    say(ro, "paused before stage %u: continue with 'hubfleet resume %s'", next + 1, ro->id);
+  int answer = ro->o->confirm ? ro->port->confirm(ro->engine, next, ro->nstages, n) : 1;
+  if (answer <= 0) {
+    if (answer < 0) ro->interrupts = 1;   /* Ctrl-C at the prompt: the first Ctrl-C, nothing in flight */
+    say(ro, "%s before stage %u: continue with 'hubfleet resume %s'", answer < 0 ? "interrupted" : "paused",
+        next + 1, ro->id);
     if (ro->o->state) hf_state_rollout_set_stage(ro->o->state, ro->id, next);
     finish(ro, HF_ROLLOUT_PAUSED);
     return;

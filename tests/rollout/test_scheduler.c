@@ -40,6 +40,7 @@ struct script {
   bool           unreachable_after_loss;   /* connecting fails after the loss */
   int            recheck;        /* 0 ok; 1 health fails on the soak re-check; 2 lost on it */
   const char    *kill_op;        /* _exit(9) at this op (in a child) */
+  int            kill_nth;       /* ... its nth time (0 = the first) */
   enum kill_when kill_when;
   const char    *sigint_op;      /* raise(SIGINT) when this op is received */
   const char    *refuse;         /* preflight answers with this refusing check */
@@ -188,7 +189,7 @@ static void agent_run(struct hf_session *s) {
   h->requests++;
   if (!h->first_req_seq) h->first_req_seq = ++seq;
   if (h->sc.sigint_op && !strcmp(op, h->sc.sigint_op)) { h->sc.sigint_op = NULL; raise(SIGINT); }
-  if (h->sc.kill_op && !strcmp(op, h->sc.kill_op) && h->sc.kill_when == K_BEFORE) _exit(9);
+  if (h->sc.kill_op && !strcmp(op, h->sc.kill_op) && h->sc.kill_when == K_BEFORE && --h->sc.kill_nth <= 0) _exit(9);
   if (!strcmp(op, "journal")) {
     json_t *j = journal_load(h);
     s->data = json_pack("{s:o}", "steps", j);
@@ -279,7 +280,7 @@ static const char *f_error(const struct hf_session *s) { return s->msg; }
 
 static int confirm_answer;   /* 1 yes, 0 no */
 static int confirms;
-static bool f_confirm(void *eng, unsigned stage, unsigned nstages, size_t n) {
+static int f_confirm(void *eng, unsigned stage, unsigned nstages, size_t n) {
   (void)eng; (void)stage; (void)nstages; (void)n;
   confirms++;
   return confirm_answer;
@@ -566,8 +567,11 @@ static void t_kill_resume(void) {
       CHECK(r.rc == HF_EXIT_OK, "kill at %s/%s: resume rc %d", ops[k], when == K_BEFORE ? "before" : "after", r.rc);
       CHECK(!strcmp(rollout_status(&r), "done"), "kill at %s: %s", ops[k], rollout_status(&r));
       for (int h = 0; h < 2; h++) CHECK(!strcmp(host_status(&r, h), "upgraded"), "kill at %s: %s %s", ops[k], fh[h].name, host_status(&r, h));
+      /* stage may run again after a kill at or before it (resume prepares
+       * again from preflight; the agent answers "already") */
       for (int s = 1; s < ST__COUNT; s++)
-        CHECK(before[s] + fh[0].runs[s] == 1, "kill at %s/%s: %s ran %d times in all", ops[k],
+        CHECK(before[s] + fh[0].runs[s] == 1 || (s == ST_STAGE && before[s] + fh[0].runs[s] == 2),
+              "kill at %s/%s: %s ran %d times in all", ops[k],
               when == K_BEFORE ? "before" : "after", hr_step(s)->name, before[s] + fh[0].runs[s]);
       CHECK(total_stale() == 0, "kill at %s: %d stale steps sent", ops[k], total_stale());
       CHECK(has_downtime(&r, 0), "kill at %s: hub01's downtime lost", ops[k]);
@@ -729,6 +733,88 @@ static void t_prepare_refused(void) {
   }
 }
 
+/* The review's cases (C1-C5). */
+static void t_review(void) {
+  /* C3: Ctrl-C at the --confirm prompt pauses at once, exit 130 */
+  struct run r = { 0 };
+  fleet(3);
+  struct hf_rollout_opts o = opts(&r, HF_RM_UPGRADE);
+  o.stages_spec = "1,100%";
+  o.confirm = true;
+  confirm_answer = -1;
+  go(&r, &o);
+  CHECK(r.rc == 130 && !strcmp(rollout_status(&r), "paused"), "C3: rc %d %s", r.rc, rollout_status(&r));
+  CHECK(steps_run(&fh[1], ST_BACKUP, ST__COUNT) + steps_run(&fh[2], ST_BACKUP, ST__COUNT) == 0, "C3: stage 2 changed");
+  run_close(&r);
+  confirm_answer = 0;
+
+  /* C2: a pending prompt starts no new preparation */
+  fleet(8);
+  o = opts(&r, HF_RM_UPGRADE);
+  o.stages_spec = "1,2,100%";
+  o.confirm = true;
+  o.prepare_parallel = 1;
+  go(&r, &o);
+  int prepared = 0;
+  for (int i = 1; i < 8; i++) prepared += fh[i].stage_done_seq != 0;
+  CHECK(!strcmp(rollout_status(&r), "paused") && prepared < 7, "C2: %d of 7 hosts prepared before the prompt", prepared);
+  run_close(&r);
+
+  /* C4: a halt sends no stage to a host being prepared */
+  fleet(4);
+  fh[0].sc.fail_op = "backup";
+  o = opts(&r, HF_RM_UPGRADE);
+  o.stages_spec = "1,100%";
+  o.prepare_parallel = 1;
+  go(&r, &o);
+  CHECK(!strcmp(rollout_status(&r), "halted"), "C4: %s", rollout_status(&r));
+  for (int i = 1; i < 4; i++)
+    CHECK(!fh[i].stage_done_seq || fh[i].stage_done_seq < fh[0].failed_seq, "C4: %s staged after the halt", fh[i].name);
+  run_close(&r);
+
+  /* C5: no room for a staged copy: the host goes on unstaged */
+  fleet(1);
+  fh[0].sc.fail_op = "stage";
+  fh[0].sc.fail_code = HF_ENOSPC;
+  o = opts(&r, HF_RM_UPGRADE);
+  CHECK(go(&r, &o) == HF_EXIT_OK && !strcmp(host_status(&r, 0), "upgraded") && fh[0].runs[ST_INSTALL] == 1,
+        "C5: rc %d %s", r.rc, host_status(&r, 0));
+  run_close(&r);
+
+  /* C1: a prepared host killed during its re-check: resume prepares it again from preflight */
+  fleet(2);
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    fh[1].sc.kill_op = "stage";
+    fh[1].sc.kill_nth = 2;
+    fh[1].sc.kill_when = K_BEFORE;
+    o = opts(&r, HF_RM_UPGRADE);
+    o.prepare_parallel = 1;
+    go(&r, &o);
+    _exit(0);
+  }
+  int ws;
+  waitpid(pid, &ws, 0);
+  CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 9, "C1: child ended %d", ws);
+  int pre_before = 0;
+  json_t *j = journal_load(&fh[1]);
+  size_t i;
+  json_t *rec;
+  json_array_foreach(j, i, rec)
+    pre_before += !strcmp(json_string_value(json_object_get(rec, "step")), "preflight") &&
+                  !strcmp(json_string_value(json_object_get(rec, "state")), "done");
+  json_decref(j);
+  o = opts(&r, HF_RM_RESUME);
+  hf_state_rollout_latest(r.st, r.id, sizeof r.id);
+  o.rollout_id = r.id;
+  go(&r, &o);
+  CHECK(r.rc == HF_EXIT_OK && !strcmp(host_status(&r, 1), "upgraded"), "C1: rc %d %s", r.rc, host_status(&r, 1));
+  CHECK(pre_before == 1 && fh[1].runs[ST_PREFLIGHT] == 1, "C1: preflight %d before the kill, %d after (1 and 1)",
+        pre_before, fh[1].runs[ST_PREFLIGHT]);
+  run_close(&r);
+}
+
 /* A dry run changes nothing and folds the fleet's refusals: one line for
  * the refusal three hosts share, with their names. */
 static void t_dryrun(void) {
@@ -809,7 +895,7 @@ int main(int argc, char **argv) {
     { "reconnect", t_reconnect }, { "kill-resume", t_kill_resume }, { "kill-in-rollback", t_kill_in_rollback },
     { "interrupt", t_interrupt }, { "stale", t_stale_refused }, { "pipeline", t_pipeline },
     { "prepare-refused", t_prepare_refused }, { "op-table", t_op_table },
-    { "dry-run", t_dryrun },
+    { "dry-run", t_dryrun }, { "review", t_review },
   };
   for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
     if (argc > 3 && strcmp(argv[3], t[i].name)) continue;   /* one scenario by name */
