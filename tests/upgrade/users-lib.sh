@@ -87,6 +87,21 @@ probes_stop() {
 # stepdata HOST STEP [PYTHON-SUFFIX]: the data of HOST's last ok STEP in $W/st.json
 stepdata() { jq_ "$W/st.json" "[s['data'] for s in d['steps'] if s['host'] == '$1' and s['step'] == '$2' and s['outcome'] == 'ok'][-1]$3"; }
 
+# upgrade_bg ARGS...: `hubfleet upgrade -i INV ARGS` in the background (CTL
+# its pid; output in $W/up.out, up.err, up.ndjson)
+upgrade_bg() {
+  hf upgrade -i "$INV" "$@" --state "$STATE" --events "$W/up.ndjson" > "$W/up.out" 2> "$W/up.err" &
+  CTL=$!
+}
+# journal_has HOST STEP STATE: the latest rollout's journal on HOST holds STEP
+# in STATE (sets RID). Bounded waits on it must be long: at load 40 a rollout
+# took 155 s to reach start (preflight 43 s, stage 62 s, stop 39 s).
+journal_has() {
+  RID=$(hf history --state "$STATE" --ids 2>/dev/null | sed -n 1p)
+  [ -n "$RID" ] && journal "$1" "$RID" |
+    $PY -c 'import json,sys; r=json.load(sys.stdin); sys.exit(0 if any(x["step"]==sys.argv[1] and x["state"]==sys.argv[2] for x in r) else 1)' "$2" "$3"
+}
+
 # event_line NDJSON HOST TEXT: an event of HOST holding TEXT
 event_line() { grep -F "$3" "$1" | grep -qF "\"host\":\"$2\""; }
 
