@@ -28,6 +28,15 @@ can take the package source away without touching other fleets. Cases:
      env renamed to ENV.hf-prev with its copy not yet in): the re-sent install finishes both
   10 a PostgreSQL hub: stage reads the live revision through psql; already; install by switch;
      migrate skipped at the live revision; rollback by switch
+  11 a file the agent cannot read: the copy fails naming it; a sparse file larger than the free disk:
+     refused before the copy (no_space, naming it), the disk not filled; a 64 MB sparse file copied
+     with its holes
+  12 a package with a binary file holding the copy's path: not rewritten; the copy's Python writes no
+     byte-code into it (-I -B)
+  13 a config file written into a live env after staging: stage stages again; an install cut
+     mid-switch (the states of 9), then rollback: every env back by switch, the hub healthy
+  14 a staging directory a killed agent was creating: the next stage takes it; a file written into an
+     env after staging: install uses pip there, saying why, and the file stays
 The fleet is torn down at the end, also on failure (HF_KEEP_FLEET=1 keeps it).
 """
 import base64
@@ -102,13 +111,15 @@ def shebang(path):
         return f.readline().decode(errors='replace').strip()
 
 
-def tiny_wheel(directory, name, version):
-    """A real wheel (zip with METADATA, WHEEL, RECORD) of one module, for pip to install."""
-    files = {'%s.py' % name: b'VALUE = 1\n',
+def tiny_wheel(directory, name, version, extra=None):
+    """A real wheel (zip with METADATA, WHEEL, RECORD) of one module (and the files extra maps
+    to their bytes, beside it in site-packages), for pip to install."""
+    files = dict(extra or {})
+    files.update({'%s.py' % name: b'VALUE = 1\n',
              '%s-%s.dist-info/METADATA' % (name, version):
                  ('Metadata-Version: 2.1\nName: %s\nVersion: %s\n' % (name, version)).encode(),
              '%s-%s.dist-info/WHEEL' % (name, version):
-                 b'Wheel-Version: 1.0\nGenerator: staging.py\nRoot-Is-Purelib: true\nTag: py3-none-any\n'}
+                 b'Wheel-Version: 1.0\nGenerator: staging.py\nRoot-Is-Purelib: true\nTag: py3-none-any\n'})
     record = io.StringIO()
     for p, data in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
@@ -447,6 +458,155 @@ def main():
             check(ok(res) and st['api'] == base and rb and set(rb[-1].values()) == {'switch'},
                   '10: rollback by switch: %s %s (%.2f s) %s' % (st['envs'], rb[-1:], dt, msg(res)))
         b.close()
+    # 11: (A1) a sparse file in an env: counted at its size, so one larger than the free disk is
+    # refused before anything is written; one that fits is copied with its holes; a file the agent
+    # cannot read fails the copy with its path (no stray '/')
+    a = host.agent()
+    ue = envs[-1]
+    hub_uid, hub_gid = os.stat(ue).st_uid, os.stat(ue).st_gid
+    os.makedirs(os.path.join(ue, 'share'), exist_ok=True)
+    unread = os.path.join(ue, 'share', 'hf-unreadable')
+    with open(unread, 'w') as f:
+        f.write('secret\n')
+    os.chown(unread, hub_uid, hub_gid)
+    os.chmod(unread, 0)
+    res, _, dt = req(a, 'stage', hub=host.hub, rollout='s6', target=newer)
+    check(err(res) == 'io' and ('copy %s: Permission denied' % unread) in msg(res) and
+          not os.path.lexists(ue + '.hf-next'),
+          '11: a file the agent cannot read: the copy fails naming it, the partial copy removed (%.2f s): %s %s'
+          % (dt, err(res), msg(res)[:200]))
+    os.unlink(unread)
+    sparse = os.path.join(ue, 'share', 'hf-sparse')
+    vfs = os.statvfs(ue)
+    free0 = vfs.f_bavail * vfs.f_frsize
+    with open(sparse, 'wb') as f:
+        f.truncate(2 * free0 + (1 << 30))
+    os.chown(sparse, hub_uid, hub_gid)
+    res, _, dt = req(a, 'stage', hub=host.hub, rollout='s6', target=newer)
+    vfs = os.statvfs(ue)
+    check(err(res) == 'no_space' and sparse in msg(res) and not os.path.lexists(ue + '.hf-next') and
+          vfs.f_bavail * vfs.f_frsize > free0 - (512 << 20),
+          '11: a sparse file of %d MB (%d MB free): refused before the copy, naming it, no ENV.hf-next, the disk not '
+          'filled (%.2f s): %s' % (os.stat(sparse).st_size >> 20, free0 >> 20, dt, msg(res)[:300]))
+    os.unlink(sparse)
+    with open(sparse, 'wb') as f:
+        f.write(b'head')
+        f.seek(32 << 20)
+        f.write(b'tail')
+        f.truncate(64 << 20)
+    os.chown(sparse, hub_uid, hub_gid)
+    res, _, dt = req(a, 'stage', hub=host.hub, rollout='s6', target=newer)
+    cp = ue + '.hf-next/share/hf-sparse'
+    cst = os.stat(cp) if os.path.exists(cp) else None
+    same = False
+    if cst:
+        with open(cp, 'rb') as f:
+            h = f.read(4)
+            f.seek(32 << 20)
+            same = h == b'head' and f.read(4) == b'tail'
+    check(ok(res) and cst and cst.st_size == 64 << 20 and cst.st_blocks * 512 <= (1 << 20) and same,
+          '11: a 64 MB file with two 4-byte extents is copied with its holes: size %s, %s bytes allocated (%.2f s) %s'
+          % (cst and cst.st_size, cst and cst.st_blocks * 512, dt, msg(res)))
+
+    # 12: (A5) relocation leaves binary files alone; the copy's Python (-I -B) writes no byte-code
+    # into it: a package with a binary file holding the copy's path, and a .pth that imports it
+    binpath = (ue + '.hf-next').encode()
+    blob = b'\x00\x01BIN ' + binpath + b' \x00\x02'
+    tiny_wheel(wheels, 'hfbin', '1.0', {'hfbin_blob.bin': blob, 'hfbin_imp.pth': b'import hfbin\n'})
+    hb2 = dict(host.hub, extra_packages=['hfbin==1.0'])
+    res, _, dt = req(a, 'stage', hub=hb2, rollout='s6', target=newer)
+    sites = [os.path.join(ue + '.hf-next', 'lib', d, 'site-packages') for d in os.listdir(os.path.join(ue, 'lib'))]
+    sites = [d for d in sites if os.path.isdir(d)]
+    blobs = [open(os.path.join(d, 'hfbin_blob.bin'), 'rb').read() for d in sites
+             if os.path.exists(os.path.join(d, 'hfbin_blob.bin'))]
+    pycs = [os.path.join(dp, n) for e in envs for dp, _, ns in os.walk(e + '.hf-next') for n in ns
+            if n.startswith('hfbin') and n.endswith('.pyc')]
+    check(ok(res) and blobs == [blob], '12: stage with a package holding a binary file that names the copy: the '
+          'file is not rewritten (%.2f s) %s' % (dt, msg(res)))
+    check(ok(res) and not pycs, '12: the copy\'s Python imported hfbin (a .pth) and wrote no byte-code: %s' % pycs)
+
+    # 13: (A2, A3) a file written into a live env after staging makes stage stage again; an install
+    # cut mid-switch (same syscalls as 9), then rollback: every env back by switch, hub healthy
+    e0 = envs[0]
+    cfgd = os.path.join(e0, 'etc', 'jupyter', 'jupyter_server_config.d')
+    os.makedirs(cfgd, exist_ok=True)
+    for d in (os.path.join(e0, 'etc'), os.path.join(e0, 'etc', 'jupyter'), cfgd):
+        os.chown(d, hub_uid, hub_gid)
+    res, _, dt = req(a, 'stage', hub=host.hub, rollout='s7', target=newer)
+    check(ok(res) and res['data']['already'] is False, '13: stage at the usual pins again (%.2f s) %s' % (dt, msg(res)))
+    marker = os.path.join(cfgd, 'hf-marker.json')
+    with open(marker, 'w') as f:
+        f.write('{"ServerApp": {}}\n')
+    os.chown(marker, hub_uid, hub_gid)
+    res, ev, dt = req(a, 'stage', hub=host.hub, rollout='s7', target=newer)
+    why = [e.get('text') for e in ev if 'stale staged copy' in (e.get('text') or '')]
+    check(ok(res) and res['data']['already'] is False and
+          os.path.exists(marker.replace(e0, e0 + '.hf-next', 1)) and any(e0 in t for t in why),
+          '13: a config file written into %s after staging: stage stages again, the copy has it (%.2f s): %s'
+          % (e0, dt, why))
+    res, _, dt = req(a, 'stage', hub=host.hub, rollout='s7', target=newer)
+    check(ok(res) and res['data']['already'] is True, '13: sent again with nothing changed (the hub running): already '
+          '(%.3f s)' % dt)
+    if upgrade_steps(host, a, 's7', newer, ['backup', 'stop'], '13'):
+        libc = ctypes.CDLL(None, use_errno=True)
+        e1, e2 = envs[0], envs[-1]
+        rc1 = libc.renameat2(-100, (e1 + '.hf-next').encode(), -100, e1.encode(), 2)  # AT_FDCWD, RENAME_EXCHANGE
+        if os.path.lexists(e2 + '.hf-prev'):
+            shutil.rmtree(e2 + '.hf-prev')
+        os.rename(e2, e2 + '.hf-prev')
+        check(rc1 == 0 and not os.path.exists(e2) and dist_version(e1, 'jupyterhub') == newer,
+              '13: the cut states made (exchange done for %s, %s renamed away)' % (e1, e2))
+        res, ev, dt = req(a, 'rollback', hub=host.hub, rollout='s7', timeout_ms=180000)
+        rb = [s['detail']['restored_by'] for s in journal(host, a, 's7')
+              if s['step'] == 'rollback' and 'restored_by' in (s['detail'] or {})]
+        st = facts(host, a)
+        check(ok(res) and st['api'] == base and st['running'] and all(v == base for v in st['envs'].values()) and
+              rb and rb[-1] == {e: 'switch' for e in envs},
+              '13: rollback after the cut switch: hub healthy on %s, restored_by %s (%.2f s) %s'
+              % (st['api'], rb[-1:], dt, msg(res)))
+        check(all(dist_version(e + '.hf-next', 'jupyterhub') == newer for e in envs) and os.path.exists(marker),
+              '13: the staged copies are ENV.hf-next again, the config file in the live env')
+
+    # 14: (A4) a staging directory a killed agent was creating (its record says so, no inode yet):
+    # the next stage takes it as its own; then (A2) a file written after staging: install uses pip
+    # for that env, saying why, and the file is in the env after the install
+    res, _, dt = req(a, 'stage', hub=host.hub, rollout='s8', target=newer)
+    check(ok(res) and res['data']['already'] is True, '14: the copies the rollback put back are still valid: already '
+          '(%.3f s) %s' % (dt, msg(res)))
+    recp = os.path.join(host.hub['state_dir'], 'stage', 'env-%s.json' % hashlib.sha256(e0.encode()).hexdigest()[:16])
+    with open(recp) as f:
+        rec = json.load(f)
+    rec.update(creating=True, complete=False)
+    for k in ('next_dev', 'next_ino', 'tree', 'fingerprint'):
+        rec.pop(k, None)
+    shutil.rmtree(e0 + '.hf-next')
+    r = host.run('mkdir', '-m', '700', e0 + '.hf-next')
+    with open(recp, 'w') as f:
+        json.dump(rec, f)
+    res, ev, dt = req(a, 'stage', hub=host.hub, rollout='s8', target=newer)
+    took = [e.get('text') for e in ev if 'killed agent was creating' in (e.get('text') or '')]
+    check(r.returncode == 0 and ok(res) and res['data']['already'] is False and took and
+          dist_version(e0 + '.hf-next', 'jupyterhub') == newer,
+          '14: the half-created %s.hf-next is taken as the agent\'s and staged (%.2f s): %s %s' % (e0, dt, took, msg(res)))
+    marker2 = os.path.join(cfgd, 'hf-marker2.json')
+    if upgrade_steps(host, a, 's8', newer, ['backup', 'stop'], '14'):
+        with open(marker2, 'w') as f:
+            f.write('{}\n')
+        os.chown(marker2, hub_uid, hub_gid)
+        res, ev, dt = req(a, 'install', hub=host.hub, rollout='s8', target=newer)
+        said = [e.get('text') for e in ev if 'not switched to its staged copy' in (e.get('text') or '')]
+        check(ok(res) and res['data'].get('switched') is False and said and e0 in said[0] and 'changed' in said[0],
+              '14: install: %s not switched (%s) (%.2f s) %s' % (e0, said, dt, msg(res)))
+        check(all(dist_version(e, 'jupyterhub') == newer for e in envs) and os.path.exists(marker2) and
+              os.path.exists(marker) and dist_version(envs[-1] + '.hf-prev', 'jupyterhub') == base,
+              '14: every env at %s, the files written after staging in %s, the other env switched' % (newer, e0))
+        if upgrade_steps(host, a, 's8', newer, ['migrate', 'start', 'health'], '14'):
+            res, _, dt = req(a, 'rollback', hub=host.hub, rollout='s8', timeout_ms=300000)
+            st = facts(host, a)
+            check(ok(res) and st['api'] == base and all(v == base for v in st['envs'].values()),
+                  '14: rollback: %s (%.2f s) %s' % (st, dt, msg(res)))
+    a.close()
+
     log('figures: stage already %.3f s, install by switch %.3f s, migrate %.2f s, migrate skipped %.3f s, '
         'rollback by switch %.2f s' % (fig_already, fig_install, fig_migrate, fig_skip, fig_rollback))
 
