@@ -22,14 +22,8 @@ probes_start
 
 step "upgrade to $NEW; restart the proxy while the hub is stopped"
 t0=$SECONDS
-hf upgrade -i "$INV" --to "$NEW" --state "$STATE" --events "$W/up.ndjson" > "$W/up.out" 2> "$W/up.err" &
-CTL=$!
-RID=
-stopped() {
-  RID=$(hf history --state "$STATE" --ids 2>/dev/null | sed -n 1p)
-  [ -n "$RID" ] && journal "$H" "$RID" | $PY -c 'import json,sys; r=json.load(sys.stdin); sys.exit(0 if any(x["step"]=="stop" and x["state"]=="done" for x in r) else 1)'
-}
-check "the hub is stopped (journal: stop done)" wait_for 180 stopped
+upgrade_bg --to "$NEW"
+check "the hub is stopped (journal: stop done)" wait_for 600 journal_has "$H" stop done
 check "supervisorctl stop proxy" fleet ssh "$H" -- supervisorctl -c "$SUP" stop proxy
 sleep 2
 check "supervisorctl start proxy" fleet ssh "$H" -- supervisorctl -c "$SUP" start proxy
