@@ -335,6 +335,18 @@ fail:
   return o;
 }
 
+/* A check about environment i named for its role, the same on every host so that a dry run
+ * folds it across the fleet: "KIND:hub", "KIND:user" (then "KIND:user2"... when a hub has
+ * several). Its detail leaves the path out for the same reason (the env:ROLE... checks and the
+ * plan's envs name the paths). */
+static void env_check_name(const struct envset *es, int i, const char *kind, char *out, size_t outlen) {
+  int nth = 0, nuser = 0;
+  for (int j = 0; j < es->n; j++)
+    if (strcmp(es->role[j], es->role[i]) == 0) { nuser++; if (j <= i) nth++; }
+  if (nuser > 1 && nth > 1) snprintf(out, outlen, "%s:%s%d", kind, es->role[i], nth);
+  else snprintf(out, outlen, "%s:%s", kind, es->role[i]);
+}
+
 /* The target's requirements against an environment, read the way pip reads them: the wheel's
  * METADATA Requires-Dist (markers evaluated), each checked with the environment's own Python
  * (importlib.metadata for what is installed, packaging for the specifier). Prints one line per
@@ -382,13 +394,14 @@ static bool target_wheel(struct hf_req *r, const char *dir, char *out, size_t ou
   return found;
 }
 
-static void requires_check(struct hf_req *r, json_t *checks, const struct hf_env *e, const char *cache_dir,
+static void requires_check(struct hf_req *r, json_t *checks, const struct envset *es, int i, const char *cache_dir,
                            bool installable) {
+  const struct hf_env *e = &es->env[i];
   char whl[PATH_MAX], name[PATH_MAX + 16], miss[1500] = "";
   char *so = NULL, *line, *save = NULL;
   struct hf_argv a;
   int nmiss = 0, nchecked = -1, rc;
-  snprintf(name, sizeof name, "requires:%s", e->prefix);
+  env_check_name(es, i, "requires", name, sizeof name);
   if (!target_wheel(r, cache_dir, whl, sizeof whl)) {
     check(r, checks, name, "warn", "requirements of jupyterhub %s not checked: no wheel of it in %s", r->target, cache_dir);
     return;
@@ -422,10 +435,10 @@ static void requires_check(struct hf_req *r, json_t *checks, const struct hf_env
   }
   free(so);
   if (nmiss == 0)
-    check(r, checks, name, "pass", "the %d requirements of jupyterhub %s are satisfied in %s", nchecked, r->target, e->prefix);
+    check(r, checks, name, "pass", "the %d requirements of jupyterhub %s are satisfied", nchecked, r->target);
   else if (!installable)
-    check(r, checks, name, "refuse", "jupyterhub %s requires %s in %s; pip cannot bring %s from the package source",
-          r->target, miss, e->prefix, nmiss == 1 ? "it" : "them all");
+    check(r, checks, name, "refuse", "jupyterhub %s requires %s; pip cannot bring %s from the package source",
+          r->target, miss, nmiss == 1 ? "it" : "them all");
   else
     check(r, checks, name, "warn", "jupyterhub %s requires %s: pip will install %s into %s with the upgrade",
           r->target, miss, nmiss == 1 ? "it" : "them", e->prefix);
@@ -465,6 +478,45 @@ static void upgrade_db_check(struct hf_req *r, json_t *checks, const struct hf_e
     }
   }
   check(r, checks, "upgrade-db", "pass", "upgrade-db will run %s", found);
+}
+
+/* A PostgreSQL hub database, as the backup and the rehearsal will reach it: the credentials
+ * work (psql -w), its alembic revision and users, its size (the backup's disk need), and a
+ * pg_dump able to dump that server (its major version not older than the server's). */
+static void pg_database_check(struct hf_req *r, json_t *checks, int64_t *need) {
+  struct hf_pg pg;
+  char alembic[128] = "", users[32] = "", size[32] = "", server[32] = "", *ver = NULL;
+  struct hf_argv a;
+  long client_major = 0, server_major;
+  if (hf_pg_open(r, &pg) != 0 || hf_pg_alembic(r, &pg, pg.url, "preflight", alembic, sizeof alembic) != 0 ||
+      hf_pg_query(r, &pg, pg.url, "select count(*) from users", "preflight", users, sizeof users) != 0 ||
+      hf_pg_query(r, &pg, pg.url, "select pg_database_size(current_database())", "preflight", size, sizeof size) != 0 ||
+      hf_pg_query(r, &pg, pg.url, "show server_version_num", "preflight", server, sizeof server) != 0) {
+    check(r, checks, "database", "refuse", "PostgreSQL database %s: %s (credentials: a password in hubfleet_db, "
+          "the config's db_url, or the login's ~/.pgpass)", pg.shown[0] ? pg.shown : "(hubfleet_db)", r->msg);
+    r->msg[0] = '\0';
+    return;
+  }
+  hf__argv_start(r, &a);
+  hf_argv_push(&a, pg.dump);
+  hf_argv_push(&a, "--version");
+  if (hf__cmd_stdout(r, &a, hf__left_ms(r), "preflight", &ver) == 0 && ver) {
+    const char *d = strpbrk(ver, "0123456789");
+    client_major = d ? strtol(d, NULL, 10) : 0;
+  }
+  hf_argv_free(&a);
+  free(ver);
+  r->msg[0] = '\0';
+  server_major = strtol(server, NULL, 10) / 10000;
+  if (client_major > 0 && client_major < server_major) {
+    check(r, checks, "database", "refuse", "%s is PostgreSQL %ld but %s is version %ld: it cannot dump a newer server "
+          "(install that server's client, e.g. Debian's postgresql-client-%ld)", pg.shown, server_major, pg.dump,
+          client_major, server_major);
+    return;
+  }
+  check(r, checks, "database", "pass", "postgresql %s (server %ld), alembic revision %s, %s users, %s bytes; "
+        "backed up with %s", pg.shown, server_major, alembic[0] ? alembic : "(none)", users, size, pg.dump);
+  *need += strtoll(size, NULL, 10);
 }
 
 static void driven_check(struct hf_req *r, json_t *checks) {
@@ -557,6 +609,8 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
             alembic[0] ? alembic : "(none)", (long long)users);
       need += hf__file_size(r->hub.db_path);
     }
+  } else if (hf_pg_is(&r->hub)) {
+    pg_database_check(r, checks, &need);
   } else if (json_array_size(r->hub.db_dump) > 0) {
     check(r, checks, "database", "pass", "non-SQLite database: backed up with the configured db_dump command");
   } else {
@@ -586,7 +640,7 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
     struct hf_argv a;
     int rc;
     if (!e->exists || strcmp(e->installer, "pip") != 0) continue;
-    snprintf(name, sizeof name, "installable:%s", e->prefix);
+    env_check_name(es, i, "installable", name, sizeof name);
     hf__argv_start(r, &a);
     hf__pip_cmd(&a, e->prefix, "install");
     hf_argv_push(&a, "--dry-run");
@@ -628,7 +682,7 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
     if (json_is_string(json_object_get(co, "dir")))
       for (i = 0; i < es->n; i++)
         if (es->env[i].exists && strcmp(es->env[i].installer, "pip") == 0)
-          requires_check(r, checks, &es->env[i], json_string_value(json_object_get(co, "dir")), installable[i]);
+          requires_check(r, checks, es, i, json_string_value(json_object_get(co, "dir")), installable[i]);
     json_object_set_new(data, "cache", co);
     r->msg[0] = '\0';
   }

@@ -8,7 +8,9 @@
 #   environment's Python), and is untouched: no journal, no backup, the same
 #   hub process (pid and start time); the dry run says the same.
 # - a hub environment without the alembic console script (what upgrade-db
-#   runs) is refused at preflight, naming it, hub untouched.
+#   runs) is refused at preflight, naming it, hub untouched;
+# - a PostgreSQL hub whose login has no credentials (~/.pgpass moved aside)
+#   is refused at preflight's database check, naming libpq's complaint.
 # usage: test-real-refuse.sh HUBFLEET AGENT
 . "$(dirname "$0")/real-lib.sh"
 up_real --hubs 2 --pg-hubs 1
@@ -35,6 +37,8 @@ for h in "${HUBLIST[@]}"; do
     = '["installable", "installable", "requires", "requires"]'
 done
 grep -m1 'refuse  requires:' "$W/dry.txt" | cut -c1-240 | sed 's/^/#   /'
+check "the plan folds it for the fleet: requires:hub refused on 3 of 3 hosts" grep -Eq '^  refuse +requires:hub +on 3 of 3 hosts' "$W/dry.txt"
+check "... and requires:user on 3 of 3 hosts" grep -Eq '^  refuse +requires:user +on 3 of 3 hosts' "$W/dry.txt"
 
 step "upgrade to 5.4.6, every host tried (--max-failures 100%), rules allowing everything"
 hf upgrade -i "$INV" --to 5.4.6 --rules "$W/allow-all.json" --max-failures 100% --state "$STATE" \
@@ -67,4 +71,16 @@ echo "#   $err" | cut -c1-240
 check "$H: failed at preflight" test "$(host_field "$W/st2.json" "$H" step)" = preflight
 check "$H: the error names upgrade-db and $HUBENV/bin/alembic" bash -c '[[ $1 == *upgrade-db*alembic* && $1 == *"$2/bin/alembic"* ]]' _ "$err" "$HUBENV"
 check "$H: untouched (no journal, no backup, same hub pid and start time)" untouched "$H" "$RID2" "$W/procs.txt"
+
+step "a PostgreSQL hub whose login has no credentials"
+P=${PGLIST[0]}
+PGPASS=$(fleet ssh "$P" -- printenv HOME)/.pgpass
+mv "$PGPASS" "$PGPASS.aside"
+hf upgrade -i "$INV" --to 4.1.6 --dry-run --json --limit "$P" --state "$STATE" > "$W/nocred.json" 2> "$W/nocred.err"
+rc=$?
+mv "$PGPASS.aside" "$PGPASS"
+reason=$(jq_ "$W/nocred.json" "[h['preflight'].get('reason') for h in d['hosts']][0]")
+echo "#   $reason" | cut -c1-240
+check "dry run exits non-zero (rc=$rc)" test $rc -ne 0
+check "$P: refused at the database check, saying libpq had no password" grep -q 'database: PostgreSQL database .*no password supplied' <<<"$reason"
 finish
