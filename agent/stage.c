@@ -529,7 +529,12 @@ static int copy_inside(struct copy *c, int sfd, int dfd, const char *rel, int de
   char **v = names_of(sfd);
   size_t i;
   int rc = 0;
-  if (v == NULL) { snprintf(c->err, sizeof c->err, "read directory %s/%s: %s", c->src_root, rel, strerror(errno)); return HF_EIO; }
+  if (v == NULL) {
+    size_t rl = strlen(rel);
+    snprintf(c->err, sizeof c->err, "read directory %s%s%.*s: %s", c->src_root, rl ? "/" : "", (int)(rl ? rl - 1 : 0),
+             rel, strerror(errno));
+    return HF_EIO;
+  }
   for (i = 0; v[i] && rc == 0; i++) {
     struct stat st;
     char here[PATH_MAX], sub[PATH_MAX];

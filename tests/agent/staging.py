@@ -30,7 +30,7 @@ can take the package source away without touching other fleets. Cases:
      migrate skipped at the live revision; rollback by switch
   11 a file the agent cannot read: the copy fails naming it; a sparse file larger than the free disk:
      refused before the copy (no_space, naming it), the disk not filled; a 64 MB sparse file copied
-     with its holes
+     with its holes; a stage past its deadline stops its copy (timeout) and removes it
   12 a package with a binary file holding the copy's path: not rewritten; the copy's Python writes no
      byte-code into it (-I -B)
   13 a config file written into a live env after staging: stage stages again; an install cut
@@ -460,9 +460,9 @@ def main():
         b.close()
     # 11: (A1) a sparse file in an env: counted at its size, so one larger than the free disk is
     # refused before anything is written; one that fits is copied with its holes; a file the agent
-    # cannot read fails the copy with its path (no stray '/')
+    # cannot read fails the copy with its path (no stray '/'); the copy stops at the deadline
     a = host.agent()
-    ue = envs[-1]
+    ue, e0 = envs[-1], envs[0]
     hub_uid, hub_gid = os.stat(ue).st_uid, os.stat(ue).st_gid
     os.makedirs(os.path.join(ue, 'share'), exist_ok=True)
     unread = os.path.join(ue, 'share', 'hf-unreadable')
@@ -507,6 +507,10 @@ def main():
     check(ok(res) and cst and cst.st_size == 64 << 20 and cst.st_blocks * 512 <= (1 << 20) and same,
           '11: a 64 MB file with two 4-byte extents is copied with its holes: size %s, %s bytes allocated (%.2f s) %s'
           % (cst and cst.st_size, cst and cst.st_blocks * 512, dt, msg(res)))
+    res, _, dt = req(a, 'stage', hub=host.hub, rollout='s6', target=newer, timeout_ms=1)
+    check(err(res) == 'timeout' and 'time ran out' in msg(res) and not os.path.lexists(e0 + '.hf-next'),
+          '11: a stage whose deadline has passed stops its copy (timeout), the partial copy removed (%.2f s): %s'
+          % (dt, msg(res)[:200]))
 
     # 12: (A5) relocation leaves binary files alone; the copy's Python (-I -B) writes no byte-code
     # into it: a package with a binary file holding the copy's path, and a .pth that imports it
@@ -527,7 +531,6 @@ def main():
 
     # 13: (A2, A3) a file written into a live env after staging makes stage stage again; an install
     # cut mid-switch (same syscalls as 9), then rollback: every env back by switch, hub healthy
-    e0 = envs[0]
     cfgd = os.path.join(e0, 'etc', 'jupyter', 'jupyter_server_config.d')
     os.makedirs(cfgd, exist_ok=True)
     for d in (os.path.join(e0, 'etc'), os.path.join(e0, 'etc', 'jupyter'), cfgd):
