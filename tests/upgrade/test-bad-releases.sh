@@ -29,8 +29,10 @@ check "rollout halted" test "$(jq_ "$W/bs.json" 'd["rollout"]["status"]')" = hal
 check "budget 0, used 1" test "$(jq_ "$W/bs.json" '[d["rollout"]["budget"], d["rollout"]["failures"]]')" = "[0, 1]"
 check "canary hub01 rolled_back" test "$(host_status "$W/bs.json" hub01)" = rolled_back
 check "its error names start or health" grep -qE "^  hub01 .*(start|health) failed" "$W/bs.out"
-check "7 others pending" test "$(jq_ "$W/bs.json" 'sum(h["status"]=="pending" for h in d["hosts"])')" = 7
-check "no step recorded for any other host" test "$(jq_ "$W/bs.json" 'sorted({s["host"] for s in d["steps"]})')" = '["hub01"]'
+# the others were prepared meanwhile at most (preflight, stage: their hubs untouched)
+check "7 others pending or prepared" test "$(jq_ "$W/bs.json" 'sum(h["status"] in ("pending", "prepared") for h in d["hosts"])')" = 7
+check "no other host went past its preparation" test \
+  "$(jq_ "$W/bs.json" 'sorted({s["step"] for s in d["steps"] if s["host"] != "hub01"} - {"preflight", "stage"})')" = '[]'
 truth
 check "hub01: old version on disk, /hub/api $BASE, health 200" old_and_healthy hub01
 journal hub01 "$RID" > "$W/bs-j1.json"
@@ -57,8 +59,8 @@ check "a new rollout id" test "$RID2" != "$RID"
 status_json "$RID2" > "$W/bh.json"
 check "rollout halted" test "$(jq_ "$W/bh.json" 'd["rollout"]["status"]')" = halted
 check "budget 2, used 3" test "$(jq_ "$W/bh.json" '[d["rollout"]["budget"], d["rollout"]["failures"]]')" = "[2, 3]"
-check "hub01..hub03 rolled back, nobody else touched" test \
-  "$(jq_ "$W/bh.json" '[h["host"] for h in d["hosts"] if h["status"]!="pending"]')" = '["hub01", "hub02", "hub03"]'
+check "hub01..hub03 rolled back, nobody else touched (pending or prepared)" test \
+  "$(jq_ "$W/bh.json" '[h["host"] for h in d["hosts"] if h["status"] not in ("pending", "prepared")]')" = '["hub01", "hub02", "hub03"]'
 check "all three rolled_back" test "$(jq_ "$W/bh.json" 'sum(h["status"]=="rolled_back" for h in d["hosts"])')" = 3
 check "each failed on health" test "$(jq_ "$W/bh.json" 'sum("health" in (h["error"] or "") for h in d["hosts"])')" = 3
 check "halted right after the third failure (summary says so)" grep -q "failure budget exceeded (3 failed, budget 2)" "$W/bh.out"
