@@ -117,7 +117,7 @@ int hf__op_backup(struct hf_req *r, json_t *data) {
     json_object_set_new(bk, "db_sha256", json_string(dbsha));
     json_object_set_new(bk, "alembic_revision", alembic[0] ? json_string(alembic) : json_null());
     hf__event(r, "info", "backup: %s -> %s sha256 %s (integrity ok)", r->hub.db_path, dbf, dbsha);
-  } else if (hf_pg_is(&r->hub)) {
+  } else if (hf_pg_ours(&r->hub)) {
     /* PostgreSQL: a plain-SQL pg_dump (--clean --if-exists, so it restores
      * over the live database in one transaction), taken here, before the
      * stop; its checksum, and a digest of its content for the rollback to

@@ -222,7 +222,7 @@ int hf__alembic_now(struct hf_req *r, char *out, size_t outlen) {
   int64_t users;
   out[0] = '\0';
   if (r->hub.sqlite) return hf_db_info(r->hub.db_path, out, outlen, &users, r->msg, sizeof r->msg) != 0 ? HF_EDB : 0;
-  if (hf_pg_is(&r->hub)) {
+  if (hf_pg_ours(&r->hub)) {
     struct hf_pg pg;
     int rc = hf_pg_open(r, &pg);
     if (rc == 0) rc = hf_pg_alembic(r, &pg, pg.url, "migrate", out, outlen);

@@ -234,12 +234,14 @@ static json_t *rehearse(struct hf_req *r, json_t *checks, const struct hf_env *h
   json_t *o = json_object();
   struct hf_argv a;
   struct scratch *sc = NULL;
-  bool pgdb = hf_pg_is(&r->hub);
+  bool pgdb = hf_pg_ours(&r->hub);
   int64_t users, t0 = hf__now_ms();
   int rc;
 
   if ((!r->hub.sqlite && !pgdb) || strcmp(hub->installer, "pip") != 0 || !hub->exists) {
-    json_object_set_new(o, "skipped", json_string(!r->hub.sqlite && !pgdb ? "neither SQLite nor PostgreSQL" :
+    json_object_set_new(o, "skipped", json_string(hf_pg_is(&r->hub) && !pgdb ? "hubfleet_db_dump is the operator's own "
+                                                  "command, not pg_dump (the agent rehearses PostgreSQL with pg_dump)" :
+                                                  !r->hub.sqlite && !pgdb ? "neither SQLite nor PostgreSQL" :
                                                   !hub->exists ? "no hub environment" : "conda environments are not rehearsed yet"));
     check(r, checks, "rehearsal", "warn", "migration not rehearsed: %s", json_string_value(json_object_get(o, "skipped")));
     return o;
@@ -609,7 +611,7 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
             alembic[0] ? alembic : "(none)", (long long)users);
       need += hf__file_size(r->hub.db_path);
     }
-  } else if (hf_pg_is(&r->hub)) {
+  } else if (hf_pg_ours(&r->hub)) {
     pg_database_check(r, checks, &need);
   } else if (json_array_size(r->hub.db_dump) > 0) {
     check(r, checks, "database", "pass", "non-SQLite database: backed up with the configured db_dump command");

@@ -19,6 +19,12 @@ bool hf_pg_is(const struct hf_hub *h) {
   return h->db_url && (strncmp(h->db_url, "postgresql", 10) == 0 || strncmp(h->db_url, "postgres://", 11) == 0);
 }
 
+bool hf_pg_ours(const struct hf_hub *h) {
+  const char *d0 = json_string_value(json_array_get(h->db_dump, 0));
+  const char *base = d0 ? strrchr(d0, '/') : NULL;
+  return hf_pg_is(h) && (d0 == NULL || (base && strcmp(base + 1, "pg_dump") == 0));
+}
+
 /* %XX decoding (libpq decodes the URL the same way). */
 static void pct_decode(const char *in, size_t len, char *out, size_t outlen) {
   size_t o = 0;

@@ -18,6 +18,10 @@ struct hf_pg {
 
 /* Is this hub's database a postgresql:// URL? */
 bool hf_pg_is(const struct hf_hub *h);
+/* Does the agent back it up, rehearse and restore it itself: a postgresql:// URL whose
+ * hubfleet_db_dump is unset or a pg_dump? (An operator's own dump command is run as given,
+ * and its dump is the operator's to restore.) */
+bool hf_pg_ours(const struct hf_hub *h);
 /* Parses r->hub.db_url into pg (the URL's password, if any, only into
  * pw_env) and finds pg_dump/psql: beside hubfleet_db_dump's program when it
  * is a pg_dump, else in the fixed system directories. HF_EBADARG /
