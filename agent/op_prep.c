@@ -11,6 +11,7 @@
 #include "agent_int.h"
 #include "hub.h"
 #include "ops.h"
+#include "probe.h"
 #include "pg.h"
 #include "prep.h"
 
@@ -40,13 +41,6 @@ static int64_t cpu_us(void) {
   return hf__cpu_us();
 }
 
-/* db.running_servers: the rules' "servers must be stopped" checks read it.
- * null when the database cannot tell (new reference). */
-static json_t *running_servers_json(const char *path) {
-  char err[512];
-  int64_t n;
-  return hf_db_running_servers(path, &n, err, sizeof err) == 0 && n >= 0 ? json_integer(n) : json_null();
-}
 
 /* Without become, as a login other than root, when the hub's files or its
  * service are root's: what the operator has to set. "" otherwise. */
@@ -85,7 +79,7 @@ int hf__op_facts(struct hf_req *r, json_t *data) {
     if (hf_db_info(r->hub.db_path, alembic, sizeof alembic, &users, err, sizeof err) == 0) {
       json_object_set_new(db, "alembic_revision", alembic[0] ? json_string(alembic) : json_null());
       json_object_set_new(db, "users", users >= 0 ? json_integer(users) : json_null());
-      json_object_set_new(db, "running_servers", running_servers_json(r->hub.db_path));
+      hf__db_servers_facts(r, db);
     } else {
       json_object_set_new(db, "alembic_revision", json_null());
       json_object_set_new(db, "users", json_null());
@@ -693,7 +687,7 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
   {
     json_t *db = json_object();
     json_object_set_new(db, "kind", json_string(r->hub.sqlite ? "sqlite" : strncmp(r->hub.db_url, "mysql", 5) == 0 ? "mysql" : "postgresql"));
-    json_object_set_new(db, "running_servers", r->hub.sqlite ? running_servers_json(r->hub.db_path) : json_null());
+    hf__db_servers_facts(r, db);   /* SQLite and PostgreSQL: count and user names */
     json_object_set_new(data, "db", db);
   }
   /* The rehearsal only when everything it needs passed: it costs seconds. */

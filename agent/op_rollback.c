@@ -7,6 +7,7 @@
 #include "hub.h"
 #include "ops.h"
 #include "pg.h"
+#include "probe.h"
 
 /* ---- rollback ----------------------------------------------------------------------------------- */
 
@@ -148,6 +149,9 @@ fail:
     rc = HF_EROLLBACK;
   }
 out:
+  /* The rollback's verdict is in: the users' probe started by its stop (or
+   * by the failed upgrade's) finishes and gives its figures. */
+  if (r->rollout) hf__probe_end(r, data);
   json_decref(hdata);
   json_decref(restored);
   json_decref(recs);

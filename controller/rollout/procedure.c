@@ -371,6 +371,9 @@ static void on_rollback_result(struct hf_session *s, int status, const json_t *d
     /* A host's downtime is all the time the rollout kept its hub down: in
      * a later `rollback`, the upgrade's plus the rollback's. */
     record_downtime(h, hf_state_now_ms());
+    json_t *ud = json_object_get(data, "users_downtime_ms");   /* the users' probe, when one watched */
+    if (json_is_integer(ud) && ro->o->state)
+      hf_state_host_set_users_downtime(ro->o->state, ro->id, h->host->name, json_integer_value(ud));
     host_done(h, HO_ROLLEDBACK, ro->o->mode == HF_RM_ROLLBACK ? NULL : h->error);
     return;
   }
