@@ -32,7 +32,6 @@ static const struct {
 #undef HR_OUTCOME_DEF
 };
 
-const char *hr_state_name(enum hr_state s) { return s < HR__COUNT ? states[s].name : "?"; }
 const char *hr_outcome_text(enum hr_outcome o) { return o < HO__COUNT ? outcomes[o].text : "?"; }
 bool hr_outcome_failure(enum hr_outcome o) { return o < HO__COUNT && outcomes[o].failure; }
 
@@ -88,13 +87,13 @@ static bool recording(const struct rollout *ro) {
 }
 
 /* The name the state file and the agent know the request of state s by. */
-static const char *request_name(const struct rhost *h, enum hr_state s, int step) {
+static const char *request_name(enum hr_state s, int step) {
   switch (s) {
   case HR_PREP:
   case HR_STEP:     return step < ST__COUNT ? hr_step(step)->name : NULL;
   case HR_ROLLBACK: return HF_STEP_ROLLBACK;
   case HR_RECHECK:  return hr_step(ST_HEALTH)->name;
-  default:          (void)h; return NULL;
+  default:          return NULL;
   }
 }
 
@@ -117,7 +116,7 @@ bool host_to(struct rhost *h, enum hr_state to, int step) {
               h->step < ST__COUNT ? hr_step(h->step)->name : "-", step < ST__COUNT ? hr_step(step)->name : "-");
   }
   /* A request's start is in the state file before the request exists. */
-  const char *req = request_name(h, to, step);
+  const char *req = request_name(to, step);
   if (req && recording(ro)) {
     if (!state_ok(ro, hf_state_step_begin(ro->o->state, ro->id, h->host->name, req, &h->step_id), "a step's start"))
       return false;

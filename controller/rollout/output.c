@@ -105,8 +105,19 @@ static void envs_line(const json_t *envs, char *buf, size_t len) {
 
 /* The dry run folded for the fleet: every refusal and warning once, with
  * how many hosts (and which) share it word for word. */
+/* One refusal or warning of a host into its group (same outcome, check and
+ * detail word for word). */
+static void fold_add(json_t *groups, const char *oc, const char *name, const char *detail, const char *host) {
+  char key[2048];
+  snprintf(key, sizeof key, "%s\t%s\t%s", oc, name, detail);
+  json_t *g = json_object_get(groups, key);
+  if (!g) json_object_set_new(groups, key, g = json_pack("{s:s,s:s,s:s,s:[]}", "oc", oc, "name", name,
+                                                           "detail", detail, "hosts"));
+  json_array_append_new(json_object_get(g, "hosts"), json_string(host));
+}
+
 static void print_folded(struct rollout *ro, FILE *f) {
-  json_t *groups = json_object();   /* "outcome\tname\tdetail" -> [hosts] */
+  json_t *groups = json_object();
   size_t nsel = 0, ready = 0;
   for (size_t k = 0; k < ro->nhosts; k++) {
     struct rhost *h = &ro->hosts[ro->order[k]];
@@ -117,37 +128,22 @@ static void print_folded(struct rollout *ro, FILE *f) {
     json_t *c;
     json_array_foreach(json_object_get(h->preflight, "checks"), i, c) {
       const char *oc = json_string_value(json_object_get(c, "outcome"));
-      if (!oc || (strcmp(oc, "refuse") && strcmp(oc, "warn"))) continue;
-      char key[2048];
-      snprintf(key, sizeof key, "%s\t%s\t%s", oc, json_string_value(json_object_get(c, "name")) ?: "?",
-               json_string_value(json_object_get(c, "detail")) ?: "");
-      json_t *list = json_object_get(groups, key);
-      if (!list) json_object_set_new(groups, key, list = json_array());
-      json_array_append_new(list, json_string(h->host->name));
+      if (oc && (!strcmp(oc, "refuse") || !strcmp(oc, "warn")))
+        fold_add(groups, oc, json_string_value(json_object_get(c, "name")) ?: "?",
+                 json_string_value(json_object_get(c, "detail")) ?: "", h->host->name);
     }
-    if (!h->preflight && h->error[0]) {   /* no preflight answer: unreachable, say */
-      char key[2048];
-      snprintf(key, sizeof key, "refuse\t%s\t%s", "host", h->error);
-      json_t *list = json_object_get(groups, key);
-      if (!list) json_object_set_new(groups, key, list = json_array());
-      json_array_append_new(list, json_string(h->host->name));
-    }
+    if (!h->preflight && h->error[0]) fold_add(groups, "refuse", "host", h->error, h->host->name);  /* no answer */
   }
   fprintf(f, "\nfleet: %zu host%s, %zu ready, %zu refused\n", nsel, nsel == 1 ? "" : "s", ready, nsel - ready);
   for (int pass = 0; pass < 2; pass++) {   /* refusals first, then warnings */
     const char *key;
-    json_t *list;
-    json_object_foreach(groups, key, list) {
-      if (strncmp(key, pass ? "warn\t" : "refuse\t", pass ? 5 : 7)) continue;
-      char copy[2048], hosts[512], line[2048], name[64];
-      snprintf(copy, sizeof copy, "%s", key);
-      char *oc = copy, *nm = strchr(oc, '\t'), *detail;
-      if (!nm) continue;
-      *nm++ = '\0';
-      if (!(detail = strchr(nm, '\t'))) continue;
-      *detail++ = '\0';
+    json_t *g;
+    json_object_foreach(groups, key, g) {
+      const char *oc = json_string_value(json_object_get(g, "oc"));
+      if (strcmp(oc, pass ? "warn" : "refuse")) continue;
+      json_t *list = json_object_get(g, "hosts"), *hn;
+      char hosts[512], line[2048], name[64];
       size_t off = 0, i, n = json_array_size(list);
-      json_t *hn;
       hosts[0] = '\0';
       json_array_foreach(list, i, hn) {
         if (i == 8) { snprintf(hosts + off, sizeof hosts - off, ", ... %zu more", n - 8); break; }
@@ -155,9 +151,10 @@ static void print_folded(struct rollout *ro, FILE *f) {
         if (w < 0 || (size_t)w >= sizeof hosts - off) break;
         off += (size_t)w;
       }
-      fprintf(f, "  %-7s %-22s on %zu of %zu host%s (%s)\n", oc, hf_clean_line(name, sizeof name, nm), n, nsel,
+      fprintf(f, "  %-7s %-22s on %zu of %zu host%s (%s)\n", oc,
+              hf_clean_line(name, sizeof name, json_string_value(json_object_get(g, "name"))), n, nsel,
               nsel == 1 ? "" : "s", hf_clean_line(line, sizeof line, hosts));
-      fprintf(f, "          %s\n", hf_clean_line(line, sizeof line, detail));
+      fprintf(f, "          %s\n", hf_clean_line(line, sizeof line, json_string_value(json_object_get(g, "detail"))));
     }
   }
   json_decref(groups);

@@ -200,7 +200,6 @@ struct rollout {
 };
 
 /* host.c */
-const char *hr_state_name(enum hr_state s);
 const char *hr_outcome_text(enum hr_outcome o);
 bool hr_outcome_failure(enum hr_outcome o);
 enum hr_outcome hr_outcome_parse(const char *text);  /* unknown text: HO_FAILED */
