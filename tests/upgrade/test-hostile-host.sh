@@ -3,7 +3,8 @@
 # warn/error events whose text, like its error message, carries terminal
 # escapes (title, OSC 52 clipboard, clear screen, a carriage return and a
 # spoofed "h2: upgraded" line, C1 CSI, a bidi override). The controller's
-# output (upgrade, status, history, report) must hold none of them; the state
+# output (upgrade, status, history, report, rollback, audit, inventory check)
+# must hold none of them; the state
 # records at most the per-request cap plus one summary line; the hub is untouched.
 # usage: test-hostile-host.sh HUBFLEET AGENT
 . "$(dirname "$0")/lib.sh"
@@ -66,5 +67,30 @@ hf report "$RID" --state "$STATE" -o "$W/report.html" > "$W/report.out" 2>&1
 check "report written" test -s "$W/report.html"
 check "report holds no raw escape" test "$(escapes_in "$W/report.html" html)" = 0
 check "no report temporary file left" test -z "$(ls -A "$W" | grep 'report.html.tmp')"
+
+step "rollback, audit and inventory check print through the same edge"
+hf rollback "$RID" --state "$STATE" --agent "$HOSTILE" > "$W/rb.out" 2>&1
+echo "# rollback exited $?"
+check "rollback output holds no terminal escape or spoofed line" test "$(escapes_in "$W/rb.out")" = 0
+hf audit -i "$INV" --agent "$HOSTILE" > "$W/audit.out" 2> "$W/audit.err"
+echo "# audit exited $?"
+check "audit's stdout holds no terminal escape or spoofed line" test "$(escapes_in "$W/audit.out")" = 0
+check "audit's stderr holds no terminal escape or spoofed line" test "$(escapes_in "$W/audit.err")" = 0
+check "audit still names the host's refusal (escapes as ?)" grep -q "refused" "$W/audit.out" "$W/audit.err"
+# an inventory whose host variable carries escapes: the error names it, cleaned
+$PY - "$INV" "$W/evil.ini" <<'PYEOF'
+import sys
+lines = open(sys.argv[1]).read().split('\n')
+for i, l in enumerate(lines):
+    if l.strip() and not l.startswith('[') and not l.startswith('#') and ' ' in l:
+        lines[i] = l + ' hubfleet_service=\x1b]0;pwned\x07\x1b[2J\rh2:\x7fupgraded'
+        break
+open(sys.argv[2], 'w').write('\n'.join(lines))
+PYEOF
+hf inventory check "$W/evil.ini" > "$W/inv.out" 2>&1
+rc=$?
+check "inventory check refuses the bad service (exit $rc)" test $rc -ne 0
+check "inventory check's output holds no terminal escape" test "$(escapes_in "$W/inv.out")" = 0
+check "inventory check names where and what (FILE:LINE, the control character)" grep -q "evil.ini:[0-9]*: control character 0x1b" "$W/inv.out"
 check "$H untouched (no journal, no backup, same hub process)" untouched "$H" "$RID" "$W/procs"
 finish
