@@ -161,9 +161,31 @@ int  hf_http_get(const char *base_url, const char *path, int64_t timeout_ms, str
 int  hf_http_parse(const char *buf, size_t len, struct hf_http_resp *r);
 void hf_http_resp_free(struct hf_http_resp *r);
 
+/* ---- the hub's state directory key ------------------------------------------- */
+/* The per-hub state directory is hub-KEY (~/.local/state/hubfleet/hub-KEY, or
+ * /var/lib/hubfleet/hub-KEY under become): KEY the first 16 hex digits of the
+ * SHA-256 of "MACHINE_ID\nCONFIG_PATH", or of CONFIG_PATH alone when the
+ * machine has no readable machine id (docs/decisions.md). Never the inventory
+ * name: two inventory aliases of one hub share one lock and journal. */
+#define HF_HUB_KEY_LEN 16
+#define HF_MACHINE_ID_MAX 128
+/* KEY for machine_id (NULL or "": none) and the config path into key. */
+void hf__hub_key(const char *machine_id, const char *config, char key[HF_HUB_KEY_LEN + 1]);
+/* This machine's identity: the first line of /etc/machine-id, else of
+ * /var/lib/dbus/machine-id (read with hf_sf_open_read_sys: a regular file,
+ * never blocking), trimmed, into out; NULL when neither gives one. */
+const char *hf__machine_id(char *out, size_t outlen);
+
 /* ---- SQLite ------------------------------------------------------------------ */
 /* "sqlite:///ABS" -> "/ABS" into out; HF_EUNSUPPORTED for other URLs. */
 int hf_db_sqlite_path(const char *url, char *out, size_t outlen);
+/* Opens the SQLite database at path read-only for facts: refused with err
+ * naming it when it is a symlink or not a regular file (a FIFO: checked with
+ * the safe open, hf_sf_open_read, and SQLite's own open(2) made non-blocking
+ * for FIFOs), SQLITE_OPEN_NOFOLLOW, a 2 s busy timeout. 0, HF_ENOTFOUND,
+ * HF_ESTATE or HF_EDB; *db is NULL on failure. */
+struct sqlite3;
+int hf_db_open_ro(const char *path, struct sqlite3 **db, char *err, size_t errlen);
 /* Reads alembic_version and the users count read-only (busy timeout 2 s).
  * alembic "" and users -1 when the table is missing. HF_EDB on failure. */
 int hf_db_info(const char *path, char *alembic, size_t alen, int64_t *users, char *err, size_t errlen);

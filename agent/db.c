@@ -20,23 +20,67 @@ int hf_db_sqlite_path(const char *url, char *out, size_t outlen) {
   return hf__pathf(out, outlen, "%s", url + 10) == 0 ? 0 : HF_EBADARG;
 }
 
+/* SQLite's open(2), for every file the agent's SQLite opens (database, -wal,
+ * -shm, -journal, directories): O_NONBLOCK so that a FIFO put in a database's
+ * place between our check and SQLite's own open cannot block it, and a FIFO
+ * refused; everything else as SQLite asked. */
+static int nonblocking_open(const char *path, int flags, int mode) {
+  struct stat st;
+  int fd = open(path, flags | O_NONBLOCK, mode);
+  if (fd < 0) return fd;
+  if (fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode)) {
+    close(fd);
+    errno = ENXIO;
+    return -1;
+  }
+  if (!(flags & O_NONBLOCK)) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  return fd;
+}
+
+static void hook_open(void) {
+  static bool hooked;
+  if (!hooked) {
+    sqlite3_vfs *vfs = sqlite3_vfs_find(NULL);
+    if (vfs != NULL && vfs->iVersion >= 3 && vfs->xSetSystemCall != NULL)
+      vfs->xSetSystemCall(vfs, "open", (sqlite3_syscall_ptr)nonblocking_open);
+    hooked = true;
+  }
+}
+
+int hf_db_open_ro(const char *path, struct sqlite3 **db, char *err, size_t errlen) {
+  int fd, rc;
+
+  *db = NULL;
+  hook_open();
+  /* The check that names what is wrong: a symlink, a FIFO, missing. */
+  if ((fd = hf_sf_open_read(path, err, errlen)) < 0) {
+    int e = errno;
+    char why[512];
+    snprintf(why, sizeof why, "%s", err);
+    snprintf(err, errlen, "database %s: %s", path, why);
+    return e == ENOENT || e == EACCES ? HF_ENOTFOUND : HF_ESTATE;
+  }
+  close(fd);
+  /* Read-only and no create (facts must never make an empty database
+   * appear), never through a symlink (SQLite's own check, at its open). */
+  if ((rc = sqlite3_open_v2(path, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL)) != SQLITE_OK) {
+    snprintf(err, errlen, "database %s: %s", path, *db ? sqlite3_errmsg(*db) : sqlite3_errstr(rc));
+    sqlite3_close(*db);
+    *db = NULL;
+    return HF_EDB;
+  }
+  sqlite3_busy_timeout(*db, 2000);
+  return 0;
+}
+
 int hf_db_info(const char *path, char *alembic, size_t alen, int64_t *users, char *err, size_t errlen) {
   sqlite3 *db = NULL;
   sqlite3_stmt *st = NULL;
-  char uri[PATH_MAX + 32];
   int rc;
 
   alembic[0] = '\0';
   *users = -1;
-  if (access(path, R_OK) != 0) {
-    snprintf(err, errlen, "database %s: %s", path, strerror(errno));
-    return HF_ENOTFOUND;
-  }
-  /* Read-only and no create: facts must never make an empty database appear. */
-  rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
-  (void)uri;
-  if (rc != SQLITE_OK) goto fail;
-  sqlite3_busy_timeout(db, 2000);
+  if ((rc = hf_db_open_ro(path, &db, err, errlen)) != 0) return rc;
   rc = sqlite3_prepare_v2(db, "SELECT version_num FROM alembic_version", -1, &st, NULL);
   if (rc == SQLITE_OK) {
     if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) != NULL)
@@ -84,6 +128,7 @@ int hf_db_backup(const char *src, const char *dst, char sha[HF_SHA256_HEX], char
   }
   if ((r = hf_sf_begin(&sf, dst, 0600, err, errlen)) != 0) return r;
   r = HF_EDB;
+  hook_open(); /* a FIFO swapped in after the lstat above cannot block SQLite's open */
   slash = strrchr(sf.path, '/');
   snprintf(tmp, sizeof tmp, "%.*s/%s", (int)(slash - sf.path), sf.path, sf.tmp);
   if ((rc = sqlite3_open_v2(src, &sdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL)) != SQLITE_OK) {
@@ -259,11 +304,8 @@ int hf_db_integrity(const char *path, char *err, size_t errlen) {
   sqlite3 *db = NULL;
   sqlite3_stmt *st = NULL;
   int r = HF_EDB;
-  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-    snprintf(err, errlen, "open %s: %s", path, db ? sqlite3_errmsg(db) : "out of memory");
-    goto out;
-  }
-  sqlite3_busy_timeout(db, 2000);
+  if ((r = hf_db_open_ro(path, &db, err, errlen)) != 0) goto out;
+  r = HF_EDB;
   if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
     snprintf(err, errlen, "integrity check of %s: %s", path, sqlite3_errmsg(db));
     goto out;

@@ -24,8 +24,7 @@ int hf_db_running_servers(const char *path, int64_t *n, char *err, size_t errlen
   int rc;
 
   *n = -1;
-  if ((rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL)) != SQLITE_OK) goto fail;
-  sqlite3_busy_timeout(db, 2000);
+  if (hf_db_open_ro(path, &db, err, errlen) != 0) return HF_EDB;
   /* JupyterHub 1.x-5.x: a spawner row points at its server row while that
    * single-user server runs (server_id is cleared when it stops). */
   rc = sqlite3_prepare_v2(db, "SELECT count(*) FROM spawners WHERE server_id IS NOT NULL", -1, &st, NULL);
@@ -78,8 +77,7 @@ static int sqlite_servers(const char *path, struct hf_user_servers *us) {
   sqlite3 *db = NULL;
   sqlite3_stmt *st = NULL;
   int rc;
-  if ((rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL)) != SQLITE_OK) goto fail;
-  sqlite3_busy_timeout(db, 2000);
+  if (hf_db_open_ro(path, &db, us->error, sizeof us->error) != 0) return HF_EDB;
   if ((rc = sqlite3_prepare_v2(db, SERVERS_SQL, -1, &st, NULL)) != SQLITE_OK) {
     /* A schema without servers.base_url: the count alone (unknown without spawners). */
     sqlite3_close(db);

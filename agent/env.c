@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "agent_int.h"
+#include "hf_safefile.h"
 
 void hf_pep503(const char *in, size_t inlen, char *out, size_t outlen) {
   size_t i, o = 0;
@@ -54,10 +55,13 @@ int hf_metadata_parse(const char *text, size_t len, char *name, size_t namelen, 
   return (name[0] && ver[0]) ? 0 : HF_ENOTFOUND;
 }
 
-/* Reads at most cap bytes of a file into buf (NUL-terminated); returns bytes or -1. */
+/* Reads at most cap bytes of a file into buf (NUL-terminated); returns bytes or -1.
+ * The environment's files are the hub user's: read through the safe open (a
+ * FIFO or a symlink there is skipped, as a missing file is). */
 static ssize_t read_head(const char *path, char *buf, size_t cap) {
   size_t have = 0;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  char err[64];
+  int fd = hf_sf_open_read(path, err, sizeof err);
   if (fd < 0) return -1;
   while (have + 1 < cap) {
     ssize_t n = read(fd, buf + have, cap - 1 - have);

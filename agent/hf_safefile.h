@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "hf_sha256.h"
+
 /* Checks dir for the agent's own files (see above); creates it (0700) and
  * missing parents when create is true. what names it in the message
  * ("state directory"). 0, or HF_ESTATE / HF_EIO with err saying what to fix. */
@@ -61,8 +63,19 @@ int  hf_sf_write_file(const char *path, const void *buf, size_t n, mode_t mode, 
  * file must be a regular file with one link owned by the effective user.
  * Returns the fd or -1 with err set. */
 int  hf_sf_open_own(const char *path, mode_t mode, bool append, bool trunc, bool *created, char *err, size_t errlen);
-/* Opens path to read: O_RDONLY|O_NOFOLLOW, a regular file. fd or -1 with err. */
+/* Opens path to read, the one way the agent reads a file the hub's user may
+ * control (config, database, hub log, an environment's pyvenv.cfg, METADATA):
+ * O_RDONLY|O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC (a FIFO cannot block the open, a
+ * symlink is refused), then it must be a regular file (fstat), then
+ * O_NONBLOCK is cleared. fd or -1 with err ("... is a symbolic link: refused",
+ * "... is a FIFO: refused") and errno set. */
 int  hf_sf_open_read(const char *path, char *err, size_t errlen);
+/* The same for a system file only root can change that may legitimately be a
+ * symlink (/etc/machine-id): symlinks followed, the rest as above. */
+int  hf_sf_open_read_sys(const char *path, char *err, size_t errlen);
+/* SHA-256 (hex) of the file at path opened with hf_sf_open_read. 0, or -1
+ * with err set and hex "". */
+int  hf_sf_sha256(const char *path, char hex[HF_SHA256_HEX], char *err, size_t errlen);
 /* Renames name aside in dirfd to a fresh random name (out, outlen >= 48);
  * 0, 1 when name did not exist, -1 on error. */
 int  hf_sf_move_aside(int dirfd, const char *name, char *out, size_t outlen);

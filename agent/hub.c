@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "agent_int.h"
+#include "hf_safefile.h"
 #include "hf_sha256.h"
 #include "hub.h"
 #include "prep.h"
@@ -100,12 +101,12 @@ int hf_hub_parse(const json_t *hub, struct hf_hub *h, char *err, size_t errlen) 
   } else {
     /* No getpwuid in a static binary (it would need NSS modules): sshd
      * always sets HOME for the session. */
-    /* One directory per hub, named for its config path: several hubs under
-     * one login (one machine, or NFS homes on a cluster) never share a
-     * journal, a lock or backups, whatever the inventory says. */
-    char key[HF_SHA256_HEX];
-    hf_sha256_hex(h->config, strlen(h->config), key);
-    key[16] = '\0';
+    /* One directory per hub, named for this machine and its config path:
+     * several hubs under one login (one machine, or NFS homes shared by
+     * cluster login nodes whose hubs all use /etc/jupyterhub/...) never
+     * share a journal, a lock or backups, whatever the inventory says. */
+    char key[HF_HUB_KEY_LEN + 1], mid[HF_MACHINE_ID_MAX];
+    hf__hub_key(hf__machine_id(mid, sizeof mid), h->config, key);
     home = getenv("HOME");
     if (h->become && geteuid() == 0) {
       /* become: the agent runs as root (hf__become_relay), and root's files
@@ -120,6 +121,47 @@ int hf_hub_parse(const json_t *hub, struct hf_hub *h, char *err, size_t errlen) 
   if (str(hub, "backup_dir") != NULL) snprintf(h->backup_dir, sizeof h->backup_dir, "%s", str(hub, "backup_dir"));
   else if (hf__pathf(h->backup_dir, sizeof h->backup_dir, "%s/backups", h->state_dir) != 0) return HF_EBADARG;
   return 0;
+}
+
+const char *hf__machine_id(char *out, size_t outlen) {
+  static const char *const files[] = { "/etc/machine-id", "/var/lib/dbus/machine-id" };
+  size_t i;
+  out[0] = '\0';
+  for (i = 0; i < sizeof files / sizeof files[0]; i++) {
+    char err[256];
+    ssize_t n;
+    size_t k;
+    int fd = hf_sf_open_read_sys(files[i], err, sizeof err);
+    if (fd < 0) continue;
+    n = read(fd, out, outlen - 1);
+    close(fd);
+    out[n > 0 ? n : 0] = '\0';
+    /* The first line, without surrounding white space (as $(cat FILE) gives it). */
+    out[strcspn(out, "\r\n")] = '\0';
+    for (k = 0; out[k] == ' ' || out[k] == '\t'; k++) {}
+    memmove(out, out + k, strlen(out + k) + 1);
+    for (k = strlen(out); k > 0 && (out[k - 1] == ' ' || out[k - 1] == '\t'); k--) out[k - 1] = '\0';
+    if (out[0] != '\0') return out;
+  }
+  return NULL;
+}
+
+void hf__hub_key(const char *machine_id, const char *config, char key[HF_HUB_KEY_LEN + 1]) {
+  char hex[HF_SHA256_HEX];
+  if (machine_id == NULL || machine_id[0] == '\0') {
+    hf_sha256_hex(config, strlen(config), hex);
+  } else {
+    struct hf_sha256 c;
+    unsigned char d[HF_SHA256_LEN];
+    hf_sha256_init(&c);
+    hf_sha256_update(&c, machine_id, strlen(machine_id));
+    hf_sha256_update(&c, "\n", 1);
+    hf_sha256_update(&c, config, strlen(config));
+    hf_sha256_final(&c, d);
+    hf_sha256_tohex(d, hex);
+  }
+  memcpy(key, hex, HF_HUB_KEY_LEN);
+  key[HF_HUB_KEY_LEN] = '\0';
 }
 
 const char *hf__which(const char *prog, char *out, size_t outlen) {

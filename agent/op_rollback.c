@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "agent_int.h"
+#include "hf_safefile.h"
 #include "hub.h"
 #include "ops.h"
 #include "pg.h"
@@ -31,7 +32,7 @@ static bool versions_match(struct hf_req *r, json_t *want) {
 int hf__op_rollback(struct hf_req *r, json_t *data) {
   json_t *recs = NULL, *bkrec, *bk, *prev, *det, *restored = json_object(), *hdata = NULL;
   const char *dbf, *dbsha, *cff, *cfsha, *oldver = NULL;
-  char sha[HF_SHA256_HEX];
+  char sha[HF_SHA256_HEX], err[512];
   bool was, hub_was_running;
   int64_t log_off = -1;
   int rc;
@@ -88,14 +89,20 @@ int hf__op_rollback(struct hf_req *r, json_t *data) {
   hf__event(r, "info", "rollback: reinstalling the previous versions");
   if ((rc = hf__install_envs(r, "rollback", prev, restored)) != 0) goto fail;
   if (r->hub.sqlite && dbf && dbsha) {
-    if (hf_sha256_file(r->hub.db_path, sha) == 0 && strcmp(sha, dbsha) == 0) {
+    /* The live files are hashed only through the safe open (hf_sf_open_read):
+     * a FIFO the hub's user put there must not block the agent in open(2)
+     * while it holds agent.lock, nor a symlink make it read another file.
+     * One that is refused is no match: the restore below refuses to replace
+     * it (hf_sf_begin), with the message naming it. */
+    if (hf_sf_sha256(r->hub.db_path, sha, err, sizeof err) == 0 && strcmp(sha, dbsha) == 0) {
       hf__event(r, "info", "rollback: database already equals the backup (%s)", sha);
     } else {
       /* Verified first, side files moved aside, deleted only once it worked. */
       if ((rc = hf_db_restore(dbf, r->hub.db_path, dbsha, sha, r->msg, sizeof r->msg)) != 0) goto fail;
     }
-    if (hf_sha256_file(r->hub.db_path, sha) != 0 || strcmp(sha, dbsha) != 0) {
-      snprintf(r->msg, sizeof r->msg, "database %s does not match the backup after restore", r->hub.db_path);
+    if (hf_sf_sha256(r->hub.db_path, sha, err, sizeof err) != 0 || strcmp(sha, dbsha) != 0) {
+      snprintf(r->msg, sizeof r->msg, "database %s does not match the backup after restore%s%s", r->hub.db_path,
+               sha[0] ? "" : ": ", sha[0] ? "" : err);
       rc = HF_EINTEGRITY;
       goto fail;
     }
@@ -115,7 +122,7 @@ int hf__op_rollback(struct hf_req *r, json_t *data) {
     json_object_set_new(data, "db_sha256", json_null());
     if (dbf) hf__event(r, "warn", "rollback: non-SQLite database: restore the dump %s with your database's tools", dbf);
   }
-  if (cff && cfsha && (hf_sha256_file(r->hub.config, sha) != 0 || strcmp(sha, cfsha) != 0)) {
+  if (cff && cfsha && (hf_sf_sha256(r->hub.config, sha, err, sizeof err) != 0 || strcmp(sha, cfsha) != 0)) {
     if ((rc = hf_file_install(cff, r->hub.config, cfsha, sha, r->msg, sizeof r->msg)) != 0) goto fail;
     hf__event(r, "info", "rollback: %s restored", r->hub.config);
   }

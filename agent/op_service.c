@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "agent_int.h"
+#include "hf_safefile.h"
 #include "hub.h"
 #include "ops.h"
 #include "probe.h"
@@ -127,8 +128,12 @@ int64_t hf__log_mark(struct hf_req *r) {
 
 /* The hub's log since mark (see hf__log_mark), new, *len bytes; NULL when there
  * is none. A systemd hub without hubfleet_hub_log: its journal,
- * `journalctl -u UNIT --since @SECONDS -o cat` (stdout only, bounded). */
-static char *log_since(struct hf_req *r, int64_t offset, size_t *len) {
+ * `journalctl -u UNIT --since @SECONDS -o cat` (stdout only, bounded).
+ * hubfleet_hub_log is read through the safe open only (hf_sf_open_read): a
+ * symlink there (the hub's user could point it at a root-only file, whose
+ * error lines health would report) or a FIFO (it would block the agent) is
+ * refused, and *refused says so, naming the path. */
+static char *log_since(struct hf_req *r, int64_t offset, size_t *len, char *refused, size_t refusedlen) {
   char *buf;
   ssize_t n;
   int fd;
@@ -143,7 +148,10 @@ static char *log_since(struct hf_req *r, int64_t offset, size_t *len) {
   if (r->hub.hub_log == NULL || size < 0) return NULL;
   if (offset > size) offset = 0; /* rotated or truncated: read what is there */
   if (size - offset > HF_LOG_MAX) offset = size - HF_LOG_MAX;
-  if ((fd = open(r->hub.hub_log, O_RDONLY | O_CLOEXEC)) < 0) return NULL;
+  if ((fd = hf_sf_open_read(r->hub.hub_log, refused, refusedlen)) < 0) {
+    if (errno == ENOENT) refused[0] = '\0';
+    return NULL;
+  }
   buf = malloc((size_t)(size - offset) + 1);
   if (buf == NULL) { close(fd); return NULL; }
   n = pread(fd, buf, (size_t)(size - offset), offset);
@@ -157,10 +165,17 @@ static char *log_since(struct hf_req *r, int64_t offset, size_t *len) {
 /* Scans the hub log from offset for errors and deprecations (bounded). */
 static void scan_log(struct hf_req *r, int64_t offset, json_t *errors, json_t *deprecations) {
   size_t n;
-  char *buf = log_since(r, offset, &n), *p, *end;
+  char refused[600] = "", *buf = log_since(r, offset, &n, refused, sizeof refused), *p, *end;
   bool in_tb = false;
   size_t indent, tb_indent = 0;
-  if (buf == NULL) return;
+  if (buf == NULL) {
+    /* A log that cannot be read safely is a finding, not silence: health
+     * cannot say the log is clean. */
+    if (refused[0] && json_array_size(errors) < HF_LOG_KEEP)
+      json_array_append_new(errors, json_pack("s++", "hub log (hubfleet_hub_log) refused: ", refused,
+                                              " (point hubfleet_hub_log at the log file itself, a regular file)"));
+    return;
+  }
   end = buf + n;
   for (p = buf; p < end;) {
     char *eol = memchr(p, '\n', (size_t)(end - p));

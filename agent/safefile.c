@@ -281,9 +281,12 @@ int hf_sf_open_own(const char *path, mode_t mode, bool append, bool trunc, bool 
   return fd;
 }
 
-int hf_sf_open_read(const char *path, char *err, size_t errlen) {
+/* The one read-only open of a path another user may control: O_NONBLOCK so a
+ * FIFO planted there cannot block open(2) (the agent has no alarm and may
+ * hold agent.lock), O_NOFOLLOW unless follow, and a regular file only. */
+static int open_read(const char *path, bool follow, char *err, size_t errlen) {
   struct stat st = { 0 };
-  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  int fd = open(path, O_RDONLY | (follow ? 0 : O_NOFOLLOW) | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     int e = errno;
     snprintf(err, errlen, "open %s: %s", path, e == ELOOP ? "is a symbolic link: refused" : strerror(e));
@@ -298,6 +301,23 @@ int hf_sf_open_read(const char *path, char *err, size_t errlen) {
   }
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   return fd;
+}
+
+int hf_sf_open_read(const char *path, char *err, size_t errlen) {
+  return open_read(path, false, err, errlen);
+}
+
+int hf_sf_open_read_sys(const char *path, char *err, size_t errlen) {
+  return open_read(path, true, err, errlen);
+}
+
+int hf_sf_sha256(const char *path, char hex[HF_SHA256_HEX], char *err, size_t errlen) {
+  int fd = hf_sf_open_read(path, err, errlen), r;
+  hex[0] = '\0';
+  if (fd < 0) return -1;
+  if ((r = hf_sha256_fd(fd, hex)) != 0) snprintf(err, errlen, "read %s: %s", path, strerror(errno));
+  close(fd);
+  return r;
 }
 
 int hf_sf_move_aside(int dirfd, const char *name, char *out, size_t outlen) {

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1170,6 +1171,283 @@ static void test_hostile_restore(void) {
   unlink(livecfg);
 }
 
+/* One request like one_request (rollout NULL: none), but bounded: an agent
+ * that has not answered within limit_ms is taken as hung, killed (its pid is
+ * ours) and NULL returned. *ms gets how long the answer took. */
+static json_t *bounded_request(const char *op, const char *hub, const char *rollout, const char *extra,
+                               int limit_ms, int64_t *ms) {
+  struct session s = start_agent();
+  char req[8192];
+  json_t *f = NULL;
+  int64_t t0;
+  json_decref(read_frame(s.from));
+  snprintf(req, sizeof req, "{\"type\":\"request\",\"id\":1,\"op\":\"%s\",\"args\":{\"hub\":%s%s%s%s%s%s}}", op, hub,
+           rollout ? ",\"rollout\":\"" : "", rollout ? rollout : "", rollout ? "\"" : "", extra ? "," : "",
+           extra ? extra : "");
+  t0 = hf__now_ms();
+  send_json(s.to, req);
+  for (;;) {
+    struct pollfd p = { .fd = s.from, .events = POLLIN };
+    int left = (int)(t0 + limit_ms - hf__now_ms());
+    if (left <= 0 || poll(&p, 1, left) <= 0) {
+      fprintf(stderr, "%s: the agent did not answer within %d ms (blocked): killing pid %d\n", op, limit_ms, (int)s.pid);
+      kill(s.pid, SIGKILL);
+      finish(&s);
+      *ms = hf__now_ms() - t0;
+      return NULL;
+    }
+    if ((f = read_frame(s.from)) == NULL) break;
+    if (strcmp(json_string_value(json_object_get(f, "type")) ?: "", "event") != 0) break;
+    json_decref(f);
+    f = NULL;
+  }
+  *ms = hf__now_ms() - t0;
+  CHECK(finish(&s) == 0);
+  return f;
+}
+
+/* The hub's JSON of make_hub with "hub_log" added. */
+static void with_hub_log(char *hub, size_t hublen, const char *log) {
+  size_t n = strlen(hub);
+  if (n > 0 && hub[n - 1] == '}') snprintf(hub + n - 1, hublen - (n - 1), ",\"hub_log\":\"%s\"}", log);
+}
+
+/* What the hub's directory holds besides the hub's files: nothing new of the
+ * agent's (base_tmp: the .hf-tmp- names there before, test_hostile_restore's planted links). */
+static void check_nothing_left(const char *what, int base_tmp) {
+  int tmp = count_prefixed(hubdir, ".hf-tmp-") - base_tmp, aside = count_prefixed(hubdir, ".hf-aside-");
+  CHECK_EQ_INT(tmp, 0);
+  CHECK_EQ_INT(aside, 0);
+  if (tmp || aside) fprintf(stderr, "after %s: %d temporary and %d moved-aside files left\n", what, tmp, aside);
+}
+
+/* A backup of a fresh hub (rollout), then the hub's user puts a FIFO at fifo
+ * (the live database or config), then the rollback: it answers within limit_ms,
+ * refused with a message naming the FIFO, which is left as it is. */
+static void rollback_over_fifo(const char *state, const char *rollout, const char *fifo, int limit_ms, int base_tmp) {
+  char hub[2048];
+  json_t *res;
+  int64_t ms;
+  struct stat st;
+  make_hub(state, hub, sizeof hub);
+  res = one_request("backup", hub, rollout, "\"target\":\"3.1.0\"", NULL, NULL);
+  CHECK_STR(code_of(res), "ok");
+  json_decref(res);
+  unlink(fifo);
+  CHECK(mkfifo(fifo, 0640) == 0 && lchown(fifo, HUBUSER, HUBUSER) == 0);
+  res = bounded_request("rollback", hub, rollout, NULL, limit_ms, &ms);
+  CHECK(res != NULL);
+  CHECK(res == NULL || strcmp(code_of(res), "ok") != 0);
+  CHECK(res == NULL || (strstr(msg_of(res), fifo) != NULL && strstr(msg_of(res), "FIFO") != NULL));
+  if (res && strstr(msg_of(res), "FIFO") == NULL) fprintf(stderr, "rollback, FIFO at %s: %s\n", fifo, msg_of(res));
+  json_decref(res);
+  CHECK(lstat(fifo, &st) == 0 && S_ISFIFO(st.st_mode));
+  check_nothing_left("rollback (a FIFO at the database or config)", base_tmp);
+}
+
+/* preflight of hub (its live database refused): answered within limit_ms, the
+ * database check naming the database and saying why (want), nothing of the
+ * root database's (alembic revision "rootrev") in it. */
+static void preflight_says(const char *hub, int limit_ms, const char *want) {
+  int64_t ms;
+  json_t *res = bounded_request("preflight", hub, NULL, "\"target\":\"3.1.0\",\"timeout_ms\":1000", limit_ms, &ms);
+  char *text = res ? json_dumps(res, 0) : NULL;
+  CHECK(res != NULL);
+  CHECK(text == NULL || strstr(text, "rootrev") == NULL);
+  CHECK(text == NULL || (strstr(text, want) != NULL && strstr(text, livedb) != NULL));
+  free(text);
+  json_decref(res);
+}
+
+/* facts of hub with a FIFO at path (an environment's file): answered ok
+ * within limit_ms (the file skipped as a missing one is); the FIFO removed. */
+static void facts_over_fifo(const char *hub, const char *path, int limit_ms) {
+  int64_t ms;
+  json_t *res;
+  unlink(path);
+  CHECK(mkfifo(path, 0644) == 0);
+  res = bounded_request("facts", hub, NULL, "\"timeout_ms\":1000", limit_ms, &ms);
+  CHECK(res != NULL);
+  CHECK(res == NULL || strcmp(code_of(res), "ok") == 0);
+  json_decref(res);
+  unlink(path);
+}
+
+/* The limit for an answer to a refused read: a second (ten under valgrind). */
+static int answer_limit_ms(void) {
+  return getenv("HF_TEST_SLOW") || getenv("LD_PRELOAD") ? 10000 : 1000;
+}
+
+/* Issue 13: a FIFO or a symlink the hub's user puts where the agent reads the
+ * live database, the config or the hub log (rollback's checksums, health's log
+ * scan, facts' and preflight's database read, the environment's files): the
+ * op answers, refused or reported, within the limit (a FIFO once blocked the
+ * agent in open(2) while it held agent.lock), nothing changed, the root file
+ * untouched. */
+static void test_hostile_reads(void) {
+  char hub[2048], state[PATH_MAX], log[PATH_MAX], rootlog[PATH_MAX], rootdb[PATH_MAX], venv[PATH_MAX], p[PATH_MAX];
+  char sha_before[HF_SHA256_HEX], sha_after[HF_SHA256_HEX];
+  const int limit = answer_limit_ms();
+  json_t *res, *d;
+  int64_t ms;
+  int base_tmp;
+  struct stat st;
+
+  snprintf(state, sizeof state, "%s/readstate", tmpdir);
+  snprintf(rootlog, sizeof rootlog, "%s/root-only.log", tmpdir);
+  snprintf(rootdb, sizeof rootdb, "%s/root-only.sqlite", tmpdir);
+  write_file(rootlog, "[E 2026-11-30 10:00:00.000 JupyterHub app:1] root secret log line\n");
+  chmod(rootlog, 0600);
+  unlink(rootdb);
+  sql(rootdb, "CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('r1'), ('r2'), ('r3');"
+              "CREATE TABLE alembic_version (version_num TEXT); INSERT INTO alembic_version VALUES ('rootrev');");
+  chmod(rootdb, 0600);
+  hf_sha256_file(rootdb, sha_before);
+
+  /* rollback: a FIFO at the live database, then at the config (the database as backed up). */
+  make_hub(state, hub, sizeof hub);
+  base_tmp = count_prefixed(hubdir, ".hf-tmp-");
+  rollback_over_fifo(state, "rd1", livedb, limit, base_tmp);
+  rollback_over_fifo(state, "rd2", livecfg, limit, base_tmp);
+  unlink(livecfg);
+
+  /* health: a FIFO at hub_log, then a symlink to a root-only log: refused,
+   * named, and nothing of the root file's lines reported. */
+  make_hub(state, hub, sizeof hub);
+  snprintf(log, sizeof log, "%s/jupyterhub.log", hubdir);
+  with_hub_log(hub, sizeof hub, log);
+  unlink(log);
+  CHECK(mkfifo(log, 0644) == 0 && lchown(log, HUBUSER, HUBUSER) == 0);
+  res = bounded_request("health", hub, NULL, "\"target\":\"3.1.0\",\"timeout_ms\":200", limit, &ms);
+  CHECK(res != NULL);
+  CHECK(res == NULL || strcmp(code_of(res), "ok") != 0);
+  CHECK(res == NULL || (strstr(msg_of(res), log) != NULL && strstr(msg_of(res), "FIFO") != NULL));
+  if (res && strstr(msg_of(res), "FIFO") == NULL) fprintf(stderr, "health, FIFO log: %s\n", msg_of(res));
+  json_decref(res);
+  unlink(log);
+  CHECK(symlink(rootlog, log) == 0 && lchown(log, HUBUSER, HUBUSER) == 0);
+  res = bounded_request("health", hub, NULL, "\"target\":\"3.1.0\",\"timeout_ms\":200", limit, &ms);
+  CHECK(res != NULL);
+  CHECK(res == NULL || strcmp(code_of(res), "ok") != 0);
+  CHECK(res == NULL || strstr(msg_of(res), "root secret") == NULL);
+  CHECK(res == NULL || (strstr(msg_of(res), log) != NULL && strstr(msg_of(res), "symbolic link") != NULL));
+  if (res && strstr(msg_of(res), "symbolic link") == NULL) fprintf(stderr, "health, symlinked log: %s\n", msg_of(res));
+  json_decref(res);
+  unlink(log);
+  CHECK_STR(slurp(rootlog), "[E 2026-11-30 10:00:00.000 JupyterHub app:1] root secret log line\n");
+
+  /* facts and preflight: the live database a FIFO, then a symlink to a
+   * root-only database: answered in time, refused with a message naming it,
+   * nothing of the root database reported. */
+  make_hub(state, hub, sizeof hub);
+  unlink(livedb);
+  CHECK(mkfifo(livedb, 0640) == 0 && lchown(livedb, HUBUSER, HUBUSER) == 0);
+  res = bounded_request("facts", hub, NULL, "\"timeout_ms\":1000", limit, &ms);
+  CHECK(res != NULL);
+  d = json_object_get(json_object_get(res, "data"), "db");
+  CHECK(res == NULL || json_is_null(json_object_get(d, "users")));
+  CHECK(res == NULL || strstr(json_string_value(json_object_get(d, "error")) ?: "", "FIFO") != NULL);
+  json_decref(res);
+  preflight_says(hub, limit, "FIFO");
+  unlink(livedb);
+  CHECK(symlink(rootdb, livedb) == 0 && lchown(livedb, HUBUSER, HUBUSER) == 0);
+  res = bounded_request("facts", hub, NULL, "\"timeout_ms\":1000", limit, &ms);
+  CHECK(res != NULL);
+  d = json_object_get(json_object_get(res, "data"), "db");
+  CHECK(res == NULL || json_is_null(json_object_get(d, "users")));
+  CHECK(res == NULL || json_is_null(json_object_get(d, "alembic_revision")));
+  CHECK(res == NULL || strstr(json_string_value(json_object_get(d, "error")) ?: "", "symbolic link") != NULL);
+  CHECK(res == NULL || strstr(json_string_value(json_object_get(d, "error")) ?: "", livedb) != NULL);
+  json_decref(res);
+  preflight_says(hub, limit, "symbolic link");
+  unlink(livedb);
+  hf_sha256_file(rootdb, sha_after);
+  CHECK_STR(sha_after, sha_before);
+  CHECK(stat(rootdb, &st) == 0 && st.st_uid == 0 && (st.st_mode & 0777) == 0600);
+
+  /* facts: the hub environment's pyvenv.cfg a FIFO, then a package's
+   * METADATA: skipped as a missing file is, in time. */
+  make_hub(state, hub, sizeof hub);
+  snprintf(venv, sizeof venv, "%s/venv", tmpdir);
+  mkpath("%s/lib/python3.11/site-packages/jupyterhub-4.1.0.dist-info", venv);
+  snprintf(p, sizeof p, "%s/pyvenv.cfg", venv);
+  facts_over_fifo(hub, p, limit);
+  write_file(p, "home = /usr/bin\nversion = 3.11.2\n");
+  snprintf(p, sizeof p, "%s/lib/python3.11/site-packages/jupyterhub-4.1.0.dist-info/METADATA", venv);
+  facts_over_fifo(hub, p, limit);
+  /* SQLite's own open(2) in the agent (hf_db_open_ro's hook): a FIFO put in
+   * the database's place after the check cannot block it (a child, bounded). */
+  make_hub(state, hub, sizeof hub);
+  snprintf(p, sizeof p, "%s/swapped.sqlite", hubdir);
+  unlink(p);
+  CHECK(mkfifo(p, 0644) == 0);
+  {
+    pid_t pid = fork();
+    int wst = 0;
+    if (pid == 0) {
+      sqlite3 *h = NULL;
+      char err[512];
+      int rc;
+      alarm(limit / 1000 + 5);
+      if (hf_db_open_ro(livedb, &h, err, sizeof err) != 0) _exit(3);
+      sqlite3_close(h);
+      h = NULL;
+      rc = sqlite3_open_v2(p, &h, SQLITE_OPEN_READONLY, NULL);
+      if (rc == SQLITE_OK) rc = sqlite3_exec(h, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
+      sqlite3_close(h);
+      _exit(rc == SQLITE_OK ? 1 : 0);
+    }
+    CHECK(pid > 0 && waitpid(pid, &wst, 0) == pid);
+    CHECK(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+    if (!WIFEXITED(wst)) fprintf(stderr, "SQLite's open of a FIFO blocked (signal %d)\n", WTERMSIG(wst));
+  }
+  unlink(p);
+  snprintf(p, sizeof p, "%s/pyvenv.cfg", venv);
+  unlink(p);
+  hf_rm_tree(venv);
+  unlink(livedb);
+}
+
+/* Issue 15: the state directory's key is this machine's and the config's. */
+static void test_hub_key(void) {
+  char a[HF_HUB_KEY_LEN + 1], b[HF_HUB_KEY_LEN + 1], c[HF_HUB_KEY_LEN + 1], hex[HF_SHA256_HEX], mid[HF_MACHINE_ID_MAX];
+  const char *cfg = "/etc/jupyterhub/jupyterhub_config.py";
+  const char *m;
+  /* Two login nodes sharing /home, one config path: two keys. */
+  hf__hub_key("3d1219c7c4c5404aaa1f6d2a48adfda4", cfg, a);
+  hf__hub_key("0123456789abcdef0123456789abcdef", cfg, b);
+  CHECK(strcmp(a, b) != 0);
+  CHECK_EQ_INT(strlen(a), HF_HUB_KEY_LEN);
+  /* One machine (and one config) always the same key, whatever the inventory calls it. */
+  hf__hub_key("3d1219c7c4c5404aaa1f6d2a48adfda4", cfg, c);
+  CHECK_STR(c, a);
+  /* Two configs on one machine: two keys. */
+  hf__hub_key("3d1219c7c4c5404aaa1f6d2a48adfda4", "/opt/tljh/config/jupyterhub_config.py", c);
+  CHECK(strcmp(c, a) != 0);
+  /* The documented formula: sha256("MACHINE_ID\nCONFIG"), its first 16 hex digits. */
+  hf_sha256_hex("3d1219c7c4c5404aaa1f6d2a48adfda4\n/etc/jupyterhub/jupyterhub_config.py",
+                strlen("3d1219c7c4c5404aaa1f6d2a48adfda4\n/etc/jupyterhub/jupyterhub_config.py"), hex);
+  hex[HF_HUB_KEY_LEN] = '\0';
+  CHECK_STR(a, hex);
+  /* No machine id: the config path alone, as before. */
+  hf_sha256_hex(cfg, strlen(cfg), hex);
+  hex[HF_HUB_KEY_LEN] = '\0';
+  hf__hub_key(NULL, cfg, c);
+  CHECK_STR(c, hex);
+  hf__hub_key("", cfg, c);
+  CHECK_STR(c, hex);
+  /* This machine's id, when it has one, is its /etc/machine-id's first line. */
+  m = hf__machine_id(mid, sizeof mid);
+  if (access("/etc/machine-id", R_OK) == 0 && m != NULL) {
+    char line[HF_MACHINE_ID_MAX];
+    FILE *f = fopen("/etc/machine-id", "r");
+    CHECK(f != NULL && fgets(line, sizeof line, f) != NULL);
+    if (f) fclose(f);
+    line[strcspn(line, "\n")] = '\0';
+    CHECK_STR(m, line);
+  }
+}
+
 /* Item 6 of issue 13: the agent's own directories and files. */
 static void test_hostile_state_dir(void) {
   char hub[2048], state[PATH_MAX], open_parent[PATH_MAX], p[PATH_MAX], err[1024];
@@ -1411,6 +1689,8 @@ int main(void) {
   test_loop();
   test_validators();
   test_hostile_restore();
+  test_hostile_reads();
+  test_hub_key();
   test_hostile_state_dir();
   test_watchdog();
   {
