@@ -236,6 +236,25 @@ static void on_progress(uv_timer_t *t) {
   fflush(stderr);
 }
 
+/* --json goes out in 64 KB pieces: jansson's own json_dumpf writes each
+ * token to stdout, and stdout (the sanitiser's stream, line-buffered) then
+ * cleaned and wrote every line with its own write(2), some 50 per host. */
+struct dump_buf { size_t n; char b[65536]; };
+
+static void dump_flush(struct dump_buf *d) {
+  if (d->n) fwrite(d->b, 1, d->n, stdout);
+  d->n = 0;
+}
+
+static int dump_chunk(const char *buf, size_t size, void *data) {
+  struct dump_buf *d = data;
+  if (d->n + size > sizeof d->b) dump_flush(d);
+  if (size >= sizeof d->b) { fwrite(buf, 1, size, stdout); return 0; }
+  memcpy(d->b + d->n, buf, size);
+  d->n += size;
+  return 0;
+}
+
 int hf_cmd_audit(int argc, char **argv) {
   static const struct option longopts[] = {
     { "inventory", required_argument, NULL, 'i' },
@@ -400,8 +419,10 @@ int hf_cmd_audit(int argc, char **argv) {
     }
   }
   if (json_out) {
-    json_dumpf(doc, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
-    fputc('\n', stdout);
+    struct dump_buf db = { .n = 0 };
+    json_dump_callback(doc, dump_chunk, &db, JSON_INDENT(2) | JSON_SORT_KEYS);
+    dump_chunk("\n", 1, &db);
+    dump_flush(&db);
   } else {
     hf_audit_print(stdout, doc, 4);
   }

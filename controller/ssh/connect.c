@@ -59,9 +59,16 @@ int hf__in_connecting(struct hf_session *s) {
   int port = h->port;
   socket_t sfd = s->fd;
   long to = (long)(e->o.timeout_ms / 1000);
+  /* libssh's own SSH directory is never read (no config, known_hosts given,
+   * keys ours), but left unset libssh looks it up in the password database
+   * (getpwuid_r: /etc/nsswitch.conf and /etc/passwd read) for every
+   * session: name the controller's own. */
+  char sshdir[PATH_MAX + 8];
+  snprintf(sshdir, sizeof sshdir, "%s/.ssh", e->home[0] == '/' ? e->home : "/nonexistent");
   /* ~/.ssh/config and /etc/ssh/ssh_config are never read: they could weaken
    * host key checking or redirect the host. */
   if (ssh_options_set(ssh, SSH_OPTIONS_PROCESS_CONFIG, &no) < 0 ||
+      ssh_options_set(ssh, SSH_OPTIONS_SSH_DIR, sshdir) < 0 ||
       ssh_options_set(ssh, SSH_OPTIONS_HOST, h->address) < 0 ||
       ssh_options_set(ssh, SSH_OPTIONS_PORT, &port) < 0 ||
       ssh_options_set(ssh, SSH_OPTIONS_KNOWNHOSTS, "/dev/null") < 0 ||

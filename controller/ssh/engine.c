@@ -159,8 +159,10 @@ int hf_engine_new(uv_loop_t *loop, const struct hf_engine_opts *opts,
   uv_prepare_init(loop, &e->prepare);
   e->prepare.data = e;
   uv_prepare_start(&e->prepare, hf__on_prepare);
-  e->open_handles = 2;
   uv_unref((uv_handle_t *)&e->prepare);
+  uv_idle_init(loop, &e->idle);
+  e->idle.data = e;
+  e->open_handles = 3;
   *out = e;
   return 0;
 }
@@ -171,6 +173,8 @@ void hf_engine_free(struct hf_engine *e) {
   uv_prepare_stop(&e->prepare);
   uv_close((uv_handle_t *)&e->prepare, on_engine_handle_closed);
   uv_close((uv_handle_t *)&e->check, on_engine_handle_closed);
+  uv_idle_stop(&e->idle);
+  uv_close((uv_handle_t *)&e->idle, on_engine_handle_closed);
   for (size_t i = 0; i < EP_BUCKETS; i++)
     for (struct endpoint *ep = e->ep[i], *n; ep; ep = n) { n = ep->next; free(ep); }
   for (struct authkey *k = e->keys, *n; k; k = n) { n = k->next; ssh_key_free(k->key); free(k); }

@@ -82,10 +82,18 @@ struct hf_engine {
   uint64_t iter_start_ns;       /* first socket callback of this iteration, 0 = none yet */
   int schedstat_fd;             /* the loop thread's /proc schedstat, -1 = not available */
   uint64_t iter_runq_ns;        /* its run-queue wait at the iteration's first callback */
+  uint64_t budget_start_ns;     /* the work budget's start in wall time: iter_start_ns moved
+                                   later by whatever was not the loop's own CPU (hf__over_budget) */
+  uint64_t iter_cpu_ns;         /* the loop thread's CPU time at the iteration's first callback */
+  bool iter_over;               /* this iteration spent its budget: the rest waits */
   uint64_t check_runq_ns;       /* ... at the last check (end of an iteration) */
   uint64_t pre_runq_ns;         /* waits between that check and the next poll */
   uv_prepare_t prepare;
-  int open_handles;             /* check and prepare: e is freed when both have closed */
+  uv_idle_t idle;               /* active while runq holds sessions: the loop does not block */
+  struct hf_session *runq_head, *runq_tail; /* sessions whose socket was ready when the
+                                   iteration's budget was spent, their polls stopped
+                                   meanwhile; driven first on the next iteration */
+  int open_handles;             /* check, prepare and idle: e is freed when all have closed */
   bool metrics;
   uint64_t rng;
   int live;                     /* sessions not yet freed */
@@ -163,6 +171,8 @@ struct hf_session {
   void *close_ctx;
   bool closing, timer_closed;
   bool kick;                    /* stopped early with data maybe buffered in libssh: wake up again */
+  bool in_runq;                 /* in e's runq (rnext, rprev) */
+  struct hf_session *rnext, *rprev;
 
   /* ProxyJump. A bare session is a bastion's own connection: it stops
    * after authentication and carries the forwarded channels of the hosts
@@ -217,6 +227,8 @@ void hf__on_timer(uv_timer_t *t);
 void hf__q_push(struct squeue *q, struct hf_session *s);
 void hf__q_remove(struct squeue *q, struct hf_session *s);
 void hf__rearm(struct hf_session *s);
+void hf__on_idle(uv_idle_t *h);
+void hf__runq_remove(struct hf_session *s);
 void hf__set_err(struct hf_session *s, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void hf__set_state(struct hf_session *s, enum hf_sess_state st);
@@ -268,5 +280,7 @@ int hf__jump_service(struct jump *j);
 void hf__on_check(uv_check_t *c);
 void hf__on_prepare(uv_prepare_t *p);
 uint64_t hf__runq_wait_ns(struct hf_engine *e);
+bool hf__over_budget(struct hf_engine *e, uint64_t now);
+uint64_t hf__thread_cpu_ns(void);
 
 #endif /* HF_ENGINE_INT_H */

@@ -49,17 +49,42 @@ void hf__on_check(uv_check_t *c) {
     if (busy > e->st.max_stall_wall_ns) e->st.max_stall_wall_ns = busy;
     if (own > e->st.max_stall_ns) e->st.max_stall_ns = own;
   }
-  struct timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  uint64_t cpu = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+  uint64_t cpu = hf__thread_cpu_ns();
   if (e->last_cpu_ns && cpu - e->last_cpu_ns > e->st.max_stall_cpu_ns)
     e->st.max_stall_cpu_ns = cpu - e->last_cpu_ns;
   e->last_cpu_ns = cpu;
   e->last_check_ns = now;
   e->last_idle_ns = idle;
   e->iter_start_ns = 0;
+  e->iter_over = false;
 }
 
+uint64_t hf__thread_cpu_ns(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Whether this iteration has used its work budget (ITER_BUDGET_NS) of the
+ * loop thread's own CPU; called once its wall time is past the budget.
+ * Counted in wall time, a loaded machine (the kernel giving the CPU to the
+ * fleet's sshd while the loop thread was runnable) made the loop leave
+ * ready sockets for later on most iterations, and each socket left fired
+ * again at once on the next (level-triggered): some 180 wakeups per host
+ * for nothing. The budget's start in wall time moves later by what was
+ * not CPU, so the clock is read only once per budget's worth of wall time;
+ * once over, the iteration stays over. */
+bool hf__over_budget(struct hf_engine *e, uint64_t now) {
+  if (e->iter_over) return true;
+  uint64_t cpu = hf__thread_cpu_ns();
+  uint64_t used = e->iter_cpu_ns && cpu >= e->iter_cpu_ns ? cpu - e->iter_cpu_ns : ITER_BUDGET_NS + 1;
+  if (used <= ITER_BUDGET_NS) {
+    e->budget_start_ns = now - used;
+    return false;
+  }
+  e->iter_over = true;
+  return true;
+}
 /* Before the loop polls: the run-queue wait since the last check (timers,
  * closes) is not the loop's own time either. */
 void hf__on_prepare(uv_prepare_t *p) {

@@ -82,6 +82,7 @@ void hf__err_add_tail(struct hf_session *s) {
 }
 
 void hf__teardown_ssh(struct hf_session *s) {
+  hf__runq_remove(s);
   hf__jump_detach(s);
   if (s->poll) {
     /* uv_close stops the poll at once (epoll entry removed) so libssh may
@@ -222,6 +223,53 @@ void hf__on_timer(uv_timer_t *t) {
           s->host->name, phase_words(s->state));
 }
 
+/* Whether this loop iteration has work budget left (see on_poll); the first
+ * call of an iteration starts it. */
+static bool budget_left(struct hf_engine *e, uint64_t now) {
+  if (!e->iter_start_ns) {
+    e->iter_start_ns = e->budget_start_ns = now;
+    e->iter_runq_ns = hf__runq_wait_ns(e);
+    e->iter_cpu_ns = hf__thread_cpu_ns();
+    return true;
+  }
+  return !(now - e->budget_start_ns > ITER_BUDGET_NS && hf__over_budget(e, now));
+}
+
+void hf__runq_remove(struct hf_session *s) {
+  struct hf_engine *e = s->e;
+  if (!s->in_runq) return;
+  if (s->rprev) s->rprev->rnext = s->rnext; else e->runq_head = s->rnext;
+  if (s->rnext) s->rnext->rprev = s->rprev; else e->runq_tail = s->rprev;
+  s->rprev = s->rnext = NULL;
+  s->in_runq = false;
+}
+
+/* A ready socket past the iteration's budget: its poll stops and the
+ * session waits in the engine's run queue, driven first on the next
+ * iteration (hf__on_idle). Left polled, the level-triggered socket would
+ * fire again on every iteration until its turn came: dozens of useless
+ * wakeups per host when key exchanges queue up. */
+static void defer(struct hf_session *s) {
+  struct hf_engine *e = s->e;
+  e->st.deferred++;
+  if (s->poll && s->poll_events) { uv_poll_stop(s->poll); s->poll_events = 0; }
+  if (s->in_runq) return;
+  s->rnext = NULL;
+  s->rprev = e->runq_tail;
+  if (e->runq_tail) e->runq_tail->rnext = s; else e->runq_head = s;
+  e->runq_tail = s;
+  s->in_runq = true;
+  if (!uv_is_active((uv_handle_t *)&e->idle)) uv_idle_start(&e->idle, hf__on_idle);
+}
+
+/* Before the loop polls: the sessions deferred last iteration, in order,
+ * within this iteration's budget. Driving one polls its socket again. */
+void hf__on_idle(uv_idle_t *h) {
+  struct hf_engine *e = h->data;
+  while (e->runq_head && budget_left(e, uv_hrtime())) hf__drive(e->runq_head);
+  if (!e->runq_head) uv_idle_stop(&e->idle);
+}
+
 static void on_poll(uv_poll_t *p, int status, int events) {
   struct hf_session *s = p->data;
   if (status < 0) {
@@ -246,17 +294,14 @@ static void on_poll(uv_poll_t *p, int status, int events) {
     }
     return;
   }
-  /* Work budget per loop iteration: past it, leave the socket for the next
-   * iteration (the poll is level-triggered, so it fires again) and let
-   * timers and other hosts run; a burst of key exchanges must not stall
-   * the loop. */
-  struct hf_engine *e = s->e;
+  /* Work budget per loop iteration: past it, leave the session for the
+   * next iteration (defer: first in line then) and let timers and other
+   * hosts run; a burst of key exchanges must not stall the loop. The
+   * budget is the loop thread's own CPU, not the time the kernel gave the
+   * CPU to other processes (hf__over_budget). */
   uint64_t now = uv_hrtime();
   if (events & UV_READABLE) s->progress_ns = now;
-  if (!e->iter_start_ns) {
-    e->iter_start_ns = now;
-    e->iter_runq_ns = hf__runq_wait_ns(e);
-  } else if (now - e->iter_start_ns > ITER_BUDGET_NS) { e->st.deferred++; return; }
+  if (!budget_left(s->e, now)) { defer(s); return; }
   hf__drive(s);
 }
 
@@ -407,6 +452,7 @@ static void start_connect(struct hf_session *s) {
  * one fails, tries the next. Returns false when none is left. */
 bool hf__next_address(struct hf_session *s) {
   if (s->alt_idx >= s->nalt) return false;
+  hf__runq_remove(s);
   if (s->poll) { uv_close((uv_handle_t *)s->poll, (uv_close_cb)free); s->poll = NULL; s->poll_events = 0; }
   if (s->fd >= 0) { close(s->fd); s->fd = -1; }
   memcpy(&s->addr, &s->alt[s->alt_idx], s->altlen[s->alt_idx]);
@@ -419,6 +465,7 @@ bool hf__next_address(struct hf_session *s) {
 /* The dispatcher: runs the current state's handler until one waits. */
 void hf__drive(struct hf_session *s) {
   struct hf_engine *e = s->e;
+  hf__runq_remove(s);
   s->kick = false;
   for (int step = 0; step < DRIVE_MAX_STEPS; step++) {
     if (s->closing) return;
