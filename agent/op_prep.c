@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "agent_int.h"
+#include "hf_safefile.h"
 #include "hub.h"
 #include "ops.h"
 #include "probe.h"
@@ -457,10 +458,15 @@ static void upgrade_db_check(struct hf_req *r, json_t *checks, const struct hf_e
   }
   /* A script whose #! interpreter is gone (an environment copied from elsewhere) fails the same way. */
   {
-    FILE *f = fopen(found, "re");
-    if (f != NULL) {
-      if (fgets(interp, sizeof interp, f) == NULL) interp[0] = '\0';
-      fclose(f);
+    /* The hub env's script is the hub user's: the safe open (a FIFO there
+     * must not block preflight, a symlink is not followed); the system one is
+     * root's and may be a link. Unreadable: no interpreter check. */
+    char err[256];
+    int fd = found == script ? hf_sf_open_read(found, err, sizeof err) : hf_sf_open_read_sys(found, err, sizeof err);
+    if (fd >= 0) {
+      ssize_t n = read(fd, interp, sizeof interp - 1);
+      interp[n > 0 ? n : 0] = '\0';
+      close(fd);
     }
     interp[strcspn(interp, "\n")] = '\0';
     if (strncmp(interp, "#!/", 3) == 0) {

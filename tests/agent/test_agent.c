@@ -1375,6 +1375,17 @@ static void test_hostile_reads(void) {
   write_file(p, "home = /usr/bin\nversion = 3.11.2\n");
   snprintf(p, sizeof p, "%s/lib/python3.11/site-packages/jupyterhub-4.1.0.dist-info/METADATA", venv);
   facts_over_fifo(hub, p, limit);
+  /* preflight: the hub environment's bin/alembic a FIFO (executable, so it
+   * passes access(X_OK)): its #! line is not read, preflight answers in time. */
+  mkpath("%s/bin", venv);
+  snprintf(p, sizeof p, "%s/bin/alembic", venv);
+  unlink(p);
+  CHECK(mkfifo(p, 0755) == 0 && chmod(p, 0755) == 0);
+  res = bounded_request("preflight", hub, NULL, "\"target\":\"3.1.0\",\"timeout_ms\":1000", limit, &ms);
+  CHECK(res != NULL);
+  CHECK(res == NULL || ms < limit);
+  json_decref(res);
+  unlink(p);
   /* SQLite's own open(2) in the agent (hf_db_open_ro's hook): a FIFO put in
    * the database's place after the check cannot block it (a child, bounded). */
   make_hub(state, hub, sizeof hub);
