@@ -49,10 +49,22 @@ hubver() {
   d=$(ls -d "$(root "$1")/opt/tljh/$2"/lib/python3*/site-packages/jupyterhub-*.dist-info 2>/dev/null | head -1)
   d=${d##*/jupyterhub-}; echo "${d%.dist-info}"
 }
-# journal_of HOST ROLLOUT: the agent's journal file for ROLLOUT ("" when none)
-# the agent's state dir on a TLJH host with become: /var/lib/hubfleet/hub-KEY,
-# KEY the first 16 hex digits of the SHA-256 of the config path (not a glob:
-# the overlay's lower layer is this machine's /)
-SD_STATE=/var/lib/hubfleet/hub-$(printf %s /opt/tljh/config/jupyterhub_config.py | sha256sum | cut -c1-16)
-journal_of() { local j; j=$(root "$1")$SD_STATE/journal-$2; [ -e "$j" ] && echo "$j"; }
+# The agent's state dir on a TLJH host with become is
+# /var/lib/hubfleet/hub-KEY (KEY a digest the agent computes: the tests do
+# not compute it). Found by what is in it, never by a bare glob over the
+# overlay root (its lower layer is this machine's /).
+# journal_of HOST ROLLOUT: the agent's journal file for ROLLOUT ("" when
+# none): the one hub-*/journal-ROLLOUT (a rollout id is unique)
+journal_of() {
+  local j=("$(root "$1")"/var/lib/hubfleet/hub-*/journal-"$2")
+  [ ${#j[@]} -eq 1 ] && [ -e "${j[0]}" ] && echo "${j[0]}"
+}
+# sd_state HOST: the state dir, as the host names it (/var/lib/hubfleet/hub-KEY):
+# the one hub-* directory the host itself created (in its overlay's upper layer)
+sd_state() {
+  local up d
+  up=$(fleet path "$1" | $PY -c 'import json,sys; print(json.load(sys.stdin)["upper"])')
+  d=("$up"/var/lib/hubfleet/hub-*)
+  [ ${#d[@]} -eq 1 ] && [ -d "${d[0]}" ] && echo "${d[0]#"$up"}"
+}
 host_field() { jq_ "$1" "[h.get('$3') for h in d['hosts'] if h['host']=='$2'][0]"; }

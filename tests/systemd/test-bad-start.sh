@@ -2,7 +2,8 @@
 # Issue 15: a release that cannot start, on two TLJH-shaped systemd hosts,
 # stages 1,100%: the first host (the canary stage) fails at start and is rolled
 # back through sudo and systemctl (its error in the unit's own words, from the
-# journal), the rollout halts on its budget, and the other is untouched
+# journal: journalctl -u jupyterhub since the start, the hub's traceback line
+# that only the journal holds), the rollout halts on its budget, and the other is untouched
 # (same MainPID, no journal for the rollout).
 # usage: test-bad-start.sh HUBFLEET AGENT
 # (two hosts at the fleet's size; three with HF_TEST_SYS=3)
@@ -24,6 +25,15 @@ err=$(host_field "$W/st.json" "$C" error)
 echo "# $C: $err"
 check "$C: failed at start, in the unit's own words (journal)" eval \
   '[[ $err == *"start failed"* && $err == *"crashed while starting"* && $err == *"(systemd: "* ]]'
+# The hub's traceback goes to systemd's journal only (no hubfleet_hub_log on a
+# TLJH host): the error holds its last line, read with journalctl -u. The
+# installed source has the raise, never "RuntimeError: ..." as printed.
+TB="RuntimeError: hubfleet TEST BUILD bad-start: this release refuses to start"
+check "$C: the error holds the hub's traceback line from the unit's journal ($TB)" eval '[[ $err == *"$TB"* ]]'
+check "$C: journalctl -u jupyterhub on the host has that line" eval 'rsh "$C" journalctl -u jupyterhub --no-pager -o cat | grep -qF "$TB"'
+up=$(fleet path "$C" | $PY -c 'import json,sys; print(json.load(sys.stdin)["upper"])')
+others=$(grep -rlF "$TB" "$up" 2>/dev/null | grep -v -e "^$up/var/log/journal/" -e "^$up/var/lib/hubfleet/hub-[^/]*/journal-$RID\$")
+check "$C: no other file on the host holds it (only systemd's journal, and the agent's journal of the rollout): ${others:-none}" test -z "$others"
 check "$C: back on $BASE in both envs, alembic $BASEREV" test "$(hubver "$C" hub) $(hubver "$C" user) $(alembic "$C")" = "$BASE $BASE $BASEREV"
 check "$C: active under systemd, /hub/api $BASE, healthy" eval 'test "$(active "$C")" = active && healthy_on "$C" "$BASE"'
 J=$(journal_of "$C" "$RID")

@@ -4,7 +4,8 @@
 # refused in preflight saying to set hubfleet_become=true; sudo asking for a
 # password, a sudoers rule that refuses the agent, and sudo missing: each a
 # preflight failure naming the cause; in every case the hub is never stopped
-# (same MainPID). The dry run and `inventory check` say how the host is driven.
+# (same MainPID). The dry run and `inventory check` say how the host is driven;
+# the dry run's default migration rehearsal runs as root and leaves no copy.
 # docs/sudoers.example, installed as the only rule, is enough for a rollout's
 # preflight, allows nothing else, and a replaced agent file is not run.
 # usage: test-become.sh HUBFLEET AGENT
@@ -24,13 +25,17 @@ check "audit: $BASE in both envs, alembic $BASEREV" test \
 step "inventory check and the dry run show how the host is driven"
 hf inventory check "$INV" > "$W/invcheck.txt" 2>&1
 check "inventory check: systemctl through sudo -n" grep -qE "^  driven +systemd:jupyterhub through systemctl, as root through sudo -n \(become\)$" "$W/invcheck.txt"
-hf upgrade -i "$INV" --to "$NEW" --dry-run --no-rehearse --state "$STATE" > "$W/dry.txt" 2>&1
+hf upgrade -i "$INV" --to "$NEW" --dry-run --state "$STATE" > "$W/dry.txt" 2>&1
 check "dry run: ready" grep -qE "^  $H .* -> $NEW  ready" "$W/dry.txt"
 check "dry run: driven through systemctl as root through sudo -n" \
   grep -qE "pass +driven +systemd:jupyterhub through systemctl, as root through sudo -n \(become, login hfops\)" "$W/dry.txt"
 check "dry run: the service state read from stdout (not sudo's warnings)" grep -qE "pass +service +systemd:jupyterhub is active$" "$W/dry.txt"
 check "dry run: the database read as root" grep -qE "pass +database +sqlite /opt/tljh/state/jupyterhub.sqlite, alembic revision $BASEREV" "$W/dry.txt"
-check "the agent's state is root's: $SD_STATE root 0700" test "$(stat -c '%U %a' "$R$SD_STATE" 2>/dev/null)" = "root 700"
+SD_STATE=$(sd_state "$H")
+check "the agent's state is root's: ${SD_STATE:-no single /var/lib/hubfleet/hub-*} root 0700" test -n "$SD_STATE" -a "$(stat -c '%U %a' "$R$SD_STATE" 2>/dev/null)" = "root 700"
+check "dry run: the default rehearsal ran as root (upgrade-db to $NEW on a copy, $BASEREV -> $NEWREV)" \
+  grep -qE "pass +rehearsal +upgrade-db to $NEW on a copy: alembic $BASEREV -> $NEWREV, integrity ok" "$W/dry.txt"
+check "the rehearsal left no rehearsal-* copy in $SD_STATE" eval '[ -n "$SD_STATE" ] && ! ls -d "$R$SD_STATE"/rehearsal-* > /dev/null 2>&1'
 
 step "sudo warns on stderr (unable to resolve host): the state is read from stdout"
 cp -p "$R/etc/hosts" "$W/hosts.bak"

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Issue 15: baseline -> newer on a TLJH-shaped systemd host through sudo and
-# systemctl (the journal as the hub log), then `hubfleet rollback`: back on the
+# systemctl (the journal as the hub log), with the default migration rehearsal
+# (as root, on a copy; nothing left behind), then `hubfleet rollback`: back on the
 # baseline with the live database equal to its backup. Truth read from the
 # host's files, systemd and /hub/api, not from hubfleet.
 # usage: test-newer-rollback.sh HUBFLEET AGENT
@@ -13,7 +14,7 @@ check "$H: $BASE at $BASEREV" test "$(hubver "$H" hub) $(hubver "$H" user) $(ale
 
 step "upgrade to $NEW"
 t=$SECONDS
-hf upgrade -i "$INV" --to "$NEW" --no-rehearse --state "$STATE" --events "$W/up.ndjson" > "$W/up.out" 2>&1
+hf upgrade -i "$INV" --to "$NEW" --state "$STATE" --events "$W/up.ndjson" > "$W/up.out" 2>&1
 rc=$?
 echo "# upgrade took $((SECONDS - t))s"
 check "upgrade exits 0 (rc=$rc)" test $rc -eq 0
@@ -28,6 +29,20 @@ check "$H: /hub/api $NEW, /hub/health 200" healthy_on "$H" "$NEW"
 check "the stop and start went through sudo -n and systemctl" grep -q 'become: stop runs as root' "$W/up.ndjson"
 J=$(journal_of "$H" "$RID")
 check "the agent's journal is root's, in /var/lib/hubfleet: $J" test -n "$J" -a "$(stat -c '%U %a' "$J" 2>/dev/null)" = "root 600"
+# the default preflight rehearses the migration on a copy, as root through sudo
+check "the rehearsal ran: upgrade-db to $NEW on a copy, alembic $BASEREV -> $NEWREV" \
+  grep -qF "\"host\":\"$H\"" <(grep -F "preflight rehearsal: pass: upgrade-db to $NEW on a copy: alembic $BASEREV -> $NEWREV, integrity ok" "$W/up.ndjson")
+check "migrate saw the revision the rehearsal predicted" grep -qF "revision $NEWREV after migrate, as the rehearsal predicted" "$W/up.ndjson"
+# and left nothing behind: its STATE_DIR/rehearsal-PID (the copy, the target's
+# packages) is gone; the state dir keeps what docs/tljh.md says (journal, lock,
+# backups, package cache) and the staging records, no database beyond the backup
+leftovers() {
+  local sd=${J%/*}
+  [ -n "$J" ] || return 0
+  ( cd "$sd" && ls -d rehearsal-* 2>/dev/null; find . -name '*.sqlite*' ! -path "./backups/$RID/jupyterhub.sqlite" )
+}
+check "the rehearsal left nothing in ${J%/*} (no rehearsal-*, no database copy but the backup): $(leftovers | tr '\n' ' ')" \
+  test -n "$J" -a -z "$(leftovers)"
 bfile=$(jq_ "$W/st.json" "d['hosts'][0]['backup']['backup']['db_file']")
 bsha=$(jq_ "$W/st.json" "d['hosts'][0]['backup']['backup']['db_sha256']")
 check "the backup $bfile is root's and has sha256 $bsha" test "$(stat -c %U "$R$bfile")" = root -a "$(sha256sum < "$R$bfile" | cut -d' ' -f1)" = "$bsha"

@@ -112,14 +112,21 @@ finish() {
   [ "$fails" -eq 0 ]
 }
 
-# run_for SECONDS ARGV...: start the controller, SIGKILL it after SECONDS
-# unless it ended first. Prints "killed" or "ended RC".
+# run_for SECONDS|MSms ARGV...: start the controller, SIGKILL it after SECONDS
+# (whole seconds, as bash's SECONDS counts them) or MS milliseconds (e.g.
+# 1250ms, on the real-time clock) unless it ended first. Prints "killed" or
+# "ended RC".
 run_for() {
   local secs=$1 pid end rc; shift
   "$HUBFLEET" "$@" --state "$STATE" --events "$W/ev.ndjson" >> "$W/ctl.out" 2>&1 &
   pid=$!
-  end=$((SECONDS + secs))
-  while [ $SECONDS -lt $end ] && kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+  if [[ $secs == *ms ]]; then
+    end=$(( ${EPOCHREALTIME//[!0-9]/} + ${secs%ms} * 1000 ))
+    while [ "${EPOCHREALTIME//[!0-9]/}" -lt "$end" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  else
+    end=$((SECONDS + secs))
+    while [ $SECONDS -lt $end ] && kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+  fi
   if kill -0 "$pid" 2>/dev/null; then
     kill -KILL "$pid"
     wait "$pid" 2>/dev/null
@@ -129,22 +136,45 @@ run_for() {
     echo "ended $rc"
   fi
 }
+# steps_ok: how many host steps the controllers reported finished ("X ok in")
+steps_ok() {
+  local n
+  n=$(grep -c '"event":"step","level":"info","text":"[a-z]* ok in' "$W/ev.ndjson" 2>/dev/null)
+  echo "${n:-0}"
+}
 ro_status() { hf status --state "$STATE" --json 2>/dev/null | $PY -c 'import json,sys; print(json.load(sys.stdin)["rollout"]["status"])' 2>/dev/null; }
 
 # kill_rounds MAX_DELAY ARGV...: runs the controller with ARGV and SIGKILLs
 # it 1..MAX_DELAY s later (from $RANDOM: seed it), then `resume` the same
 # way, for up to $KILLS rounds or until the rollout no longer runs. Sets
 # KILLED to the number of kills.
+# kill_rounds MIN-MAXms ARGV...: the same with delays of MIN..MAX
+# milliseconds, and rounds go on until $KILLS kills (a round whose controller
+# ended by itself while the rollout still runs does not count; at most
+# 2*$KILLS rounds): the caller asserts KILLED = KILLS, the rollout must be
+# long enough to still run at the last kill. A round in which no step
+# finished (a step longer than the delays, e.g. preflight on a loaded
+# machine) lengthens the next ones by its delay until one does, so the kills
+# do not all land in the same step.
 kill_rounds() {
-  local maxd=$1 i=0 d r st t0=$SECONDS; shift
+  local maxd=$1 mind=1 unit= rounds=$KILLS i=0 d r st extra=0 oks0 oks t0=$SECONDS; shift
+  if [[ $maxd =~ ^([0-9]+)-([0-9]+)ms$ ]]; then
+    mind=${BASH_REMATCH[1]} maxd=${BASH_REMATCH[2]} unit=ms rounds=$((2 * KILLS))
+  fi
   local args=("$@")
   KILLED=0
-  while [ $i -lt "$KILLS" ]; do
+  oks0=$(steps_ok)
+  while [ $i -lt "$rounds" ] && [ "$KILLED" -lt "$KILLS" ]; do
     i=$((i + 1))
-    d=$((RANDOM % maxd + 1))
-    r=$(run_for "$d" "${args[@]}")
+    if [ -n "$unit" ]; then d=$((mind + RANDOM % (maxd - mind + 1) + extra)); else d=$((RANDOM % maxd + 1)); fi
+    r=$(run_for "$d$unit" "${args[@]}")
     st=$(ro_status)
-    echo "# round $i: after ${d}s: $r; rollout $st [$((SECONDS - t0))s]"
+    if [ -n "$unit" ]; then
+      oks=$(steps_ok)
+      if [ "$oks" -gt "$oks0" ]; then extra=0; else extra=$d; fi
+      oks0=$oks
+    fi
+    echo "# round $i: after ${d}${unit:-s}: $r; rollout $st [$((SECONDS - t0))s]"
     [ "$r" = killed ] && KILLED=$((KILLED + 1))
     [ "$st" = running ] || break
     args=(resume)
