@@ -47,7 +47,21 @@ static void hook_open(void) {
   }
 }
 
+/* path with its directory resolved (realpath) and its last component as it
+ * is, into out: SQLITE_OPEN_NOFOLLOW refuses a symlink anywhere in the path,
+ * but only the last component is the hub user's to plant (the rest resolves
+ * as every other path the hub names: /home -> /var/home, a versioned /opt). */
+static int resolved_dir(const char *path, char *out, size_t outlen) {
+  const char *slash = strrchr(path, '/');
+  char dir[PATH_MAX], real[PATH_MAX];
+  if (slash == NULL || slash[1] == '\0' || (size_t)(slash - path) >= sizeof dir) return -1;
+  snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+  if (realpath(dir[0] ? dir : "/", real) == NULL) return -1;
+  return hf__pathf(out, outlen, "%s/%s", strcmp(real, "/") == 0 ? "" : real, slash + 1) == 0 ? 0 : -1;
+}
+
 int hf_db_open_ro(const char *path, struct sqlite3 **db, char *err, size_t errlen) {
+  char where[PATH_MAX];
   int fd, rc;
 
   *db = NULL;
@@ -63,7 +77,8 @@ int hf_db_open_ro(const char *path, struct sqlite3 **db, char *err, size_t errle
   close(fd);
   /* Read-only and no create (facts must never make an empty database
    * appear), never through a symlink (SQLite's own check, at its open). */
-  if ((rc = sqlite3_open_v2(path, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL)) != SQLITE_OK) {
+  if (resolved_dir(path, where, sizeof where) != 0) snprintf(where, sizeof where, "%s", path);
+  if ((rc = sqlite3_open_v2(where, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL)) != SQLITE_OK) {
     snprintf(err, errlen, "database %s: %s", path, *db ? sqlite3_errmsg(*db) : sqlite3_errstr(rc));
     sqlite3_close(*db);
     *db = NULL;
@@ -110,7 +125,7 @@ int hf_db_backup(const char *src, const char *dst, char sha[HF_SHA256_HEX], char
   sqlite3_backup *bk = NULL;
   sqlite3_stmt *st = NULL;
   struct hf_sf sf;
-  char tmp[PATH_MAX + 48];
+  char tmp[PATH_MAX + 48], where[PATH_MAX], tmpwhere[PATH_MAX];
   const char *slash;
   struct stat lst;
   int rc, r = HF_EDB, tries = 0;
@@ -131,7 +146,9 @@ int hf_db_backup(const char *src, const char *dst, char sha[HF_SHA256_HEX], char
   hook_open(); /* a FIFO swapped in after the lstat above cannot block SQLite's open */
   slash = strrchr(sf.path, '/');
   snprintf(tmp, sizeof tmp, "%.*s/%s", (int)(slash - sf.path), sf.path, sf.tmp);
-  if ((rc = sqlite3_open_v2(src, &sdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL)) != SQLITE_OK) {
+  if (resolved_dir(src, where, sizeof where) != 0) snprintf(where, sizeof where, "%s", src);
+  if (resolved_dir(tmp, tmpwhere, sizeof tmpwhere) == 0) snprintf(tmp, sizeof tmp, "%s", tmpwhere);
+  if ((rc = sqlite3_open_v2(where, &sdb, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL)) != SQLITE_OK) {
     snprintf(err, errlen, "open %s: %s", src, sqlite3_errstr(rc));
     goto out;
   }

@@ -1420,6 +1420,34 @@ static void test_hostile_reads(void) {
 }
 
 /* Issue 15: the state directory's key is this machine's and the config's. */
+/* A database under a symlinked directory (/home -> /var/home, a versioned
+ * /opt): the last component is held, the directories resolve as they do for
+ * every path the hub names, so facts and backup read it (SQLite's own
+ * NOFOLLOW refuses a symlink anywhere in the path). */
+static void test_db_under_linked_dir(void) {
+  char real[PATH_MAX], link[PATH_MAX], db[PATH_MAX], bk[PATH_MAX], alembic[64], err[512], sha[HF_SHA256_HEX];
+  int64_t users = -1;
+  snprintf(real, sizeof real, "%s/realdir", tmpdir);
+  snprintf(link, sizeof link, "%s/linkdir", tmpdir);
+  mkpath("%s", real);
+  unlink(link);
+  CHECK(symlink(real, link) == 0);
+  snprintf(db, sizeof db, "%s/jupyterhub.sqlite", real);
+  unlink(db);
+  sql(db, "CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('a'), ('b');"
+          "CREATE TABLE alembic_version (version_num TEXT); INSERT INTO alembic_version VALUES ('linkrev');");
+  snprintf(db, sizeof db, "%s/jupyterhub.sqlite", link);
+  CHECK_EQ_INT(hf_db_info(db, alembic, sizeof alembic, &users, err, sizeof err), 0);
+  CHECK_STR(alembic, "linkrev");
+  CHECK(users == 2);
+  snprintf(bk, sizeof bk, "%s/backup.sqlite", real);  /* (the agent's own directory: never a link) */
+  unlink(bk);
+  CHECK_EQ_INT(hf_db_backup(db, bk, sha, err, sizeof err), 0);
+  if (sha[0] == '\0') fprintf(stderr, "backup under a linked dir: %s\n", err);
+  CHECK(sha[0] != '\0');
+  unlink(bk);
+}
+
 static void test_hub_key(void) {
   char a[HF_HUB_KEY_LEN + 1], b[HF_HUB_KEY_LEN + 1], c[HF_HUB_KEY_LEN + 1], hex[HF_SHA256_HEX], mid[HF_MACHINE_ID_MAX];
   const char *cfg = "/etc/jupyterhub/jupyterhub_config.py";
@@ -1702,6 +1730,7 @@ int main(void) {
   test_hostile_restore();
   test_hostile_reads();
   test_hub_key();
+  test_db_under_linked_dir();
   test_hostile_state_dir();
   test_watchdog();
   {
