@@ -361,12 +361,45 @@ static void on_step_result(struct hf_session *s, int status, const json_t *data,
   host_done(h, HO_FAILED, why);
 }
 
+/* The backup the state file recorded for h (the backup step's result), or
+ * NULL; new reference. */
+static json_t *recorded_backup(struct rhost *h) {
+  json_t *backup = NULL, *hosts, *row;
+  size_t i;
+  if (!h->ro->o->state) return NULL;
+  hosts = hf_state_hosts(h->ro->o->state, h->ro->id);
+  json_array_foreach(hosts, i, row)
+    if (!strcmp(json_string_value(json_object_get(row, "host")), h->host->name))
+      backup = json_incref(json_object_get(row, "backup"));
+  json_decref(hosts);
+  if (json_is_null(backup)) { json_decref(backup); backup = NULL; }
+  return backup;
+}
+
 static void on_rollback_result(struct hf_session *s, int status, const json_t *data, const char *message, void *ctx) {
   struct rhost *h = ctx;
   struct rollout *ro = h->ro;
   events_summary(h);
   bool lost = request_lost(h, s, status);
   request_end(h, status, lost, data, message);
+  if (status == 0 && json_is_true(json_object_get(data, "nothing_to_undo"))) {
+    /* The agent found no backup in its journal of this rollout, but this
+     * controller recorded one: the journal is elsewhere (hubfleet_state_dir
+     * changed, or an older hubfleet, which named the per-hub directory
+     * differently, began the rollout). Nothing was undone: never call that
+     * rolled back. */
+    json_t *backup = recorded_backup(h);
+    if (backup != NULL) {
+      const char *dir = json_string_value(json_object_get(json_object_get(backup, "backup"), "dir"));
+      char msg[1200];
+      snprintf(msg, sizeof msg, "%s%srollback found no journal of this rollout on the host (its state directory "
+               "moved: hubfleet_state_dir changed, or an older hubfleet began the rollout): nothing was undone; "
+               "backup at %s", h->error, h->error[0] ? "; " : "", dir ? dir : "(see the state file)");
+      json_decref(backup);
+      host_done(h, HO_ATTENTION, msg);
+      return;
+    }
+  }
   if (status == 0) {
     /* A host's downtime is all the time the rollout kept its hub down: in
      * a later `rollback`, the upgrade's plus the rollback's. */
@@ -382,16 +415,7 @@ static void on_rollback_result(struct hf_session *s, int status, const json_t *d
     return;
   }
   char msg[1200];
-  json_t *backup = NULL;
-  if (ro->o->state) {
-    json_t *hosts = hf_state_hosts(ro->o->state, ro->id);
-    size_t i;
-    json_t *row;
-    json_array_foreach(hosts, i, row)
-      if (!strcmp(json_string_value(json_object_get(row, "host")), h->host->name))
-        backup = json_incref(json_object_get(row, "backup"));
-    json_decref(hosts);
-  }
+  json_t *backup = recorded_backup(h);
   const char *dir = json_string_value(json_object_get(json_object_get(backup, "backup"), "dir"));
   snprintf(msg, sizeof msg, "%s%srollback failed: %s; backup at %s", h->error, h->error[0] ? "; " : "",
            message && *message ? message : hf_strerror(status), dir ? dir : "(see the host's journal)");

@@ -44,6 +44,7 @@ struct script {
   enum kill_when kill_when;
   const char    *sigint_op;      /* raise(SIGINT) when this op is received */
   const char    *refuse;         /* preflight answers with this refusing check */
+  bool           journal_moved;  /* rollback finds no journal (state dir moved): nothing_to_undo */
 };
 
 struct fhost {
@@ -216,6 +217,10 @@ static void agent_run(struct hf_session *s) {
   if (lose && !h->sc.lose_ran) {
     s->status = HF_ETIMEDOUT; s->lost = true; h->lost_once = true; h->losses++;
     snprintf(s->msg, sizeof s->msg, "connection lost");
+    return;
+  }
+  if (step == ST__COUNT && h->sc.journal_moved) {   /* as the agent answers with no backup in its journal */
+    s->data = json_pack("{s:b}", "nothing_to_undo", 1);
     return;
   }
   if (step >= 0 && !recheck) journal_add(h, op, "begin");
@@ -661,6 +666,27 @@ static void t_stale_refused(void) {
   run_close(&r);
 }
 
+/* The rollback's agent finds no journal of the rollout (hubfleet_state_dir
+ * changed, or an older hubfleet began it) and answers nothing_to_undo, while
+ * the controller recorded a backup: the host needs attention, never
+ * "rolled back" (nothing was undone). */
+static void t_journal_moved(void) {
+  struct run r = { 0 };
+  fleet(1);
+  fh[0].sc.fail_op = "migrate";
+  fh[0].sc.journal_moved = true;
+  struct hf_rollout_opts o = opts(&r, HF_RM_UPGRADE);
+  go(&r, &o);
+  json_t *row = host_row(&r, fh[0].name);
+  const char *err = json_string_value(json_object_get(row, "error"));
+  CHECK(!strcmp(host_status(&r, 0), "needs_attention"), "%s (nothing undone must not read as rolled back)",
+        host_status(&r, 0));
+  CHECK(err && strstr(err, "no journal of this rollout") && strstr(err, "/var/backups/hub"), "error: %s",
+        err ? err : "(none)");
+  json_decref(row);
+  run_close(&r);
+}
+
 static int steps_run(const struct fhost *h, int from, int to) {
   int n = 0;
   for (int k = from; k <= to; k++) n += h->runs[k];
@@ -893,6 +919,7 @@ int main(int argc, char **argv) {
   struct { const char *name; void (*fn)(void); } t[] = {
     { "stages", t_stages }, { "budget", t_budget }, { "soak", t_soak_lost }, { "confirm", t_confirm },
     { "reconnect", t_reconnect }, { "kill-resume", t_kill_resume }, { "kill-in-rollback", t_kill_in_rollback },
+    { "journal-moved", t_journal_moved },
     { "interrupt", t_interrupt }, { "stale", t_stale_refused }, { "pipeline", t_pipeline },
     { "prepare-refused", t_prepare_refused }, { "op-table", t_op_table },
     { "dry-run", t_dryrun }, { "review", t_review },
