@@ -544,10 +544,15 @@ static int svc_wait(struct hf_req *r, bool want, int64_t deadline, char *state, 
   for (;;) {
     bool running;
     int rc = hf__svc_status(r, &running, state, statelen);
-    if (rc != 0) return rc;
-    /* supervisord's STARTING is not up yet. */
-    if (want && running && strcmp(state, "STARTING") != 0) return 0;
-    if (!want && !running) return 0;
+    if (rc == 0) {
+      /* supervisord's STARTING is not up yet. */
+      if (want && running && strcmp(state, "STARTING") != 0) return 0;
+      if (!want && !running) return 0;
+    } else if (rc != HF_ETIMEDOUT || hf__now_ms() >= deadline) {
+      return rc;
+    }
+    /* (A status command that did not answer in its 15 s, a loaded host's
+     * supervisorctl: asked again while the step's deadline allows.) */
     if (hf__now_ms() >= deadline) return HF_ETIMEDOUT;
     usleep(200000);
   }
@@ -585,8 +590,15 @@ int hf__svc_stop(struct hf_req *r, bool *was_running) {
 confirm:
   /* A failed stop command may still have stopped it (or it was already
    * gone); the status decides. */
-  if (svc_wait(r, false, deadline, state, sizeof state) != 0) {
-    snprintf(r->msg, sizeof r->msg, "service %s still running after stop (state %s)", r->hub.svc_name, state);
+  if ((rc = svc_wait(r, false, deadline, state, sizeof state)) != 0) {
+    if (strcmp(state, "unknown") == 0) {
+      /* The status never answered: say so, not "still running". */
+      char why[sizeof r->msg];
+      snprintf(why, sizeof why, "%s", r->msg[0] ? r->msg : hf_strerror(rc));
+      snprintf(r->msg, sizeof r->msg, "service %s: its stop could not be confirmed (status: %s)", r->hub.svc_name, why);
+    } else {
+      snprintf(r->msg, sizeof r->msg, "service %s still running after stop (state %s)", r->hub.svc_name, state);
+    }
     return HF_ECMD;
   }
   r->msg[0] = '\0';
