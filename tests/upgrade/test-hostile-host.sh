@@ -69,8 +69,19 @@ check "report holds no raw escape" test "$(escapes_in "$W/report.html" html)" = 
 check "no report temporary file left" test -z "$(ls -A "$W" | grep 'report.html.tmp')"
 
 step "rollback, audit and inventory check print through the same edge"
+# rollback only contacts hosts the rollout may have changed: record the host
+# as upgraded so the rollback really talks to the hostile agent
+$PY - "$STATE" "$RID" "$H" <<'PYEOF'
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+c.execute("UPDATE hosts SET status='upgraded', step='health', error=NULL WHERE rollout=? AND host=?", (sys.argv[2], sys.argv[3]))
+c.commit()
+PYEOF
 hf rollback "$RID" --state "$STATE" --agent "$HOSTILE" > "$W/rb.out" 2>&1
-echo "# rollback exited $?"
+rc=$?
+echo "# rollback exited $rc"
+check "rollback reached the hostile host and failed it (rc=$rc)" test $rc -ne 0
+check "rollback names the host's refusal (escapes as ?)" grep -q "refused" "$W/rb.out"
 check "rollback output holds no terminal escape or spoofed line" test "$(escapes_in "$W/rb.out")" = 0
 hf audit -i "$INV" --agent "$HOSTILE" > "$W/audit.out" 2> "$W/audit.err"
 echo "# audit exited $?"
