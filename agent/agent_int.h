@@ -82,6 +82,9 @@ struct hf_run {
  * otherwise; HF_ETIMEDOUT when the deadline killed it; HF_EEXEC when it could
  * not be started (errno of execve in r->status); HF_ENOMEM. */
 int  hf_run_exec(struct hf_run *r);
+/* The nice value every command of the current request starts with (0: as the agent): 10 for a
+ * preflight or stage sent with args.background (a host prepared ahead of its stage). */
+extern int hf_run_nice;
 void hf_run_free(struct hf_run *r);
 /* become: sudo's setuid exec drops PR_SET_PDEATHSIG and Debian's "Defaults
  * use_pty" runs the command in a session of its own, so a killed agent's

@@ -1,6 +1,7 @@
 /* cache.c: less downtime per hub: the target's packages fetched into a host-local cache before
  * the hub stops (so the install inside the downtime reads local files only), and the pip installs
  * of separate environments run side by side, each with its own log. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -92,6 +93,27 @@ void hf__pip_source(struct hf_req *r, struct hf_argv *a) {
   hf__pip_source_configured(r, a);
 }
 
+/* Is the configured source a directory on this host holding jupyterhub==r->target's one wheel
+ * (and no extra pins to fetch)? It is host-local already: nothing to copy. */
+static bool local_source(struct hf_req *r) {
+  char want[HF_VER_LEN + 16];
+  struct stat st;
+  struct dirent *de;
+  DIR *d;
+  int n = 0;
+  if (r->target == NULL || r->hub.find_links == NULL || r->hub.find_links[0] != '/' ||
+      json_array_size(r->hub.extra_packages) > 0 || stat(r->hub.find_links, &st) != 0 || !S_ISDIR(st.st_mode) ||
+      (d = opendir(r->hub.find_links)) == NULL)
+    return false;
+  snprintf(want, sizeof want, "jupyterhub-%s-", r->target);
+  while ((de = readdir(d)) != NULL) {
+    size_t l = strlen(de->d_name);
+    if (strncmp(de->d_name, want, strlen(want)) == 0) n += (l > 4 && strcmp(de->d_name + l - 4, ".whl") == 0) ? 1 : 2;
+  }
+  closedir(d);
+  return n == 1;   /* one wheel and no sdist of it: the file pip would take */
+}
+
 int hf__cache_fetch(struct hf_req *r, const struct hf_env *hub, json_t *out) {
   char dir[PATH_MAX], tmp[PATH_MAX], mark[PATH_MAX], pins[4096];
   int64_t t0 = hf__now_ms();
@@ -100,6 +122,13 @@ int hf__cache_fetch(struct hf_req *r, const struct hf_env *hub, json_t *out) {
   size_t k;
 
   json_object_set_new(out, "dir", json_null());
+  if (local_source(r)) {
+    json_object_set_new(out, "dir", json_string(r->hub.find_links));
+    json_object_set_new(out, "already", json_true());
+    json_object_set_new(out, "local", json_true());
+    json_object_set_new(out, "elapsed_ms", json_integer(hf__now_ms() - t0));
+    return 0;
+  }
   if (cache_ready(r, dir, sizeof dir)) {
     json_object_set_new(out, "dir", json_string(dir));
     json_object_set_new(out, "already", json_true());
@@ -174,24 +203,32 @@ static bool is_pinned(struct hf_req *r, const char *name, size_t len) {
   return false;
 }
 
-void hf__deps_note(struct hf_req *r, const char *prefix, const char *dry_out) {
+void hf__deps_mark(struct hf_req *r, const char *prefix, bool satisfied) {
   char marker[PATH_MAX], dir[PATH_MAX], err[256];
-  const char *p, *end;
   if (nodeps_marker(r, prefix, marker, sizeof marker) != 0) return;
   unlink(marker);
+  if (!satisfied) return;
+  if (hf__pathf(dir, sizeof dir, "%s/cache", r->hub.state_dir) != 0 || hf__mkdirs(dir, 0700) != 0) return;
+  (void)hf_sf_write_file(marker, prefix, strlen(prefix), 0600, err, sizeof err);
+}
+
+void hf__deps_note(struct hf_req *r, const char *prefix, const char *dry_out) {
+  const char *p, *end;
   /* pip's dry run: "Would install jupyterhub-3.1.0 oauthenticator-16.0.7" */
-  if (dry_out == NULL || (p = strstr(dry_out, "Would install ")) == NULL) return;
+  if (dry_out == NULL || (p = strstr(dry_out, "Would install ")) == NULL) { hf__deps_mark(r, prefix, false); return; }
   p += 14;
   end = strchr(p, '\n');
   if (end == NULL) end = p + strlen(p);
   while (p < end) {
     const char *t = p, *dash = NULL;
     while (p < end && *p != ' ') { if (*p == '-') dash = p; p++; }
-    if (p > t && (dash == NULL || !is_pinned(r, t, (size_t)(dash - t)))) return; /* a dependency would change */
+    if (p > t && (dash == NULL || !is_pinned(r, t, (size_t)(dash - t)))) { /* a dependency would change */
+      hf__deps_mark(r, prefix, false);
+      return;
+    }
     while (p < end && *p == ' ') p++;
   }
-  if (hf__pathf(dir, sizeof dir, "%s/cache", r->hub.state_dir) != 0 || hf__mkdirs(dir, 0700) != 0) return;
-  (void)hf_sf_write_file(marker, prefix, strlen(prefix), 0600, err, sizeof err);
+  hf__deps_mark(r, prefix, true);
 }
 
 bool hf__deps_satisfied(struct hf_req *r, const char *prefix) {

@@ -215,14 +215,15 @@ static void scratch_drop(struct hf_req *r, json_t *checks, struct scratch *sc, j
 /* The migration proven on a copy before any downtime (issue 7): a consistent
  * copy of the live database (SQLite: the backup API; PostgreSQL: a scratch
  * database loaded from pg_dump), the target release made importable beside
- * the hub environment without touching it (pip --no-deps --target a private
- * folder, first on PYTHONPATH), upgrade-db against the copy, its revision
+ * the hub environment without touching it (the wheel preflight read
+ * unpacked, or else pip --no-deps --target, into a private folder first on
+ * PYTHONPATH), upgrade-db against the copy, its revision
  * (and SQLite's integrity) checked, and everything removed again.
  * upgrade-db runs without the hub's config file, in an empty directory: a
  * db_url in jupyterhub_config.py would win over the command line and the
  * "rehearsal" would migrate the live database. Adds a check and returns the
  * rehearsal object (new). */
-static json_t *rehearse(struct hf_req *r, json_t *checks, const struct hf_env *hub) {
+static json_t *rehearse(struct hf_req *r, json_t *checks, const struct hf_env *hub, const char *whl) {
   char tmp[PATH_MAX], copy[PATH_MAX], pkgs[PATH_MAX], cwd[PATH_MAX], sha[HF_SHA256_HEX], err[1024] = "";
   char before[128] = "", after[128] = "", pyp[PATH_MAX + 16], bin[PATH_MAX];
   char *env[8] = { pyp, NULL }, *out = NULL;
@@ -263,14 +264,26 @@ static json_t *rehearse(struct hf_req *r, json_t *checks, const struct hf_env *h
     hf_db_info(copy, before, sizeof before, &users, err, sizeof err);
   }
   hf_argv_init(&a);
-  hf__pip_cmd(&a, hub->prefix, "install");
-  hf_argv_push(&a, "--no-deps");
-  hf_argv_push(&a, "--target");
-  hf_argv_push(&a, pkgs);
-  /* From the preflight's cache when it holds the target: the rehearsal then
-   * proves the very files the install will use. */
-  hf__pip_source(r, &a);
-  hf_argv_pushf(&a, "jupyterhub==%s", r->target);
+  if (whl) {
+    /* The wheel preflight read (the cache's or the find-links directory's):
+     * the rehearsal proves the very file the install will use. A wheel is a
+     * zip; what pip --target --no-deps would put in pkgs is its contents,
+     * unpacked here by the hub Python's zipfile (which keeps every member
+     * inside pkgs) without pip's start-up and byte-compiling. */
+    hf_argv_pushf(&a, "%s/python", bin);
+    hf_argv_push(&a, "-I");
+    hf_argv_push(&a, "-c");
+    hf_argv_push(&a, "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])");
+    hf_argv_push(&a, whl);
+    hf_argv_push(&a, pkgs);
+  } else {
+    hf__pip_cmd(&a, hub->prefix, "install");
+    hf_argv_push(&a, "--no-deps");
+    hf_argv_push(&a, "--target");
+    hf_argv_push(&a, pkgs);
+    hf__pip_source(r, &a);
+    hf_argv_pushf(&a, "jupyterhub==%s", r->target);
+  }
   rc = hf__cmd(r, &a, cwd, NULL, NULL, hf__left_ms(r), "rehearsal", true, NULL);
   hf_argv_free(&a);
   if (rc != 0) { snprintf(err, sizeof err, "%s", r->msg); goto fail; }
@@ -372,6 +385,15 @@ static const char requires_py[] =
   "        continue\n"
   "    if req.specifier and not req.specifier.contains(have, prereleases=True):\n"
   "        print('MISSING\\t%s%s\\t%s' % (req.name, req.specifier, have))\n"
+  "rp = m.get('Requires-Python')\n"
+  "if rp:\n"
+  "    try:\n"
+  "        from packaging.specifiers import SpecifierSet\n"
+  "    except ImportError:\n"
+  "        from pip._vendor.packaging.specifiers import SpecifierSet\n"
+  "    pv = '%d.%d.%d' % sys.version_info[:3]\n"
+  "    if not SpecifierSet(rp).contains(pv, prereleases=True):\n"
+  "        print('PYTHON\\t%s\\t%s' % (rp, pv))\n"
   "print('CHECKED\\t%d' % n)\n";
 
 /* The wheel of jupyterhub==r->target in dir (the preflight's package cache) into out; false when none. */
@@ -391,18 +413,22 @@ static bool target_wheel(struct hf_req *r, const char *dir, char *out, size_t ou
   return found;
 }
 
-static void requires_check(struct hf_req *r, json_t *checks, const struct envset *es, int i, const char *cache_dir,
-                           bool installable) {
-  const struct hf_env *e = &es->env[i];
-  char whl[PATH_MAX], name[PATH_MAX + 16], miss[1500] = "";
+/* What requires_py said about one environment. */
+struct reqs {
+  bool ran;              /* the script ran and answered */
+  int  checked, nmiss;
+  bool python_ok;        /* Requires-Python admits the environment's Python */
+  char miss[1500];
+  char why[600];         /* why it did not run */
+};
+
+static void requires_eval(struct hf_req *r, const struct hf_env *e, const char *whl, struct reqs *q) {
   char *so = NULL, *line, *save = NULL;
   struct hf_argv a;
-  int nmiss = 0, nchecked = -1, rc;
-  env_check_name(es, i, "requires", name, sizeof name);
-  if (!target_wheel(r, cache_dir, whl, sizeof whl)) {
-    check(r, checks, name, "warn", "requirements of jupyterhub %s not checked: no wheel of it in %s", r->target, cache_dir);
-    return;
-  }
+  int rc;
+  memset(q, 0, sizeof *q);
+  q->checked = -1;
+  q->python_ok = true;
   hf__argv_start(r, &a);
   hf_argv_pushf(&a, "%s/bin/python", e->prefix);
   hf_argv_push(&a, "-I");
@@ -412,33 +438,103 @@ static void requires_check(struct hf_req *r, json_t *checks, const struct envset
   rc = hf__cmd_stdout(r, &a, hf__left_ms(r), "preflight", &so);
   hf_argv_free(&a);
   if (rc != 0) {
-    char why[600];
-    hf__why_line(r->msg, why, sizeof why);
-    check(r, checks, name, "warn", "requirements of jupyterhub %s not checked in %s: %s", r->target, e->prefix, why);
+    hf__why_line(r->msg, q->why, sizeof q->why);
     free(so);
     r->msg[0] = '\0';
     return;
   }
   for (line = so ? strtok_r(so, "\n", &save) : NULL; line; line = strtok_r(NULL, "\n", &save)) {
     char *t1 = strchr(line, '\t'), *t2 = t1 ? strchr(t1 + 1, '\t') : NULL;
-    size_t l = strlen(miss);
-    if (strncmp(line, "CHECKED\t", 8) == 0) { nchecked = atoi(line + 8); continue; }
+    size_t l = strlen(q->miss);
+    if (strncmp(line, "CHECKED\t", 8) == 0) { q->checked = atoi(line + 8); continue; }
+    if (strncmp(line, "PYTHON\t", 7) == 0) { q->python_ok = false; continue; }
     if (strncmp(line, "MISSING\t", 8) != 0 || t2 == NULL) continue;
     *t2 = '\0';
-    if (l < sizeof miss - 200)
-      snprintf(miss + l, sizeof miss - l, "%s%s (%s%s)", nmiss ? ", " : "", t1 + 1, t2[1] ? t2 + 1 : "not installed",
-               t2[1] ? " installed" : "");
-    nmiss++;
+    if (l < sizeof q->miss - 200)
+      snprintf(q->miss + l, sizeof q->miss - l, "%s%s (%s%s)", q->nmiss ? ", " : "", t1 + 1,
+               t2[1] ? t2 + 1 : "not installed", t2[1] ? " installed" : "");
+    q->nmiss++;
   }
   free(so);
-  if (nmiss == 0)
-    check(r, checks, name, "pass", "the %d requirements of jupyterhub %s are satisfied", nchecked, r->target);
+  q->ran = q->checked >= 0;
+  if (!q->ran) snprintf(q->why, sizeof q->why, "the check printed no result");
+}
+
+static void requires_check(struct hf_req *r, json_t *checks, const struct envset *es, int i, const struct reqs *q,
+                           bool installable) {
+  char name[PATH_MAX + 16];
+  env_check_name(es, i, "requires", name, sizeof name);
+  if (!q->ran)
+    check(r, checks, name, "warn", "requirements of jupyterhub %s not checked in %s: %s", r->target, es->env[i].prefix,
+          q->why);
+  else if (q->nmiss == 0)
+    check(r, checks, name, "pass", "the %d requirements of jupyterhub %s are satisfied", q->checked, r->target);
   else if (!installable)
     check(r, checks, name, "refuse", "jupyterhub %s requires %s; pip cannot bring %s from the package source",
-          r->target, miss, nmiss == 1 ? "it" : "them all");
+          r->target, q->miss, q->nmiss == 1 ? "it" : "them all");
   else
     check(r, checks, name, "warn", "jupyterhub %s requires %s: pip will install %s into %s with the upgrade",
-          r->target, miss, nmiss == 1 ? "it" : "them", e->prefix);
+          r->target, q->miss, q->nmiss == 1 ? "it" : "them", es->env[i].prefix);
+}
+
+/* pip's own answer for environment i: `install --dry-run` of the pins, nothing changed. Notes
+ * for the install whether pip would bring anything but the pins. true = installable. */
+static bool dry_run(struct hf_req *r, json_t *checks, const struct envset *es, int i) {
+  const struct hf_env *e = &es->env[i];
+  char name[PATH_MAX + 16], *dry = NULL;
+  struct hf_argv a;
+  size_t k;
+  int rc;
+  env_check_name(es, i, "installable", name, sizeof name);
+  hf__argv_start(r, &a);
+  hf__pip_cmd(&a, e->prefix, "install");
+  hf_argv_push(&a, "--dry-run");
+  hf_argv_push(&a, "--upgrade");
+  hf__pip_source_configured(r, &a);
+  hf_argv_pushf(&a, "jupyterhub==%s", r->target);
+  for (k = 0; k < json_array_size(r->hub.extra_packages); k++)
+    hf_argv_push(&a, json_string_value(json_array_get(r->hub.extra_packages, k)));
+  rc = hf__cmd(r, &a, NULL, NULL, NULL, hf__left_ms(r), "preflight", true, &dry);
+  /* Nothing but the pins to install: the install may skip resolving. */
+  hf__deps_note(r, e->prefix, rc == 0 ? dry : NULL);
+  free(dry);
+  hf_argv_free(&a);
+  if (rc != 0) {
+    /* pip's own words ("No matching distribution found for jupyter-events"), not its whole log. */
+    char why[600];
+    hf__why_line(r->msg, why, sizeof why);
+    check(r, checks, name, "refuse", "jupyterhub==%s is not installable from %s: %s", r->target,
+          r->hub.find_links ? r->hub.find_links : r->hub.index_url ? r->hub.index_url : "pip's configured index",
+          why[0] ? why : r->msg);
+  } else check(r, checks, name, "pass", "pip can install jupyterhub==%s", r->target);
+  r->msg[0] = '\0';
+  return rc == 0;
+}
+
+/* Whether the target can go into every environment, and what it needs there. The target's wheel
+ * (the package cache, or the find-links directory) is read first: its Requires-Dist and
+ * Requires-Python checked with each environment's own Python. When everything it names is met
+ * there and there are no extra pins, pip's dry run could only agree (pip found the wheel; the
+ * install brings the pin alone): it is not run, saving a pip start-up per environment. Otherwise
+ * pip's dry run decides, as before: whether pip can bring what is missing from the source. */
+static void installable_checks(struct hf_req *r, json_t *checks, const struct envset *es, const char *whl) {
+  for (int i = 0; i < es->n; i++) {
+    const struct hf_env *e = &es->env[i];
+    struct reqs q;
+    bool ok;
+    if (!e->exists || strcmp(e->installer, "pip") != 0) continue;
+    if (whl == NULL) { (void)dry_run(r, checks, es, i); continue; }
+    requires_eval(r, e, whl, &q);
+    if (q.ran && q.nmiss == 0 && q.python_ok && json_array_size(r->hub.extra_packages) == 0) {
+      char name[PATH_MAX + 16];
+      env_check_name(es, i, "installable", name, sizeof name);
+      hf__deps_mark(r, e->prefix, true);
+      check(r, checks, name, "pass", "jupyterhub==%s is in the package source (%s), its Requires-Python admits this "
+            "Python and it needs nothing not installed here: no pip dry run needed", r->target, whl);
+      ok = true;
+    } else ok = dry_run(r, checks, es, i);
+    requires_check(r, checks, es, i, &q, ok);
+  }
 }
 
 /* jupyterhub upgrade-db runs the program `alembic` (alembic's console script) from PATH; the
@@ -540,7 +636,7 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
   struct envset *es = malloc(sizeof *es);
   json_t *checks = json_array();
   char refused[2048] = "", name[PATH_MAX + 16];
-  bool installable[HF_MAX_ENVS + 1] = { false };
+  char *rehearse_wheel = NULL;   /* the target's wheel, when preflight read one */
   int64_t need = 1 << 20, fb;
   int i, nref = 0;
   size_t k;
@@ -635,58 +731,33 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
     r->msg[0] = '\0';
   }
   driven_check(r, checks);
-  /* The target must be installable from the configured source, with this
-   * Python (Requires-Python is part of pip's answer): ask pip, change nothing. */
-  for (i = 0; i < es->n; i++) {
-    const struct hf_env *e = &es->env[i];
-    struct hf_argv a;
-    int rc;
-    if (!e->exists || strcmp(e->installer, "pip") != 0) continue;
-    env_check_name(es, i, "installable", name, sizeof name);
-    hf__argv_start(r, &a);
-    hf__pip_cmd(&a, e->prefix, "install");
-    hf_argv_push(&a, "--dry-run");
-    hf_argv_push(&a, "--upgrade");
-    hf__pip_source_configured(r, &a);
-    hf_argv_pushf(&a, "jupyterhub==%s", r->target);
-    for (k = 0; k < json_array_size(r->hub.extra_packages); k++)
-      hf_argv_push(&a, json_string_value(json_array_get(r->hub.extra_packages, k)));
-    {
-      char *dry = NULL;
-      rc = hf__cmd(r, &a, NULL, NULL, NULL, hf__left_ms(r), "preflight", true, &dry);
-      /* Nothing but the pins to install: the install may skip resolving. */
-      hf__deps_note(r, e->prefix, rc == 0 ? dry : NULL);
-      free(dry);
-    }
-    hf_argv_free(&a);
-    installable[i] = rc == 0;
-    if (rc != 0) {
-      /* pip's own words ("No matching distribution found for jupyter-events"), not its whole log. */
-      char why[600];
-      hf__why_line(r->msg, why, sizeof why);
-      check(r, checks, name, "refuse", "jupyterhub==%s is not installable from %s: %s", r->target,
-            r->hub.find_links ? r->hub.find_links : r->hub.index_url ? r->hub.index_url : "pip's configured index",
-            why[0] ? why : r->msg);
-    } else check(r, checks, name, "pass", "pip can install jupyterhub==%s", r->target);
-    r->msg[0] = '\0';
-  }
   /* The target's packages into a host-local cache now, while the hub still
    * serves: the install inside the downtime then reads local files only
-   * (issue 7). A failed fetch costs nothing but that: the install fetches. */
-  if (es->env[0].exists && strcmp(es->env[0].installer, "pip") == 0) {
-    json_t *co = json_object();
-    if (hf__cache_fetch(r, &es->env[0], co) != 0)
-      check(r, checks, "cache", "warn", "jupyterhub==%s not cached before the stop (install will fetch it): %s", r->target, r->msg);
-    else
-      check(r, checks, "cache", "pass", "jupyterhub==%s cached in %s%s", r->target, json_string_value(json_object_get(co, "dir")),
-            json_is_true(json_object_get(co, "already")) ? " (already there)" : "");
-    /* What the target requires (its wheel's Requires-Dist), checked in every environment. */
-    if (json_is_string(json_object_get(co, "dir")))
-      for (i = 0; i < es->n; i++)
-        if (es->env[i].exists && strcmp(es->env[i].installer, "pip") == 0)
-          requires_check(r, checks, es, i, json_string_value(json_object_get(co, "dir")), installable[i]);
-    json_object_set_new(data, "cache", co);
-    r->msg[0] = '\0';
+   * (issue 7). A failed fetch costs nothing but that: the install fetches.
+   * Then whether the target is installable, with this Python, everywhere. */
+  {
+    char whl[PATH_MAX];
+    const char *dir = NULL;
+    if (es->env[0].exists && strcmp(es->env[0].installer, "pip") == 0) {
+      json_t *co = json_object();
+      if (hf__cache_fetch(r, &es->env[0], co) != 0)
+        check(r, checks, "cache", "warn", "jupyterhub==%s not cached before the stop (install will fetch it): %s", r->target, r->msg);
+      else {
+        dir = json_string_value(json_object_get(co, "dir"));
+        check(r, checks, "cache", "pass", json_is_true(json_object_get(co, "local"))
+              ? "jupyterhub==%s in %s, a directory on this host: nothing to fetch%s"
+              : "jupyterhub==%s cached in %s%s", r->target, dir,
+              json_is_true(json_object_get(co, "already")) && !json_is_true(json_object_get(co, "local")) ? " (already there)" : "");
+      }
+      json_object_set_new(data, "cache", co);
+      r->msg[0] = '\0';
+    }
+    if (dir && !target_wheel(r, dir, whl, sizeof whl)) {
+      check(r, checks, "requires", "warn", "requirements of jupyterhub %s not read: no wheel of it in %s", r->target, dir);
+      dir = NULL;
+    }
+    installable_checks(r, checks, es, dir ? whl : NULL);
+    rehearse_wheel = dir ? strdup(whl) : NULL;
   }
   upgrade_db_check(r, checks, &es->env[0]);
   /* What the version-aware rules read besides the environments. */
@@ -701,7 +772,7 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
     bool any_refused = false;
     for (k = 0; k < json_array_size(checks); k++)
       if (strcmp(json_string_value(json_object_get(json_array_get(checks, k), "outcome")), "refuse") == 0) any_refused = true;
-    if (!any_refused) json_object_set_new(data, "rehearsal", rehearse(r, checks, &es->env[0]));
+    if (!any_refused) json_object_set_new(data, "rehearsal", rehearse(r, checks, &es->env[0], rehearse_wheel));
     else json_object_set_new(data, "rehearsal", json_pack("{s:s}", "skipped", "another check refused the host"));
   }
   for (k = 0; k < json_array_size(checks); k++) {
@@ -715,6 +786,7 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
   json_object_set_new(data, "checks", checks);
   json_object_set_new(data, "envs", envs_json(r, es, true));
   free(es);
+  free(rehearse_wheel);
   /* A refusal is an answer, not a failure of the op: the controller shows
    * every check (a --dry-run folds them across the fleet) and adds its own. */
   json_object_set_new(data, "refused", json_boolean(nref > 0));

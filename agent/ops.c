@@ -232,6 +232,9 @@ int hf__op_dispatch(struct hf_req *r, json_t **data) {
   r->timeout_ms = json_is_integer(to) && json_integer_value(to) > 0 ? json_integer_value(to) : op->default_timeout_ms;
   if (r->timeout_ms > 24 * 3600 * 1000) r->timeout_ms = 24 * 3600 * 1000;
   r->deadline_ms = hf__now_ms() + r->timeout_ms;
+  /* Preparing ahead of the host's stage changes nothing and waits for nothing: its commands run
+   * at nice 10, so they never slow the serving hub or a downtime on the same CPUs. */
+  hf_run_nice = json_is_true(json_object_get(r->args, "background")) ? 10 : 0;
   /* become: the whole request runs as root in this binary under sudo -n
    * (the hub's files, its database and its service are root's). */
   if (r->hub.become && geteuid() != 0) return hf__become_relay(r, data);

@@ -29,8 +29,11 @@ void hf__pip_install_cmd(struct hf_req *r, struct hf_argv *a, const char *prefix
  * with the hub environment's pip, from the configured source) into
  * STATE_DIR/cache/jupyterhub-TARGET-KEY (0700; KEY from the pins), through
  * a temporary folder renamed into place with a marker, so a cut fetch never
- * counts. Idempotent: a complete cache is reused. Fills out (borrowed) with
- * {dir, already, elapsed_ms}. 0, or an HF_E* code with r->msg set. */
+ * counts. Idempotent: a complete cache is reused. A configured find-links
+ * directory on the host that holds the target's one wheel (and no extra
+ * pins) is host-local already: nothing is copied, dir names it and local
+ * is true. Fills out (borrowed) with {dir, already, local?, elapsed_ms}.
+ * 0, or an HF_E* code with r->msg set. */
 int hf__cache_fetch(struct hf_req *r, const struct hf_env *hub, json_t *out);
 
 /* Preflight: dry_out (borrowed, may be NULL) is the output of pip's
@@ -39,6 +42,10 @@ int hf__cache_fetch(struct hf_req *r, const struct hf_env *hub, json_t *out);
  * already satisfied), notes that in STATE_DIR/cache/nodeps-KEY (KEY from
  * prefix and pins); otherwise removes any such note. Best effort. */
 void hf__deps_note(struct hf_req *r, const char *prefix, const char *dry_out);
+/* The same note from preflight's own reading of the target's Requires-Dist
+ * (every requirement met in the environment, no extra pins): satisfied
+ * writes it, false removes it. */
+void hf__deps_mark(struct hf_req *r, const char *prefix, bool satisfied);
 /* Install: was that noted for this environment and r->target's pins? Then
  * pip runs with --no-deps and skips resolving (about half its CPU inside
  * the downtime). Never for a rollback (no target). */

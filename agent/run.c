@@ -10,10 +10,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "agent_int.h"
+
+int hf_run_nice;
 
 /* Grace between SIGTERM and SIGKILL when the deadline passes. */
 #define HF_RUN_KILL_GRACE_MS 3000
@@ -110,6 +113,9 @@ static void child(const struct hf_run *r, int out_w, int err_w, int exec_w, char
    * beside the rollback a new agent starts. */
   setpgid(0, 0);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
+  /* A request for work ahead of the host's stage: below the serving hub (and, on a machine of
+   * many hubs, below the steps inside another hub's downtime). Inherited through sudo. */
+  if (hf_run_nice > 0) (void)!setpriority(PRIO_PROCESS, 0, hf_run_nice);
   /* The agent ignores these; ignored dispositions survive execve. */
   signal(SIGPIPE, SIG_DFL);
   signal(SIGHUP, SIG_DFL);

@@ -205,8 +205,9 @@ struct hf_arg_spec {
 #define HF_OP_MAP(XX)                                                                              \
   XX(FACTS,     "facts",     false, false, OPT, NO,  1000,    0, )                                 \
   XX(PREFLIGHT, "preflight", false, false, OPT, REQ, 300000,  1,                                   \
-     HF_OP_ARG("rehearse", BOOL, false) HF_OP_ARG("rules", OBJECT, false))                         \
-  XX(STAGE,     "stage",     false, true,  REQ, REQ, 1200000, 0, )                                 \
+     HF_OP_ARG("rehearse", BOOL, false) HF_OP_ARG("rules", OBJECT, false)                          \
+     HF_OP_ARG("background", BOOL, false))                                                         \
+  XX(STAGE,     "stage",     false, true,  REQ, REQ, 1200000, 0, HF_OP_ARG("background", BOOL, false)) \
   XX(BACKUP,    "backup",    true,  true,  REQ, REQ, 600000,  2, HF_OP_ARG("homes", BOOL, false))  \
   XX(STOP,      "stop",      true,  true,  REQ, NO,  120000,  3, )                                 \
   XX(INSTALL,   "install",   true,  true,  REQ, REQ, 1200000, 4, )                                 \

@@ -567,6 +567,9 @@ void host_send(struct rhost *h) {
     cb = on_step_result;
     if ((hr_step(h->step)->target == HF_OPARG_REQ)) json_object_set_new(args, "target", json_string(ro->target));
     if (h->step == ST_PREFLIGHT && !ro->o->rehearse) json_object_set_new(args, "rehearse", json_false());
+    /* Ahead of its stage: the agent runs the work at a lower CPU priority. */
+    if (h->goal == G_PREPARE && (h->step == ST_PREFLIGHT || h->step == ST_STAGE))
+      json_object_set_new(args, "background", json_true());
     /* The rehearsal saw no schema change: the agent skips upgrade-db when
      * the live revision is the one it saw (JupyterHub refuses to start on
      * an old schema, so a wrong skip shows at start). */

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -530,6 +531,21 @@ static void test_run(void) {
     CHECK(strstr(r.out, "PYTHONPATH") == NULL);
     unsetenv("PYTHONPATH");
     hf_run_free(&r);
+  }
+  /* A request's background work (hf_run_nice, set from args.background): the command starts at
+   * that nice value, the next request's at the agent's own. */
+  {
+    char *argv[] = { (char *)"/bin/sh", (char *)"-c", (char *)"cut -d' ' -f19 /proc/self/stat", NULL };
+    for (int nice = 10; nice >= 0; nice -= 10) {
+      char want[8];
+      memset(&r, 0, sizeof r); memset(&l, 0, sizeof l);
+      hf_run_nice = nice;
+      r.argv = argv; r.stdout_fd = -1; r.on_line = collect; r.ud = &l; r.timeout_ms = 5000;
+      CHECK_EQ_INT(hf_run_exec(&r), 0);
+      snprintf(want, sizeof want, "%d", nice ? nice : getpriority(PRIO_PROCESS, 0));
+      CHECK_STR(l.last, want);
+      hf_run_free(&r);
+    }
   }
   /* The deadline kills the whole group, sleeping grandchildren included. */
   {

@@ -62,6 +62,7 @@ struct fhost {
   bool          staged;         /* a staged copy exists and nothing changed since */
   bool          change_after_stage; /* the live env changes right after it is staged (once) */
   int           health_done_seq;
+  int           background[ST__COUNT + 1]; /* requests of each step sent as background work */
 };
 
 #define MAXH 8
@@ -188,6 +189,7 @@ static void agent_run(struct hf_session *s) {
   const char *op = s->op;
   int step = step_of(op);
   h->requests++;
+  if (step >= 0 && step < ST__COUNT && json_is_true(json_object_get(s->args, "background"))) h->background[step]++;
   if (!h->first_req_seq) h->first_req_seq = ++seq;
   if (h->sc.sigint_op && !strcmp(op, h->sc.sigint_op)) { h->sc.sigint_op = NULL; raise(SIGINT); }
   if (h->sc.kill_op && !strcmp(op, h->sc.kill_op) && h->sc.kill_when == K_BEFORE && --h->sc.kill_nth <= 0) _exit(9);
@@ -710,7 +712,13 @@ static void t_pipeline(void) {
           "%s: %s, preflight %d, stage %d (prepare + re-check)", fh[i].name, host_status(&r, i),
           fh[i].runs[ST_PREFLIGHT], fh[i].runs[ST_STAGE]);
     for (int k = ST_BACKUP; k < ST__COUNT; k++) CHECK(fh[i].runs[k] == 1, "%s %s ran %d", fh[i].name, hr_step(k)->name, fh[i].runs[k]);
+    /* prepared ahead as background work; the re-check in its own stage and every later step not */
+    CHECK(fh[i].background[ST_PREFLIGHT] == 1 && fh[i].background[ST_STAGE] == 1,
+          "%s: preflight %d, stage %d requests sent as background (1, 1 expected)", fh[i].name,
+          fh[i].background[ST_PREFLIGHT], fh[i].background[ST_STAGE]);
+    for (int k = ST_BACKUP; k < ST__COUNT; k++) CHECK(fh[i].background[k] == 0, "%s %s sent as background", fh[i].name, hr_step(k)->name);
   }
+  for (int k = 0; k < ST__COUNT; k++) CHECK(fh[0].background[k] == 0, "the canary's %s sent as background", hr_step(k)->name);
   CHECK(total_stale() == 0, "stale %d", total_stale());
   run_close(&r);
 
