@@ -91,13 +91,18 @@ void hf__teardown_ssh(struct hf_session *s) {
     s->poll = NULL;
     s->poll_events = 0;
   }
-  if (s->up) { ssh_channel_free(s->up); s->up = NULL; }
-  if (s->ch) { ssh_channel_free(s->ch); s->ch = NULL; }
   if (s->ssh) {
     /* libssh closes the socket itself when the peer dropped the connection
      * or a write failed (its fd is then invalid): never close it twice. */
     if (ssh_get_fd(s->ssh) == SSH_INVALID_SOCKET) s->ssh_fd = -1;
-    ssh_disconnect(s->ssh);   /* sends SSH_MSG_DISCONNECT; leaves a given socket open */
+    /* SSH_MSG_DISCONNECT alone ends the session (the given socket is left
+     * open) and frees its channels without a word to the host. Freeing an
+     * open channel first sent its EOF and CLOSE, each with a flush that
+     * read the host's exit-status, EOF and CLOSE: three more packets out
+     * and in per host for a connection about to go. The agent sees its
+     * stdin end either way. */
+    ssh_disconnect(s->ssh);
+    s->ch = s->up = NULL;
     ssh_free(s->ssh);
     s->ssh = NULL;
   }
