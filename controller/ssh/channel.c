@@ -120,7 +120,11 @@ int hf__in_frames(struct hf_session *s) {
 
 int hf__pump_out(struct hf_session *s) {
   while (s->out_off < s->out_len) {
-    if (ssh_get_poll_flags(s->ssh) & SSH_WRITE_PENDING) return 0;
+    /* What libssh really holds unsent (ssh_get_status), not its POLLOUT
+     * interest, which stays set after any packet until its own poll runs:
+     * a request made on the agent's hello (a window adjust just sent) went
+     * out one loop iteration and two poll changes later. */
+    if (ssh_get_status(s->ssh) & SSH_WRITE_PENDING) return 0;
     uint32_t win = ssh_channel_window_size(s->ch);
     if (win == 0) return 0;
     size_t n = s->out_len - s->out_off;

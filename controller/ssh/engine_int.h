@@ -171,6 +171,7 @@ struct hf_session {
   void *close_ctx;
   bool closing, timer_closed;
   bool kick;                    /* stopped early with data maybe buffered in libssh: wake up again */
+  bool in_drive;                /* hf__drive runs for it: the poll is re-armed when it ends */
   bool in_runq;                 /* in e's runq (rnext, rprev) */
   struct hf_session *rnext, *rprev;
 
