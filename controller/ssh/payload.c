@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
+#include <openssl/evp.h>
+
 #include "hf_files.h"
 #include "hf_payload.h"
 
@@ -23,6 +25,18 @@ static int slurp(const char *path, unsigned char **out, size_t *len) {
   return 0;
 }
 
+/* The agent's SHA-256 by OpenSSL's (hardware SHA or vector code): the
+ * portable one took some 45 ms of every run's CPU for the 2.6 MB agent,
+ * 0.045 ms per host of a 1,000-host audit. The same digest either way. */
+static void bin_sha256_hex(const unsigned char *data, size_t len, char hex[HF_SHA256_HEX]) {
+  unsigned char d[EVP_MAX_MD_SIZE];
+  unsigned int dlen = 0;
+  if (EVP_Digest(data, len, d, &dlen, EVP_sha256(), NULL) == 1 && dlen == HF_SHA256_LEN)
+    hf_sha256_tohex(d, hex);
+  else
+    hf_sha256_hex(data, len, hex);
+}
+
 int hf_payload_load(const char *path, struct hf_payload *p, char *err, size_t errlen) {
   memset(p, 0, sizeof *p);
   int r = slurp(path, &p->bin, &p->bin_len);
@@ -31,7 +45,7 @@ int hf_payload_load(const char *path, struct hf_payload *p, char *err, size_t er
              r == -EINVAL ? "empty, not a regular file or too large" : strerror(-r));
     return r;
   }
-  hf_sha256_hex(p->bin, p->bin_len, p->hex);
+  bin_sha256_hex(p->bin, p->bin_len, p->hex);
   p->path = strdup(path);
   if (!p->path) { hf_payload_free(p); snprintf(err, errlen, "out of memory"); return -ENOMEM; }
   return 0;
