@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -85,14 +86,6 @@ void hf__pip_source_configured(const struct hf_req *r, struct hf_argv *a) {
   }
 }
 
-void hf__pip_source(struct hf_req *r, struct hf_argv *a) {
-  char dir[PATH_MAX];
-  /* The cache holds the named packages only (--no-deps): a dependency the
-   * environment lacks still comes from the configured source, listed after it. */
-  if (cache_ready(r, dir, sizeof dir)) { hf_argv_push(a, "--find-links"); hf_argv_push(a, dir); }
-  hf__pip_source_configured(r, a);
-}
-
 /* Is the configured source a directory on this host holding jupyterhub==r->target's one wheel
  * (and no extra pins to fetch)? It is host-local already: nothing to copy. */
 static bool local_source(struct hf_req *r) {
@@ -105,13 +98,23 @@ static bool local_source(struct hf_req *r) {
       json_array_size(r->hub.extra_packages) > 0 || stat(r->hub.find_links, &st) != 0 || !S_ISDIR(st.st_mode) ||
       (d = opendir(r->hub.find_links)) == NULL)
     return false;
-  snprintf(want, sizeof want, "jupyterhub-%s-", r->target);
+  snprintf(want, sizeof want, "jupyterhub-%s", r->target);
   while ((de = readdir(d)) != NULL) {
-    size_t l = strlen(de->d_name);
-    if (strncmp(de->d_name, want, strlen(want)) == 0) n += (l > 4 && strcmp(de->d_name + l - 4, ".whl") == 0) ? 1 : 2;
+    size_t l = strlen(de->d_name), w = strlen(want);
+    if (l <= w || strncasecmp(de->d_name, want, w) != 0) continue;
+    if (de->d_name[w] == '-') n += (l > 4 && strcasecmp(de->d_name + l - 4, ".whl") == 0) ? 1 : 2;
+    else if (strcasecmp(de->d_name + w, ".tar.gz") == 0 || strcasecmp(de->d_name + w, ".zip") == 0) n += 2;
   }
   closedir(d);
   return n == 1;   /* one wheel and no sdist of it: the file pip would take */
+}
+
+void hf__pip_source(struct hf_req *r, struct hf_argv *a) {
+  char dir[PATH_MAX];
+  /* The cache holds the named packages only (--no-deps): a dependency the
+   * environment lacks still comes from the configured source, listed after it. */
+  if (!local_source(r) && cache_ready(r, dir, sizeof dir)) { hf_argv_push(a, "--find-links"); hf_argv_push(a, dir); }
+  hf__pip_source_configured(r, a);
 }
 
 int hf__cache_fetch(struct hf_req *r, const struct hf_env *hub, json_t *out) {

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -125,7 +126,10 @@ static void check(struct hf_req *r, json_t *checks, const char *name, const char
   va_end(ap);
   json_object_set_new(c, "name", json_string(name));
   json_object_set_new(c, "outcome", json_string(outcome));
-  json_object_set_new(c, "detail", json_string(detail));
+  if (json_object_set_new(c, "detail", json_string(detail)) != 0) {   /* not UTF-8: a host's file name */
+    hf__printable(detail);
+    json_object_set_new(c, "detail", json_string(detail));
+  }
   json_array_append_new(checks, c);
   hf__event(r, strcmp(outcome, "pass") == 0 ? "info" : "warn", "preflight %s: %s: %s", name, outcome, detail);
 }
@@ -357,43 +361,93 @@ static void env_check_name(const struct envset *es, int i, const char *kind, cha
   else snprintf(out, outlen, "%s:%s", kind, es->role[i]);
 }
 
-/* The target's requirements against an environment, read the way pip reads them: the wheel's
- * METADATA Requires-Dist (markers evaluated), each checked with the environment's own Python
- * (importlib.metadata for what is installed, packaging for the specifier). Prints one line per
- * unsatisfied requirement, "MISSING<TAB>requirement<TAB>installed version or empty", then
- * "CHECKED<TAB>n". Nothing here knows which packages a release needs. */
+/* The target's requirements against an environment, read the way pip reads them: the wheel
+ * (argv[1], of jupyterhub==argv[2]) checked as pip checks it before installing (its file name's
+ * tags fit this Python, one .dist-info naming jupyterhub at the target, Wheel-Version 1.x), its
+ * Requires-Python, and its METADATA Requires-Dist (markers evaluated) checked with the
+ * environment's own Python (importlib.metadata for what is installed, packaging for the
+ * specifier). Prints one line per unsatisfied requirement, "MISSING<TAB>requirement<TAB>installed
+ * version or empty"; "DRY<TAB>why" for anything that leaves the answer to pip's own dry run (the
+ * wheel is not one pip would take, Requires-Python, a requirement with extras, an installed
+ * requirement whose own requirements are not met, no pip in the environment); then
+ * "CHECKED<TAB>n". pip runs with PIP_CONFIG_FILE=/dev/null (run.c), so no pip configuration can
+ * make it choose otherwise. Nothing here knows which packages a release needs. */
 static const char requires_py[] =
-  "import sys, zipfile, email.parser\n"
+  "import sys, os, zipfile, email.parser, importlib.util\n"
   "try:\n"
   "    from packaging.requirements import Requirement\n"
+  "    from packaging.specifiers import SpecifierSet\n"
+  "    from packaging.utils import canonicalize_name, parse_wheel_filename\n"
+  "    from packaging.tags import sys_tags\n"
+  "    from packaging.version import Version\n"
   "except ImportError:\n"
   "    from pip._vendor.packaging.requirements import Requirement\n"
+  "    from pip._vendor.packaging.specifiers import SpecifierSet\n"
+  "    from pip._vendor.packaging.utils import canonicalize_name, parse_wheel_filename\n"
+  "    from pip._vendor.packaging.tags import sys_tags\n"
+  "    from pip._vendor.packaging.version import Version\n"
   "from importlib import metadata\n"
+  "def dry(why):\n"
+  "    print('DRY\\t' + why)\n"
+  "def headers(z, name):\n"
+  "    return email.parser.Parser().parsestr(z.read(name).decode('utf-8', 'replace'), headersonly=True)\n"
+  "def met(req, visit):\n"
+  "    try:\n"
+  "        have = metadata.version(req.name)\n"
+  "    except metadata.PackageNotFoundError:\n"
+  "        return None\n"
+  "    if req.specifier and not req.specifier.contains(have, prereleases=True):\n"
+  "        return have or ''\n"
+  "    visit.append(req.name)\n"
+  "    return True\n"
+  "target = Version(sys.argv[2])\n"
+  "name, ver, _, tags = parse_wheel_filename(os.path.basename(sys.argv[1]))\n"
+  "if canonicalize_name(name) != 'jupyterhub' or ver != target:\n"
+  "    dry('the wheel file is not named for jupyterhub ' + str(target))\n"
+  "if not set(tags) & set(sys_tags()):\n"
+  "    dry('the wheel fits no tag of this Python')\n"
+  "if importlib.util.find_spec('pip') is None:\n"
+  "    dry('no pip in this environment')\n"
   "z = zipfile.ZipFile(sys.argv[1])\n"
-  "meta = [n for n in z.namelist() if n.count('/') == 1 and n.endswith('.dist-info/METADATA')]\n"
-  "m = email.parser.Parser().parsestr(z.read(meta[0]).decode('utf-8', 'replace'), headersonly=True)\n"
+  "di = sorted({n.split('/')[0] for n in z.namelist() if n.split('/')[0].endswith('.dist-info')})\n"
+  "if len(di) != 1:\n"
+  "    dry('the wheel holds %d .dist-info directories' % len(di))\n"
+  "    sys.exit(0)\n"
+  "m = headers(z, di[0] + '/METADATA')\n"
+  "if canonicalize_name(m.get('Name', '')) != 'jupyterhub' or Version(m.get('Version', '0')) != target:\n"
+  "    dry('the wheel\\'s METADATA names %s %s' % (m.get('Name'), m.get('Version')))\n"
+  "if not (headers(z, di[0] + '/WHEEL').get('Wheel-Version') or '').startswith('1.'):\n"
+  "    dry('the wheel is not Wheel-Version 1.x')\n"
+  "rp = m.get('Requires-Python')\n"
+  "pv = '%d.%d.%d' % sys.version_info[:3]\n"
+  "if rp and not SpecifierSet(rp).contains(pv, prereleases=True):\n"
+  "    dry('Requires-Python %s, this is Python %s' % (rp, pv))\n"
   "n = 0\n"
+  "visit = []\n"
   "for line in m.get_all('Requires-Dist') or []:\n"
   "    req = Requirement(line)\n"
   "    if req.marker is not None and not req.marker.evaluate({'extra': ''}):\n"
   "        continue\n"
   "    n += 1\n"
-  "    try:\n"
-  "        have = metadata.version(req.name)\n"
-  "    except metadata.PackageNotFoundError:\n"
-  "        print('MISSING\\t%s%s\\t' % (req.name, req.specifier))\n"
+  "    if req.extras:\n"
+  "        dry('%s asks for extras' % req)\n"
+  "    have = met(req, visit)\n"
+  "    if have is not True:\n"
+  "        print('MISSING\\t%s%s\\t%s' % (req.name, req.specifier, have or ''))\n"
+  "seen = set()\n"
+  "while visit and len(seen) < 5000:\n"
+  "    d = canonicalize_name(visit.pop())\n"
+  "    if d in seen:\n"
   "        continue\n"
-  "    if req.specifier and not req.specifier.contains(have, prereleases=True):\n"
-  "        print('MISSING\\t%s%s\\t%s' % (req.name, req.specifier, have))\n"
-  "rp = m.get('Requires-Python')\n"
-  "if rp:\n"
-  "    try:\n"
-  "        from packaging.specifiers import SpecifierSet\n"
-  "    except ImportError:\n"
-  "        from pip._vendor.packaging.specifiers import SpecifierSet\n"
-  "    pv = '%d.%d.%d' % sys.version_info[:3]\n"
-  "    if not SpecifierSet(rp).contains(pv, prereleases=True):\n"
-  "        print('PYTHON\\t%s\\t%s' % (rp, pv))\n"
+  "    seen.add(d)\n"
+  "    for line in metadata.requires(d) or []:\n"
+  "        req = Requirement(line)\n"
+  "        if req.marker is not None and not req.marker.evaluate({'extra': ''}):\n"
+  "            continue\n"
+  "        if req.extras:\n"
+  "            dry('installed %s asks for %s (extras)' % (d, req))\n"
+  "        elif met(req, visit) is not True:\n"
+  "            dry('installed %s requires %s, not met here' % (d, req))\n"
   "print('CHECKED\\t%d' % n)\n";
 
 /* The wheel of jupyterhub==r->target in dir (the preflight's package cache) into out; false when none. */
@@ -406,7 +460,7 @@ static bool target_wheel(struct hf_req *r, const char *dir, char *out, size_t ou
   snprintf(want, sizeof want, "jupyterhub-%s-", r->target);
   while (!found && (de = readdir(d)) != NULL) {
     size_t l = strlen(de->d_name);
-    found = strncmp(de->d_name, want, strlen(want)) == 0 && l > 4 && strcmp(de->d_name + l - 4, ".whl") == 0 &&
+    found = strncasecmp(de->d_name, want, strlen(want)) == 0 && l > 4 && strcasecmp(de->d_name + l - 4, ".whl") == 0 &&
             hf__pathf(out, outlen, "%s/%s", dir, de->d_name) == 0;
   }
   closedir(d);
@@ -417,7 +471,7 @@ static bool target_wheel(struct hf_req *r, const char *dir, char *out, size_t ou
 struct reqs {
   bool ran;              /* the script ran and answered */
   int  checked, nmiss;
-  bool python_ok;        /* Requires-Python admits the environment's Python */
+  char dry[300];         /* the first reason to ask pip's dry run, "" when none */
   char miss[1500];
   char why[600];         /* why it did not run */
 };
@@ -428,13 +482,13 @@ static void requires_eval(struct hf_req *r, const struct hf_env *e, const char *
   int rc;
   memset(q, 0, sizeof *q);
   q->checked = -1;
-  q->python_ok = true;
   hf__argv_start(r, &a);
   hf_argv_pushf(&a, "%s/bin/python", e->prefix);
   hf_argv_push(&a, "-I");
   hf_argv_push(&a, "-c");
   hf_argv_push(&a, requires_py);
   hf_argv_push(&a, whl);
+  hf_argv_push(&a, r->target);
   rc = hf__cmd_stdout(r, &a, hf__left_ms(r), "preflight", &so);
   hf_argv_free(&a);
   if (rc != 0) {
@@ -447,7 +501,10 @@ static void requires_eval(struct hf_req *r, const struct hf_env *e, const char *
     char *t1 = strchr(line, '\t'), *t2 = t1 ? strchr(t1 + 1, '\t') : NULL;
     size_t l = strlen(q->miss);
     if (strncmp(line, "CHECKED\t", 8) == 0) { q->checked = atoi(line + 8); continue; }
-    if (strncmp(line, "PYTHON\t", 7) == 0) { q->python_ok = false; continue; }
+    if (strncmp(line, "DRY\t", 4) == 0) {
+      if (q->dry[0] == '\0') snprintf(q->dry, sizeof q->dry, "%s", line + 4);
+      continue;
+    }
     if (strncmp(line, "MISSING\t", 8) != 0 || t2 == NULL) continue;
     *t2 = '\0';
     if (l < sizeof q->miss - 200)
@@ -457,7 +514,7 @@ static void requires_eval(struct hf_req *r, const struct hf_env *e, const char *
   }
   free(so);
   q->ran = q->checked >= 0;
-  if (!q->ran) snprintf(q->why, sizeof q->why, "the check printed no result");
+  if (!q->ran) snprintf(q->why, sizeof q->why, "%s", q->dry[0] ? q->dry : "the check printed no result");
 }
 
 static void requires_check(struct hf_req *r, json_t *checks, const struct envset *es, int i, const struct reqs *q,
@@ -525,14 +582,17 @@ static void installable_checks(struct hf_req *r, json_t *checks, const struct en
     if (!e->exists || strcmp(e->installer, "pip") != 0) continue;
     if (whl == NULL) { (void)dry_run(r, checks, es, i); continue; }
     requires_eval(r, e, whl, &q);
-    if (q.ran && q.nmiss == 0 && q.python_ok && json_array_size(r->hub.extra_packages) == 0) {
+    if (q.ran && q.nmiss == 0 && q.dry[0] == '\0' && json_array_size(r->hub.extra_packages) == 0) {
       char name[PATH_MAX + 16];
       env_check_name(es, i, "installable", name, sizeof name);
       hf__deps_mark(r, e->prefix, true);
       check(r, checks, name, "pass", "jupyterhub==%s is in the package source (%s), its Requires-Python admits this "
             "Python and it needs nothing not installed here: no pip dry run needed", r->target, whl);
       ok = true;
-    } else ok = dry_run(r, checks, es, i);
+    } else {
+      if (q.dry[0]) hf__event(r, "info", "preflight: pip decides for %s: %s", e->prefix, q.dry);
+      ok = dry_run(r, checks, es, i);
+    }
     requires_check(r, checks, es, i, &q, ok);
   }
 }

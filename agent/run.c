@@ -111,11 +111,26 @@ static void child(const struct hf_run *r, int out_w, int err_w, int exec_w, char
   /* Own process group, so the deadline can kill pip's children too; and die
    * with the agent, so a killed agent does not leave an installer running
    * beside the rollback a new agent starts. */
-  setpgid(0, 0);
+  if (hf_run_nice > 0) {
+    /* Work ahead of the host's stage: below the serving hub (and, on a machine of many hubs,
+     * below the steps inside another hub's downtime). Nice ranks processes only inside one
+     * scheduler autogroup (one per session, Linux's default), and the hub and other agents are
+     * in other sessions: a session of its own (also its own process group, as below) whose
+     * autogroup is niced too. Only ever lowered. */
+    int cur;
+    char v[16];
+    setsid();
+    errno = 0;
+    cur = getpriority(PRIO_PROCESS, 0);
+    if (errno == 0 && cur < hf_run_nice) (void)!setpriority(PRIO_PROCESS, 0, hf_run_nice);
+    int afd = open("/proc/self/autogroup", O_WRONLY | O_CLOEXEC);
+    if (afd >= 0) {
+      int n = snprintf(v, sizeof v, "%d", hf_run_nice);
+      (void)!write(afd, v, (size_t)n);
+      close(afd);
+    }
+  } else setpgid(0, 0);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  /* A request for work ahead of the host's stage: below the serving hub (and, on a machine of
-   * many hubs, below the steps inside another hub's downtime). Inherited through sudo. */
-  if (hf_run_nice > 0) (void)!setpriority(PRIO_PROCESS, 0, hf_run_nice);
   /* The agent ignores these; ignored dispositions survive execve. */
   signal(SIGPIPE, SIG_DFL);
   signal(SIGHUP, SIG_DFL);
@@ -156,7 +171,10 @@ int hf_run_exec(struct hf_run *r) {
   pid = fork();
   if (pid < 0) { rc = HF_EEXEC; goto out; }
   if (pid == 0) child(r, po[1], pe[1], px[1], envp);
-  setpgid(pid, pid); /* also from the parent: no window where a kill misses the group */
+  /* Also from the parent: no window where a kill misses the group. A niced child makes its own
+   * session instead (setsid fails in a group leader); it is done before its execve, which the
+   * exec pipe below waits for, so no kill can come before it either. */
+  if (hf_run_nice <= 0) setpgid(pid, pid);
   close(po[1]); close(pe[1]); close(px[1]);
   po[1] = pe[1] = px[1] = -1;
 

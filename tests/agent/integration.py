@@ -274,8 +274,13 @@ def main():
     check(not os.path.exists(MARKER) and steps == [], 'e: nothing ran (no marker, empty journal)')
 
     # preflight: the target is installable, the host is fine
-    res, _ = req(a, 'preflight', hub=host.hub, target=newer)
+    res, ev = req(a, 'preflight', hub=host.hub, target=newer)
     check(ok(res) and res['data']['refused'] is False, 'preflight passes for %s' % newer)
+    # everything the wheel needs is installed: pip's dry run could only agree and is not run (the
+    # check's detail comes only from that path; a dry run's pass says "pip can install")
+    inst = [c for c in res['data']['checks'] if c['name'].startswith('installable:')] if ok(res) else []
+    check(inst and all('no pip dry run needed' in c['detail'] for c in inst),
+          'preflight read the wheel and ran no pip dry run (%s)' % [c['detail'][:70] for c in inst])
     res, _ = req(a, 'preflight', hub=host.hub, target='99.0.0')
     refused = [c['name'] for c in res['data']['checks'] if c['outcome'] == 'refuse'] if ok(res) else []
     check(ok(res) and res['data']['refused'] is True and any(n.startswith('installable:') for n in refused),

@@ -546,6 +546,40 @@ static void test_run(void) {
       CHECK_STR(l.last, want);
       hf_run_free(&r);
     }
+    /* ... in a session of its own whose scheduler autogroup (where the kernel has them) is niced
+     * too: nice alone ranks nothing against other sessions' processes. */
+    if (access("/proc/self/autogroup", R_OK) == 0) {
+      char *ag[] = { (char *)"/bin/cat", (char *)"/proc/self/autogroup", NULL };
+      memset(&r, 0, sizeof r); memset(&l, 0, sizeof l);
+      hf_run_nice = 10;
+      r.argv = ag; r.stdout_fd = -1; r.on_line = collect; r.ud = &l; r.timeout_ms = 5000;
+      CHECK_EQ_INT(hf_run_exec(&r), 0);
+      CHECK(strstr(l.last, " nice 10") != NULL);
+      hf_run_free(&r);
+    }
+    {
+      char *sid[] = { (char *)"/bin/sh", (char *)"-c", (char *)"cut -d' ' -f6 /proc/self/stat", NULL };
+      char mine[32];
+      memset(&r, 0, sizeof r); memset(&l, 0, sizeof l);
+      hf_run_nice = 10;
+      r.argv = sid; r.stdout_fd = -1; r.on_line = collect; r.ud = &l; r.timeout_ms = 5000;
+      CHECK_EQ_INT(hf_run_exec(&r), 0);
+      snprintf(mine, sizeof mine, "%d", (int)getsid(0));
+      CHECK(strcmp(l.last, mine) != 0);
+      hf_run_free(&r);
+    }
+    /* its deadline still kills its whole group */
+    {
+      char *argv2[] = { (char *)"/bin/sh", (char *)"-c", (char *)"sleep 30 & sleep 30; echo never", NULL };
+      memset(&r, 0, sizeof r);
+      hf_run_nice = 10;
+      r.argv = argv2; r.stdout_fd = -1; r.timeout_ms = 300;
+      t0 = hf__now_ms();
+      CHECK_EQ_INT(hf_run_exec(&r), HF_ETIMEDOUT);
+      CHECK(hf__now_ms() - t0 < 5000);
+      hf_run_free(&r);
+    }
+    hf_run_nice = 0;
   }
   /* The deadline kills the whole group, sleeping grandchildren included. */
   {
