@@ -76,7 +76,10 @@ static void on_soak(uv_timer_t *t) {
 /* Starts hosts of the current stage while slots are free; moves the rollout
  * on when the stage is over. */
 int hf_rollout_prepare_parallel(const struct hf_rollout_opts *o) {
-  return o->prepare_parallel < 0 ? o->parallel : o->prepare_parallel;
+  /* Default: half of --parallel (at least 1). Preparation runs in launch order, so a bound
+   * below the fleet's size gets the next stage's hosts ready first instead of every later host
+   * sharing the CPUs (and the package source) until all of them finish at once. */
+  return o->prepare_parallel < 0 ? (o->parallel + 1) / 2 : o->prepare_parallel;
 }
 
 /* Hosts being prepared ahead of their stage right now. */
