@@ -68,6 +68,7 @@ struct hf_run {
   hf_line_cb   on_line;     /* may be NULL */
   void        *ud;
   size_t       keep_max;    /* tail bytes of output kept in out (0 = 16 KiB) */
+  bool         foreground;  /* a probe with a short bound of its own: never niced (hf_run_nice) */
   /* out */
   char        *out;         /* new: the tail of both streams, NUL-terminated; hf_run_free() */
   size_t       out_len;
@@ -85,6 +86,10 @@ int  hf_run_exec(struct hf_run *r);
 /* The nice value every command of the current request starts with (0: as the agent): 10 for a
  * preflight or stage sent with args.background (a host prepared ahead of its stage). */
 extern int hf_run_nice;
+/* A command bounded at this or less is a probe (a service's status: 15 s) whose answer a check
+ * waits for: it runs at the agent's priority even in background work, because starving it on a
+ * busy machine would turn "busy" into a refusal. */
+#define HF_RUN_PROBE_MS 60000
 void hf_run_free(struct hf_run *r);
 /* become: sudo's setuid exec drops PR_SET_PDEATHSIG and Debian's "Defaults
  * use_pty" runs the command in a session of its own, so a killed agent's

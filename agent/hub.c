@@ -275,6 +275,7 @@ static int cmd_run(struct hf_req *r, struct hf_argv *a, const char *cwd, const c
   run.path_prefix = path_prefix;
   run.extra_env = extra_env;
   run.timeout_ms = timeout_ms;
+  run.foreground = timeout_ms <= HF_RUN_PROBE_MS;
   run.stdout_fd = -1;
   run.on_line = on_line;
   run.ud = &c;
@@ -697,6 +698,7 @@ static bool sudo_refuses(const struct hf_argv *cmd) {
   memset(&run, 0, sizeof run);
   run.argv = a.v;
   run.timeout_ms = 10000;
+  run.foreground = true;
   run.stdout_fd = -1;
   run.keep_max = 4096;
   rc = hf_run_exec(&run);

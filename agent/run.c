@@ -111,7 +111,7 @@ static void child(const struct hf_run *r, int out_w, int err_w, int exec_w, char
   /* Own process group, so the deadline can kill pip's children too; and die
    * with the agent, so a killed agent does not leave an installer running
    * beside the rollback a new agent starts. */
-  if (hf_run_nice > 0) {
+  if (hf_run_nice > 0 && !r->foreground) {
     /* Work ahead of the host's stage: below the serving hub (and, on a machine of many hubs,
      * below the steps inside another hub's downtime). Nice ranks processes only inside one
      * scheduler autogroup (one per session, Linux's default), and the hub and other agents are
@@ -174,7 +174,7 @@ int hf_run_exec(struct hf_run *r) {
   /* Also from the parent: no window where a kill misses the group. A niced child makes its own
    * session instead (setsid fails in a group leader); it is done before its execve, which the
    * exec pipe below waits for, so no kill can come before it either. */
-  if (hf_run_nice <= 0) setpgid(pid, pid);
+  if (hf_run_nice <= 0 || r->foreground) setpgid(pid, pid);
   close(po[1]); close(pe[1]); close(px[1]);
   po[1] = pe[1] = px[1] = -1;
 
