@@ -696,7 +696,8 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
   struct envset *es = malloc(sizeof *es);
   json_t *checks = json_array();
   char refused[2048] = "", name[PATH_MAX + 16];
-  char *rehearse_wheel = NULL;   /* the target's wheel, when preflight read one */
+  char whl[PATH_MAX];
+  const char *wheel = NULL;   /* whl: the target's wheel, when preflight read one */
   int64_t need = 1 << 20, fb;
   int i, nref = 0;
   size_t k;
@@ -796,7 +797,6 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
    * (issue 7). A failed fetch costs nothing but that: the install fetches.
    * Then whether the target is installable, with this Python, everywhere. */
   {
-    char whl[PATH_MAX];
     const char *dir = NULL;
     if (es->env[0].exists && strcmp(es->env[0].installer, "pip") == 0) {
       json_t *co = json_object();
@@ -816,8 +816,8 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
       check(r, checks, "requires", "warn", "requirements of jupyterhub %s not read: no wheel of it in %s", r->target, dir);
       dir = NULL;
     }
-    installable_checks(r, checks, es, dir ? whl : NULL);
-    rehearse_wheel = dir ? strdup(whl) : NULL;
+    wheel = dir ? whl : NULL;
+    installable_checks(r, checks, es, wheel);
   }
   upgrade_db_check(r, checks, &es->env[0]);
   /* What the version-aware rules read besides the environments. */
@@ -832,7 +832,7 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
     bool any_refused = false;
     for (k = 0; k < json_array_size(checks); k++)
       if (strcmp(json_string_value(json_object_get(json_array_get(checks, k), "outcome")), "refuse") == 0) any_refused = true;
-    if (!any_refused) json_object_set_new(data, "rehearsal", rehearse(r, checks, &es->env[0], rehearse_wheel));
+    if (!any_refused) json_object_set_new(data, "rehearsal", rehearse(r, checks, &es->env[0], wheel));
     else json_object_set_new(data, "rehearsal", json_pack("{s:s}", "skipped", "another check refused the host"));
   }
   for (k = 0; k < json_array_size(checks); k++) {
@@ -846,7 +846,6 @@ int hf__op_preflight(struct hf_req *r, json_t *data) {
   json_object_set_new(data, "checks", checks);
   json_object_set_new(data, "envs", envs_json(r, es, true));
   free(es);
-  free(rehearse_wheel);
   /* A refusal is an answer, not a failure of the op: the controller shows
    * every check (a --dry-run folds them across the fleet) and adds its own. */
   json_object_set_new(data, "refused", json_boolean(nref > 0));

@@ -116,7 +116,7 @@ static void child(const struct hf_run *r, int out_w, int err_w, int exec_w, char
      * below the steps inside another hub's downtime). Nice ranks processes only inside one
      * scheduler autogroup (one per session, Linux's default), and the hub and other agents are
      * in other sessions: a session of its own (also its own process group, as below) whose
-     * autogroup is niced too. Only ever lowered. */
+     * autogroup is niced too. The priority is only ever lowered, never raised. */
     int cur;
     char v[16];
     setsid();
