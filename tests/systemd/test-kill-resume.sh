@@ -1,13 +1,15 @@
 #!/bin/bash
 # Issue 15: the controller SIGKILLed exactly HF_KILLS=10 times at random
 # moments of a rollout on three TLJH-shaped systemd hosts driven through sudo
-# (stages 1,2,100%: one host a stage; each kill 1.0-3.0 s after the last
+# (stages 1,2,100%: one host a stage; each kill 0.5-1.5 s after the last
 # start, `hubfleet resume` after each, rounds go on until the tenth kill),
 # then a final resume: every host upgraded, healthy under systemd, one backup
 # per host (every journal record the same checksum, taken on the old schema,
 # the file unchanged) and no rollback. HF_KILL_SEED fixes the delays.
 # Three one-host stages make the rollout outlast ten short rounds on a quiet
-# machine; on a loaded one, a round in which no step finished lengthens the
+# machine (with 1.0-3.0 s delays the pipelined rollout of issue 17 ended
+# after 8 kills in a fresh-clone CI run: later hosts are prepared while the
+# canary upgrades, so less is left to kill); on a loaded one, a round in which no step finished lengthens the
 # next (kill_rounds), so the kills reach past the first preflight.
 # usage: test-kill-resume.sh HUBFLEET AGENT
 . "$(dirname "$0")/lib.sh"
@@ -18,7 +20,7 @@ RANDOM=$SEED
 echo "# kill delays from seed $SEED (HF_KILL_SEED=$SEED to repeat)"
 step "upgrade to $NEW with $KILLS SIGKILLs"
 t=$SECONDS
-kill_rounds 1000-3000ms upgrade -i "$INV" --to "$NEW" --stages 1,2,100% --no-rehearse
+kill_rounds 500-1500ms upgrade -i "$INV" --to "$NEW" --stages 1,2,100% --no-rehearse
 echo "# kill rounds took $((SECONDS - t))s; steps begun meanwhile: $($PY -c '
 import json, sys
 seen = []
