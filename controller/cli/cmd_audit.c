@@ -120,6 +120,33 @@ static void rec_keys(json_t *dst, const json_t *src, const char *const *keys) {
   }
 }
 
+/* An upper bound of v's compact JSON size, without dumping it: a string
+ * counts its escapes (6 bytes for a control character, 2 for a quote or
+ * backslash), a number 32 bytes. */
+static size_t str_bound(const char *p, size_t n) {
+  size_t b = n + 2;
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)p[i] < 0x20) b += 5;
+    else if (p[i] == '"' || p[i] == '\\') b += 1;
+  return b;
+}
+
+static size_t rec_bound(const json_t *v) {
+  size_t b = 2, i;
+  const char *k;
+  const json_t *x;
+  switch (json_typeof(v)) {
+  case JSON_STRING: return str_bound(json_string_value(v), json_string_length(v));
+  case JSON_OBJECT:
+    json_object_foreach((json_t *)(uintptr_t)v, k, x) b += str_bound(k, strlen(k)) + 2 + rec_bound(x);
+    return b;
+  case JSON_ARRAY:
+    json_array_foreach(v, i, x) b += rec_bound(x) + 1;
+    return b;
+  default: return 32;
+  }
+}
+
 static json_t *facts_record(const json_t *facts) {
   static const char *const top[] = { "api_version", "hub_running", "backup_free_bytes", NULL };
   static const char *const envk[] = { "role", "jupyterhub", "prefix", "installer", "python", "exists", NULL };
@@ -160,8 +187,9 @@ static json_t *facts_record(const json_t *facts) {
   }
   /* Each piece is bounded; the whole too: a host that sends the most of
    * every piece loses its package lists, then all but the versions. */
-  if (json_dumpb(out, NULL, 0, JSON_COMPACT) > REC_BYTES_MAX) {
+  if (rec_bound(out) > REC_BYTES_MAX && json_dumpb(out, NULL, 0, JSON_COMPACT) > REC_BYTES_MAX) {
     json_array_foreach(envs, i, e) json_object_del((json_t *)(uintptr_t)e, "packages");
+    json_object_set_new(out, "truncated", json_true());
     if (json_dumpb(out, NULL, 0, JSON_COMPACT) > REC_BYTES_MAX) {
       json_array_foreach(envs, i, e) {
         json_object_del((json_t *)(uintptr_t)e, "prefix");
@@ -169,7 +197,6 @@ static json_t *facts_record(const json_t *facts) {
         json_object_del((json_t *)(uintptr_t)e, "installer");
       }
       json_object_del(out, "db");
-      json_object_set_new(out, "truncated", json_true());
     }
   }
   return out;

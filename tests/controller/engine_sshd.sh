@@ -12,8 +12,10 @@ T=$(mktemp -d /tmp/hf-ctl-test.XXXXXX)
 chmod 755 "$T"
 # A login of its own with a plain /bin/sh: root's shell rc files (pyenv, ...)
 # would make every exec slow and are not what a hub host looks like.
-TUSER=hfctl-test
-THOME=/var/tmp/hfctl-test
+# Named per run: two clones' suites on one machine (or a suite run by hand
+# beside CI) must not share, and then delete, one login.
+TUSER=hfctl-$$
+THOME=/var/tmp/hfctl-$$
 CREATED_USER=
 if ! id -u "$TUSER" > /dev/null 2>&1; then
   useradd -M -U -d "$THOME" -s /bin/sh -p '*' "$TUSER" || { echo "cannot create $TUSER"; exit 1; }
@@ -320,6 +322,18 @@ for m in garbage:protocol huge:protocol silent:timeout version:proto_version; do
   rm -f "$CACHE/agent-$(sha256sum < "$TBUILD/hostile-agent-$mode" | cut -c1-64)"
 done
 jq_ "$T/h-huge.json" 'd["failed"][0]["message"]'
+# An answer past what the controller keeps per host (20 envs of 40 long
+# packages, about 400 KB): audited, its record cut to the versions.
+"$HUBFLEET" audit -i "$T/inv2.ini" --agent "$TBUILD/hostile-agent-bigfacts" --timeout 5 --json > "$T/h-big.json" 2> "$T/h-big.err"
+rc=$?
+check "hostile bigfacts: both hosts audited (rc=$rc)" [ $rc -eq 0 ]
+big=$(jq_ "$T/h-big.json" 'sorted({(len(json.dumps(h["facts"], separators=(",", ":"))) <= 8192, len(h["facts"]["envs"]),
+     h["facts"].get("truncated"), "db" in h["facts"], any("packages" in e or "prefix" in e for e in h["facts"]["envs"]))
+     for h in d["hosts"]})')
+check "hostile bigfacts: each record at most 8 KB, 16 envs, packages, prefixes and db dropped, marked truncated ($big)" \
+  [ "$big" = "[(True, 16, True, False, False)]" ]
+check "hostile bigfacts: versions kept" [ "$(jq_ "$T/h-big.json" 'd["hosts"][0]["facts"]["envs"][15]["jupyterhub"]')" = 3.15 ]
+rm -f "$CACHE/agent-$(sha256sum < "$TBUILD/hostile-agent-bigfacts" | cut -c1-64)"
 jq_ "$T/h-version.json" 'd["failed"][0]["message"]'
 
 # --- 6. a host that accepts TCP but never speaks (link dead after connect) ---

@@ -2,6 +2,7 @@
  * the controller's fault tests. HOSTILE_MODE picks the misbehaviour at build
  * time, because the controller runs its agent without arguments. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -42,8 +43,38 @@ int main(void) {
 #elif HOSTILE_MODE == 4
   /* version: a hello in a protocol this controller does not speak */
   frame("{\"type\":\"hello\",\"proto\":99,\"agent\":\"9.9.9\",\"arch\":\"x86_64\"}");
+#elif HOSTILE_MODE == 5
+  /* bigfacts: a valid hello, then an answer to the facts request far past
+   * what the controller keeps per host (20 envs of 40 long packages): the
+   * audit must keep a bounded record, the envs cut to their versions. */
+  frame("{\"type\":\"hello\",\"proto\":1,\"agent\":\"0.1.0\",\"arch\":\"x86_64\"}");
+  unsigned char h[4];
+  size_t got = 0, need;
+  ssize_t r;
+  while (got < 4 && (r = read(0, h + got, 4 - got)) > 0) got += (size_t)r;
+  need = (size_t)h[0] << 24 | (size_t)h[1] << 16 | (size_t)h[2] << 8 | h[3];
+  if (got < 4 || need >= sizeof buf) return 1;
+  for (got = 0; got < need && (r = read(0, buf + got, need - got)) > 0;) got += (size_t)r;
+  buf[got] = 0;
+  const char *id = strstr(buf, "\"id\":");
+  static char out[1 << 19];
+  char name[251], ver[251];
+  memset(name, 'p', 250); name[250] = 0;
+  memset(ver, '9', 250); ver[250] = 0;
+  size_t n = (size_t)snprintf(out, sizeof out, "{\"type\":\"result\",\"id\":%ld,\"ok\":true,\"data\":{\"envs\":[",
+                              id ? strtol(id + 5, NULL, 10) : 1L);
+  for (int e = 0; e < 20; e++) {
+    n += (size_t)snprintf(out + n, sizeof out - n, "%s{\"role\":\"user\",\"jupyterhub\":\"3.%d\",\"prefix\":\"/%s\","
+                          "\"python\":\"%s\",\"installer\":\"pip\",\"exists\":true,\"packages\":{",
+                          e ? "," : "", e, name, ver);
+    for (int k = 0; k < 40; k++)
+      n += (size_t)snprintf(out + n, sizeof out - n, "%s\"%.190s%03d\":\"%s\"", k ? "," : "", name, k, ver);
+    n += (size_t)snprintf(out + n, sizeof out - n, "}}");
+  }
+  n += (size_t)snprintf(out + n, sizeof out - n, "],\"db\":{\"kind\":\"sqlite\",\"path\":\"/%s\"}}}", name);
+  frame(out);
 #else
-#error "HOSTILE_MODE must be 1..4"
+#error "HOSTILE_MODE must be 1..5"
 #endif
   while (read(0, buf, sizeof buf) > 0) {}
   return 0;
