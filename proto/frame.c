@@ -166,6 +166,9 @@ struct enc_buf { char *b; size_t n, cap; bool big, nomem; };
 
 static int enc_chunk(const char *buf, size_t size, void *data) {
   struct enc_buf *e = data;
+  /* Once refused, always refused: jansson ignores the callback's answer
+   * for an object's key and goes on with what follows. */
+  if (e->big || e->nomem) return -1;
   if (size > HF_PROTO_MAX_FRAME + 4 - e->n) { e->big = true; return -1; }
   if (e->n + size > e->cap) {
     size_t cap = e->cap;
@@ -193,7 +196,9 @@ int hf_frame_encode(const json_t *msg, char **out, size_t *outlen) {
     return HF_EINVAL;
   if ((e.b = malloc(e.cap)) == NULL)
     return HF_ENOMEM;
-  if (json_dump_callback(msg, enc_chunk, &e, JSON_COMPACT) != 0 || e.n == 4) {
+  /* The flags decide, not only jansson's result: a key it could not write
+   * is not reported (jansson 2.14, do_dump), and the rest may still fit. */
+  if (json_dump_callback(msg, enc_chunk, &e, JSON_COMPACT) != 0 || e.big || e.nomem || e.n == 4) {
     free(e.b);
     return e.big ? HF_ETOOBIG : e.nomem ? HF_ENOMEM : HF_EINVAL;
   }

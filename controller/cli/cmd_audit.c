@@ -186,7 +186,9 @@ static json_t *facts_record(const json_t *facts) {
     json_object_set_new(out, "service_manager", rs);
   }
   /* Each piece is bounded; the whole too: a host that sends the most of
-   * every piece loses its package lists, then all but the versions. */
+   * every piece loses its package lists, then all but the versions, then
+   * its last environments until the rest fits (at most 16 dumps, and only
+   * for such a host). */
   if (rec_bound(out) > REC_BYTES_MAX && json_dumpb(out, NULL, 0, JSON_COMPACT) > REC_BYTES_MAX) {
     json_array_foreach(envs, i, e) json_object_del((json_t *)(uintptr_t)e, "packages");
     json_object_set_new(out, "truncated", json_true());
@@ -197,6 +199,8 @@ static json_t *facts_record(const json_t *facts) {
         json_object_del((json_t *)(uintptr_t)e, "installer");
       }
       json_object_del(out, "db");
+      while (json_array_size(envs) > 0 && json_dumpb(out, NULL, 0, JSON_COMPACT) > REC_BYTES_MAX)
+        json_array_remove(envs, json_array_size(envs) - 1);
     }
   }
   return out;

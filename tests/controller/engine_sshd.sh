@@ -322,18 +322,26 @@ for m in garbage:protocol huge:protocol silent:timeout version:proto_version; do
   rm -f "$CACHE/agent-$(sha256sum < "$TBUILD/hostile-agent-$mode" | cut -c1-64)"
 done
 jq_ "$T/h-huge.json" 'd["failed"][0]["message"]'
-# An answer past what the controller keeps per host (20 envs of 40 long
-# packages, about 400 KB): audited, its record cut to the versions.
-"$HUBFLEET" audit -i "$T/inv2.ini" --agent "$TBUILD/hostile-agent-bigfacts" --timeout 5 --json > "$T/h-big.json" 2> "$T/h-big.err"
-rc=$?
-check "hostile bigfacts: both hosts audited (rc=$rc)" [ $rc -eq 0 ]
-big=$(jq_ "$T/h-big.json" 'sorted({(len(json.dumps(h["facts"], separators=(",", ":"))) <= 8192, len(h["facts"]["envs"]),
-     h["facts"].get("truncated"), "db" in h["facts"], any("packages" in e or "prefix" in e for e in h["facts"]["envs"]))
-     for h in d["hosts"]})')
-check "hostile bigfacts: each record at most 8 KB, 16 envs, packages, prefixes and db dropped, marked truncated ($big)" \
-  [ "$big" = "[(True, 16, True, False, False)]" ]
-check "hostile bigfacts: versions kept" [ "$(jq_ "$T/h-big.json" 'd["hosts"][0]["facts"]["envs"][15]["jupyterhub"]')" = 3.15 ]
-rm -f "$CACHE/agent-$(sha256sum < "$TBUILD/hostile-agent-bigfacts" | cut -c1-64)"
+# Answers past what the controller keeps per host (20 envs of 40 long
+# packages, about 400 KB): audited, each record cut to at most 8 KB and
+# marked truncated. bigpkgs fits once its package lists go; bigfacts loses
+# prefixes, Pythons and the database too; hugeenvs (250-byte roles and
+# versions) loses its last environments as well.
+# The tuple: (<= 8 KB, envs kept, truncated, db kept, any packages, any prefix).
+for m in "bigpkgs:(True, 16, True, True, False, True)" "bigfacts:(True, 16, True, False, False, False)" \
+         "hugeenvs:(True, 'fewer', True, False, False, False)"; do
+  mode=${m%%:*} want=${m#*:}
+  "$HUBFLEET" audit -i "$T/inv2.ini" --agent "$TBUILD/hostile-agent-$mode" --timeout 5 --json > "$T/h-$mode.json" 2> "$T/h-$mode.err"
+  rc=$?
+  check "hostile $mode: both hosts audited (rc=$rc)" [ $rc -eq 0 ]
+  got=$(jq_ "$T/h-$mode.json" 'sorted({(len(json.dumps(h["facts"], separators=(",", ":"))) <= 8192,
+     (len(h["facts"]["envs"]) if len(h["facts"]["envs"]) == 16 else "fewer" if 0 < len(h["facts"]["envs"]) < 16 else -1),
+     h["facts"].get("truncated"), "db" in h["facts"], any("packages" in e for e in h["facts"]["envs"]),
+     any("prefix" in e for e in h["facts"]["envs"])) for h in d["hosts"]})')
+  check "hostile $mode: records $got, want $want" [ "$got" = "[$want]" ]
+  rm -f "$CACHE/agent-$(sha256sum < "$TBUILD/hostile-agent-$mode" | cut -c1-64)"
+done
+check "hostile bigfacts: versions kept" [ "$(jq_ "$T/h-bigfacts.json" 'd["hosts"][0]["facts"]["envs"][15]["jupyterhub"]')" = 3.15 ]
 jq_ "$T/h-version.json" 'd["failed"][0]["message"]'
 
 # --- 6. a host that accepts TCP but never speaks (link dead after connect) ---

@@ -43,10 +43,17 @@ int main(void) {
 #elif HOSTILE_MODE == 4
   /* version: a hello in a protocol this controller does not speak */
   frame("{\"type\":\"hello\",\"proto\":99,\"agent\":\"9.9.9\",\"arch\":\"x86_64\"}");
-#elif HOSTILE_MODE == 5
-  /* bigfacts: a valid hello, then an answer to the facts request far past
-   * what the controller keeps per host (20 envs of 40 long packages): the
-   * audit must keep a bounded record, the envs cut to their versions. */
+#elif HOSTILE_MODE >= 5 && HOSTILE_MODE <= 7
+  /* Facts far past what the controller keeps per host: 20 envs of 40 long
+   * packages (about 400 KB). bigpkgs (6): 200-byte prefixes and Pythons,
+   * the record fits once its package lists go; bigfacts (5): 250 bytes, the
+   * prefixes, Pythons and database go too; hugeenvs (7): 250-byte roles
+   * and versions as well, the last environments go. */
+#if HOSTILE_MODE == 6
+#define SLEN 200
+#else
+#define SLEN 250
+#endif
   frame("{\"type\":\"hello\",\"proto\":1,\"agent\":\"0.1.0\",\"arch\":\"x86_64\"}");
   unsigned char h[4];
   size_t got = 0, need;
@@ -58,15 +65,17 @@ int main(void) {
   buf[got] = 0;
   const char *id = strstr(buf, "\"id\":");
   static char out[1 << 19];
-  char name[251], ver[251];
-  memset(name, 'p', 250); name[250] = 0;
-  memset(ver, '9', 250); ver[250] = 0;
+  char name[SLEN + 1], ver[SLEN + 1], role[SLEN + 1];
+  memset(name, 'p', SLEN); name[SLEN] = 0;
+  memset(ver, '9', SLEN); ver[SLEN] = 0;
+  snprintf(role, sizeof role, "user");
+  if (HOSTILE_MODE == 7) { memset(role, 'r', SLEN); role[SLEN] = 0; }
   size_t n = (size_t)snprintf(out, sizeof out, "{\"type\":\"result\",\"id\":%ld,\"ok\":true,\"data\":{\"envs\":[",
                               id ? strtol(id + 5, NULL, 10) : 1L);
   for (int e = 0; e < 20; e++) {
-    n += (size_t)snprintf(out + n, sizeof out - n, "%s{\"role\":\"user\",\"jupyterhub\":\"3.%d\",\"prefix\":\"/%s\","
+    n += (size_t)snprintf(out + n, sizeof out - n, "%s{\"role\":\"%s\",\"jupyterhub\":\"3.%d%s\",\"prefix\":\"/%s\","
                           "\"python\":\"%s\",\"installer\":\"pip\",\"exists\":true,\"packages\":{",
-                          e ? "," : "", e, name, ver);
+                          e ? "," : "", role, e, HOSTILE_MODE == 7 ? ver : "", name, ver);
     for (int k = 0; k < 40; k++)
       n += (size_t)snprintf(out + n, sizeof out - n, "%s\"%.190s%03d\":\"%s\"", k ? "," : "", name, k, ver);
     n += (size_t)snprintf(out + n, sizeof out - n, "}}");
@@ -74,7 +83,7 @@ int main(void) {
   n += (size_t)snprintf(out + n, sizeof out - n, "],\"db\":{\"kind\":\"sqlite\",\"path\":\"/%s\"}}}", name);
   frame(out);
 #else
-#error "HOSTILE_MODE must be 1..5"
+#error "HOSTILE_MODE must be 1..7"
 #endif
   while (read(0, buf, sizeof buf) > 0) {}
   return 0;

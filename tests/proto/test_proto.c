@@ -290,6 +290,31 @@ static void test_builders(void) {
     CHECK(hf_frame_encode(m, &buf, &len) == HF_ETOOBIG && buf == NULL && len == 0);
     json_decref(m);
     free(big);
+    /* The limit reached inside a key, with the rest fitting after it:
+     * jansson does not report a key it could not write. */
+    big = malloc(HF_PROTO_MAX_FRAME);
+    memset(big, 'x', HF_PROTO_MAX_FRAME - 12);
+    big[HF_PROTO_MAX_FRAME - 12] = '\0';
+    m = json_object();
+    json_object_set_new(m, "a", json_string(big));
+    json_object_set_new(m, "bbbbbbbbbbbbbbbbbbbb", json_integer(1));
+    buf = (char *)1;
+    CHECK(hf_frame_encode(m, &buf, &len) == HF_ETOOBIG && buf == NULL && len == 0);
+    json_decref(m);
+    /* Exactly the limit passes; one byte more does not. */
+    for (size_t extra = 0; extra < 2; extra++) {
+      size_t n = HF_PROTO_MAX_FRAME - 8 + extra;   /* {"a":"…"} is 8 bytes around the string */
+      memset(big, 'y', n);
+      big[n] = '\0';
+      m = json_object();
+      json_object_set_new(m, "a", json_string(big));
+      int r2 = hf_frame_encode(m, &buf, &len);
+      if (extra == 0) CHECK(r2 == 0 && len == HF_PROTO_MAX_FRAME + 4 && (unsigned char)buf[1] == 0x10);
+      else CHECK(r2 == HF_ETOOBIG && buf == NULL && len == 0);
+      if (r2 == 0) free(buf);
+      json_decref(m);
+    }
+    free(big);
     m = json_array();
     CHECK(hf_frame_encode(m, &buf, &len) == HF_EINVAL && buf == NULL);
     json_decref(m);
