@@ -16,6 +16,14 @@ chmod 755 "$T"
 # beside CI) must not share, and then delete, one login.
 TUSER=hfctl-$$
 THOME=/var/tmp/hfctl-$$
+# The login of a run that was killed (SIGKILL skips its cleanup) goes now:
+# its run's pid is gone. A live run's login is never touched.
+for old in $(getent passwd | sed -n 's/^\(hfctl-[0-9][0-9]*\):.*/\1/p'); do
+  kill -0 "${old#hfctl-}" 2>/dev/null && continue
+  left=$(ps -o pid= -u "$old" 2>/dev/null)
+  [ -n "$left" ] && kill $left 2>/dev/null
+  userdel "$old" 2>/dev/null && rm -rf "/var/tmp/$old"
+done
 CREATED_USER=
 if ! id -u "$TUSER" > /dev/null 2>&1; then
   useradd -M -U -d "$THOME" -s /bin/sh -p '*' "$TUSER" || { echo "cannot create $TUSER"; exit 1; }
