@@ -64,7 +64,8 @@ static int one_host(const char *addr, int port, const char *user, ssh_key key, c
   int ok = 0, no = 0, yes = 1;
   long to = 30;
   char buf[16384];
-  if (!s || !e) goto out;
+  if (!e) { fprintf(stderr, "ssh-floor: %s: not in the known_hosts file\n", addr); goto out; }
+  if (!s) goto out;
   if (ssh_options_set(s, SSH_OPTIONS_PROCESS_CONFIG, &no) < 0 ||
       ssh_options_set(s, SSH_OPTIONS_HOST, addr) < 0 || ssh_options_set(s, SSH_OPTIONS_PORT, &port) < 0 ||
       ssh_options_set(s, SSH_OPTIONS_USER, user) < 0 ||
