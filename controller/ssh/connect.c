@@ -21,9 +21,6 @@
 
 static int check_host_key(struct hf_session *s);
 
-#define CIPHERS "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com," \
-                "aes256-ctr,aes192-ctr,aes128-ctr"
-
 int hf__in_connecting(struct hf_session *s) {
   struct hf_engine *e = s->e;
   int soerr = 0;
@@ -77,8 +74,8 @@ int hf__in_connecting(struct hf_session *s) {
       ssh_options_set(ssh, SSH_OPTIONS_KNOWNHOSTS, "/dev/null") < 0 ||
       (known > 0 && ssh_options_set(ssh, SSH_OPTIONS_HOSTKEYS, algos) < 0) ||
       ssh_options_set(ssh, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null") < 0 ||
-      ssh_options_set(ssh, SSH_OPTIONS_CIPHERS_C_S, CIPHERS) < 0 ||
-      ssh_options_set(ssh, SSH_OPTIONS_CIPHERS_S_C, CIPHERS) < 0 ||
+      ssh_options_set(ssh, SSH_OPTIONS_CIPHERS_C_S, HF_SSH_CIPHERS) < 0 ||
+      ssh_options_set(ssh, SSH_OPTIONS_CIPHERS_S_C, HF_SSH_CIPHERS) < 0 ||
       ssh_options_set(ssh, SSH_OPTIONS_TIMEOUT, &to) < 0 ||
       (h->user && ssh_options_set(ssh, SSH_OPTIONS_USER, h->user) < 0) ||
       ssh_options_set(ssh, SSH_OPTIONS_FD, &sfd) < 0) {

@@ -14,8 +14,9 @@
 #include <string.h>
 #include <sys/resource.h>
 
-#define CIPHERS "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com," \
-                "aes256-ctr,aes192-ctr,aes128-ctr"
+#include "hf_engine.h"     /* HF_SSH_CIPHERS: what hubfleet offers */
+#include "hf_sanitize.h"   /* libssh's errors carry the host's words */
+
 #define MAX_KH 40000
 #define KH_SLOTS 65536   /* a power of two above MAX_KH: open addressing */
 
@@ -72,8 +73,8 @@ static int one_host(const char *addr, int port, const char *user, ssh_key key, c
       ssh_options_set(s, SSH_OPTIONS_KNOWNHOSTS, "/dev/null") < 0 ||
       ssh_options_set(s, SSH_OPTIONS_GLOBAL_KNOWNHOSTS, "/dev/null") < 0 ||
       ssh_options_set(s, SSH_OPTIONS_HOSTKEYS, e->type) < 0 ||
-      ssh_options_set(s, SSH_OPTIONS_CIPHERS_C_S, CIPHERS) < 0 ||
-      ssh_options_set(s, SSH_OPTIONS_CIPHERS_S_C, CIPHERS) < 0 ||
+      ssh_options_set(s, SSH_OPTIONS_CIPHERS_C_S, HF_SSH_CIPHERS) < 0 ||
+      ssh_options_set(s, SSH_OPTIONS_CIPHERS_S_C, HF_SSH_CIPHERS) < 0 ||
       ssh_options_set(s, SSH_OPTIONS_NODELAY, &yes) < 0 ||   /* as hubfleet's sockets */
       ssh_options_set(s, SSH_OPTIONS_TIMEOUT, &to) < 0)
     goto out;
@@ -108,6 +109,7 @@ int main(int argc, char **argv) {
   ssh_key key = NULL;
   char line[512];
   size_t n = 0, ok = 0;
+  hf_sanitize_stdio();   /* as hubfleet: no host text reaches the terminal raw */
   if (argc != 5) {
     fprintf(stderr, "usage: ssh-floor KEY KNOWN_HOSTS USER COMMAND < addresses\n");
     return 2;
